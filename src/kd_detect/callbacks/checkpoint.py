@@ -1,0 +1,65 @@
+"""Checkpoints in the run directory, written atomically.
+
+``RunCheckpoint`` writes ``<run dir>/best.ckpt`` (best ``val/frame_map``) and
+``<run dir>/last.ckpt``, where the run directory is the trainer's ``default_root_dir``
+(``runs/<EXP>/`` under ``make train``). ``AtomicCheckpointIO`` writes every checkpoint to
+a temporary file in the same directory and renames it into place, so a run killed
+mid-write leaves the previous valid checkpoint, never a truncated one.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` to ``.<name>.tmp`` then ``os.replace`` (atomic on POSIX)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                torch.save(checkpoint, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """``best.ckpt`` by ``val/frame_map`` (max) and ``last.ckpt`` in the run directory."""
+
+    def __init__(
+        self,
+        dirpath: str | None = None,
+        monitor: str = "val/frame_map",
+        mode: str = "max",
+        filename: str = "best",
+        save_last: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            dirpath=dirpath,
+            monitor=monitor,
+            mode=mode,
+            filename=filename,
+            save_last=save_last,
+            save_top_k=1,
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+            **kwargs,
+        )
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if self.dirpath is None:
+            self.dirpath = os.path.realpath(trainer.default_root_dir)
+        super().setup(trainer, pl_module, stage)

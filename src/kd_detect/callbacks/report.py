@@ -1,0 +1,96 @@
+"""End-of-run reporting: ``metrics.json``, the Charades submission file and a summary.
+
+After testing, rank 0 writes ``<run dir>/metrics.json`` (atomically) with every logged
+``test/...`` figure under its logged name, the best epoch and the parameter counts, and
+prints a concise summary. When the test set was scored with the Charades protocol, the
+official submission file (``id frameno score_0 … score_{C-1}``) goes to
+``<run dir>/charades_submission.txt``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from pytorch_lightning import Callback
+from pytorch_lightning.utilities import rank_zero_only
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _float(value: Any) -> float:
+    return float(value.item() if isinstance(value, torch.Tensor) else value)
+
+
+class RunReport(Callback):
+    """Writes ``metrics.json`` (+ submission file) after test and prints the summary."""
+
+    def __init__(self, run_dir: str | None = None, submission: bool = True, quiet: bool = False) -> None:
+        self.run_dir = run_dir
+        self.submission = submission
+        self.quiet = quiet
+
+    def _dir(self, trainer: Any) -> Path:
+        return Path(self.run_dir or trainer.default_root_dir)
+
+    def on_test_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        # Gathered on every rank (all_gather inside the metric); written by rank 0 only.
+        frames = getattr(pl_module, "charades_frames", None)
+        self._frames = frames() if callable(frames) else frames
+
+    @rank_zero_only
+    def on_test_end(self, trainer: Any, pl_module: Any) -> None:
+        run_dir = self._dir(trainer)
+        metrics = {k: _float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        counts = pl_module.parameter_counts() if hasattr(pl_module, "parameter_counts") else {}
+        teachers = getattr(pl_module, "teachers", {}) or {}
+        payload: dict[str, Any] = dict(metrics)
+        payload["params"] = counts
+        if teachers:
+            payload["teacher_params_frozen"] = {
+                name: sum(p.numel() for p in t.parameters()) for name, t in teachers.items()
+            }
+        ckpt_path = trainer.ckpt_path
+        if ckpt_path and Path(ckpt_path).is_file():
+            payload["checkpoint"] = str(ckpt_path)
+            try:
+                payload["best_epoch"] = int(torch.load(ckpt_path, map_location="cpu", weights_only=False)["epoch"])
+            except Exception:  # noqa: BLE001 - the summary is best effort, the metrics are not
+                pass
+        write_json_atomic(run_dir / "metrics.json", payload)
+        frames = getattr(self, "_frames", None)
+        if self.submission and frames:
+            from kd_detect.metrics import write_charades_submission
+
+            ids, scores = frames
+            write_charades_submission(run_dir / "charades_submission.txt", ids, scores)
+        if not self.quiet:
+            self.print_summary(run_dir, payload)
+
+    @staticmethod
+    def print_summary(run_dir: Path, payload: dict[str, Any]) -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"kd_detect results — {run_dir}", show_header=True)
+        table.add_column("figure")
+        table.add_column("value", justify="right")
+        for key in sorted(k for k in payload if k.startswith("test/")):
+            table.add_row(key, f"{payload[key]:.4f}")
+        params = payload.get("params", {})
+        if params:
+            table.add_row("params trainable", f"{params.get('trainable', 0):,}")
+            table.add_row("params frozen", f"{params.get('frozen', 0):,}")
+        for name, n in payload.get("teacher_params_frozen", {}).items():
+            table.add_row(f"teacher {name} params (frozen, not saved)", f"{n:,}")
+        if "best_epoch" in payload:
+            table.add_row("best epoch", str(payload["best_epoch"]))
+        Console().print(table)

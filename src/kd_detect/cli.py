@@ -1,0 +1,104 @@
+"""``kd-detect``: the command line (DESIGN.md §7).
+
+``fit | validate | test | predict`` are a LightningCLI: ``--config`` files compose
+(``--config experiments/base.yaml --config experiments/x.yaml``), every key can be
+overridden (``--model.init_args.head.init_args.num_layers=4``), and the data's class
+names, class count and modality dims are linked from the DataModule into the model.
+``fit --test_after_fit=true`` tests the best checkpoint in the same process (what
+``make train`` uses). The other subcommands are plain tools:
+
+    kd-detect check FILE.h5                  validate a feature file, print a summary
+    kd-detect cache-teacher --ckpt T.ckpt --data FILE.h5 --out cache.h5
+    kd-detect export --ckpt student.ckpt --out student.pt
+    kd-detect plot RUN_DIR
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
+
+from kd_detect.data.datamodule import FeatureDataModule
+from kd_detect.modules.detector import DetectorModule
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+TOOLS = ("check", "cache-teacher", "export", "plot")
+
+
+class RunConfigSaver(SaveConfigCallback):
+    """Writes the resolved config to ``<run dir>/config.yaml`` (overwriting: a rerun of the
+    same experiment replaces it) and attaches it to the wandb run when wandb logs."""
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if self.already_saved:
+            return
+        if trainer.is_global_zero:
+            path = os.path.join(trainer.default_root_dir, self.config_filename)
+            os.makedirs(trainer.default_root_dir, exist_ok=True)
+            self.parser.save(self.config, path, skip_none=False, overwrite=True, multifile=False)
+            for logger in trainer.loggers:
+                if hasattr(logger, "log_resolved_config"):
+                    logger.log_resolved_config(self.config.as_dict())
+        self.already_saved = True
+        self.already_saved = trainer.strategy.broadcast(self.already_saved)
+
+
+class KDCLI(LightningCLI):
+    """LightningCLI with the data→model links and kd_detect's run conventions."""
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.classes", "model.init_args.classes", apply_on="instantiate")
+        parser.link_arguments("data.modality_dims", "model.init_args.modality_dims", apply_on="instantiate")
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=False,
+            help="fit only: test the best checkpoint afterwards and write metrics.json",
+        )
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        root = cfg.trainer.get("default_root_dir") or "."
+        loggers = cfg.trainer.get("logger")
+        items = loggers if isinstance(loggers, list) else [loggers]
+        for item in items:
+            init = getattr(item, "init_args", None)
+            if init is not None and "save_dir" in init and init.save_dir in (None, "", "."):
+                init.save_dir = root
+
+    def after_fit(self) -> None:
+        if self.config[self.subcommand].get("test_after_fit"):
+            ckpt = "best" if self.trainer.checkpoint_callback and self.trainer.checkpoint_callback.best_model_path else None
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+
+
+def lightning_main(args: list[str] | None = None, run: bool = True) -> KDCLI:
+    return KDCLI(
+        DetectorModule,
+        FeatureDataModule,
+        subclass_mode_model=True,
+        save_config_callback=RunConfigSaver,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+        auto_configure_optimizers=False,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv else ""
+    if command in TOOLS:
+        from kd_detect import tools
+
+        return int(getattr(tools, command.replace("-", "_"))(argv[1:]) or 0)
+    lightning_main(argv)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

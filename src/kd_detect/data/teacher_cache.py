@@ -1,0 +1,153 @@
+"""Teacher-output caches (DESIGN.md §4): a frozen teacher's features and logits for every
+video, written once by ``kd-detect cache-teacher`` and read by the student instead of
+running the teacher each step.
+
+Layout::
+
+    /                  attrs: kd_detect_teacher_cache=1, teacher_sha256, teacher_class,
+                              classes, feature_dim, source_file
+    /videos/<id>/features   float16|float32 (T, F_t)
+    /videos/<id>/logits     float32 (T, C)
+
+The cache holds whole-video outputs (the teacher saw the full temporal context); a
+student batch with a random crop reads exactly the cropped window ``[offset, offset+T)``.
+A cache whose ``teacher_sha256`` differs from the checkpoint's is stale and refused.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import h5py
+import numpy as np
+import torch
+from torch import Tensor
+
+from kd_detect.data.format import FeatureFileError, _as_str_list
+from kd_detect.models.heads.base import HeadOutput
+
+CACHE_ATTR = "kd_detect_teacher_cache"
+CACHE_VERSION = 1
+
+
+def write_teacher_cache(
+    teacher: Any,
+    loader: Iterable[dict[str, Any]],
+    out: str | os.PathLike,
+    teacher_sha256: str,
+    source_file: str = "",
+    feature_dtype: str = "float32",
+    device: str | torch.device = "cpu",
+) -> Path:
+    """Run ``teacher`` (a DetectorModule) in eval mode over whole videos from ``loader``
+    (evaluation batches: no crops) and write its outputs atomically to ``out``."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    teacher = teacher.to(device).eval()
+    try:
+        with h5py.File(tmp, "w") as h5:
+            h5.attrs[CACHE_ATTR] = CACHE_VERSION
+            h5.attrs["teacher_sha256"] = teacher_sha256
+            h5.attrs["teacher_class"] = f"{type(teacher).__module__}.{type(teacher).__qualname__}"
+            h5.attrs["classes"] = list(teacher.classes)
+            h5.attrs["feature_dim"] = int(teacher.feature_dim)
+            h5.attrs["source_file"] = str(source_file)
+            videos = h5.create_group("videos")
+            with torch.no_grad():
+                for batch in loader:
+                    batch = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in batch.items()}
+                    result = teacher(batch)
+                    lengths = batch["mask"].sum(1).tolist()
+                    for i, vid in enumerate(batch["meta"]["video_id"]):
+                        g = videos.create_group(vid)
+                        n = lengths[i]
+                        g.create_dataset("features", data=result.features[i, :, :n].T.float().cpu().numpy().astype(feature_dtype))
+                        g.create_dataset("logits", data=result.logits[i, :, :n].T.float().cpu().numpy())
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+class TeacherCache:
+    """Reads cached teacher outputs for a batch (lazily opened, fork-safe, optional preload)."""
+
+    def __init__(self, path: str | os.PathLike, expected_sha256: str | None = None, preload: bool = False) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FeatureFileError(
+                f"{self.path}: teacher cache not found; write it with `kd-detect cache-teacher --ckpt TEACHER.ckpt "
+                f"--data FILE.h5 --out {self.path}`"
+            )
+        try:
+            with h5py.File(self.path, "r") as h5:
+                if int(h5.attrs.get(CACHE_ATTR, -1)) != CACHE_VERSION:
+                    raise FeatureFileError(f"{self.path}: not a kd_detect teacher cache (attr {CACHE_ATTR!r})")
+                self.teacher_sha256 = str(h5.attrs["teacher_sha256"])
+                self.classes = _as_str_list(h5.attrs["classes"])
+                self.feature_dim = int(h5.attrs["feature_dim"])
+                self.video_ids = set(h5["videos"].keys())
+        except OSError as err:
+            raise FeatureFileError(f"{self.path}: unreadable teacher cache ({err})") from err
+        if expected_sha256 is not None and expected_sha256 != self.teacher_sha256:
+            raise FeatureFileError(
+                f"{self.path}: stale teacher cache: written for checkpoint sha256 {self.teacher_sha256[:12]}…, "
+                f"the teacher checkpoint now has {expected_sha256[:12]}…; rerun `kd-detect cache-teacher`"
+            )
+        self._h5: h5py.File | None = None
+        self._pid: int | None = None
+        self._ram: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+        if preload:
+            with h5py.File(self.path, "r") as h5:
+                self._ram = {v: (g["features"][()], g["logits"][()]) for v, g in h5["videos"].items()}
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def _handle(self) -> h5py.File:
+        if self._h5 is None or self._pid != os.getpid():
+            self._h5 = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+        return self._h5
+
+    def _read(self, vid: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._ram is not None:
+            feats, logits = self._ram[vid]
+            return feats[start:stop], logits[start:stop]
+        g = self._handle()["videos"][vid]
+        return g["features"][start:stop], g["logits"][start:stop]
+
+    def batch(self, meta: dict[str, Any], mask: Tensor) -> HeadOutput:
+        """Teacher outputs ``(B, F_t, T)``/``(B, C, T)`` aligned with a batch's windows:
+        video ``b`` gets steps ``[offset_b, offset_b + valid_b)`` of its cached outputs."""
+        ids = meta["video_id"]
+        num_steps = mask.shape[1]
+        missing = [v for v in ids if v not in self.video_ids]
+        if missing:
+            raise FeatureFileError(f"{self.path}: teacher cache has no entry for videos {missing[:5]}")
+        feats = torch.zeros(len(ids), self.feature_dim, num_steps)
+        logits = torch.zeros(len(ids), self.num_classes, num_steps)
+        offsets = meta["offset"].tolist()
+        valid = mask.sum(1).tolist()
+        for i, vid in enumerate(ids):
+            start = int(offsets[i])
+            f, lg = self._read(vid, start, start + int(valid[i]))
+            n = f.shape[0]
+            if n != valid[i]:
+                raise FeatureFileError(
+                    f"{self.path}: video {vid!r}: cache has {start + n} steps but the batch needs "
+                    f"[{start}, {start + int(valid[i])}) (cache written from another feature file?)"
+                )
+            feats[i, :, :n] = torch.from_numpy(np.ascontiguousarray(f.T)).float()
+            logits[i, :, :n] = torch.from_numpy(np.ascontiguousarray(lg.T)).float()
+        return HeadOutput(feats.to(mask.device), logits.to(mask.device))
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_h5"] = None
+        state["_pid"] = None
+        return state

@@ -1,0 +1,231 @@
+"""DetectorModule: the common LightningModule of every detector (DESIGN.md §2).
+
+Masked BCE-with-logits on per-step multi-hot labels, Adam + ReduceLROnPlateau on the
+validation loss (PDAN defaults: lr 1e-4, factor 0.5, patience 8), per-frame mAP on
+validation/test, the Charades 25-frame mAP (and optionally event-level mAP) on test,
+and ``predict_step`` giving per-video probabilities over valid steps.
+
+Inputs: the listed ``modalities`` are encoded (:meth:`build_encoder`, identity by
+default) and concatenated along channels (early fusion); one modality -- the RGB-only
+baseline -- is the degenerate case. :class:`~kd_detect.modules.teacher.TeacherModule`
+adds mid and late fusion.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kd_detect.data.batch import LABELS, MASK, META
+from kd_detect.models.heads.base import DetectionHead, HeadOutput
+
+HeadFactory = Callable[[int, int], DetectionHead]
+"""Builds a head from ``(in_dim, num_classes)``; in YAML a ``class_path`` + ``init_args``
+whose first two arguments the module supplies."""
+
+
+def default_head(in_dim: int, num_classes: int) -> DetectionHead:
+    """PDAN with the authors' defaults."""
+    from kd_detect.models.heads import PDAN
+
+    return PDAN(in_dim, num_classes)
+
+
+def masked_bce(logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
+    """Mean BCE-with-logits over valid steps and classes (padding excluded)."""
+    loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none")
+    weights = mask.unsqueeze(1).to(loss.dtype)
+    denom = weights.sum() * logits.shape[1]
+    return (loss * weights).sum() / denom.clamp_min(1.0)
+
+
+class DetectorModule(pl.LightningModule):
+    """A temporal action detector on one or more precomputed-feature modalities.
+
+    Args:
+        head: head factory ``(in_dim, num_classes) -> DetectionHead`` (default PDAN).
+        modalities: batch keys the detector reads (``["rgb"]`` for the RGB-only baseline).
+        num_classes, classes, modality_dims: linked from the DataModule by the CLI.
+        lr, weight_decay, lr_factor, lr_patience: Adam + ReduceLROnPlateau(val/loss).
+        event_map: also compute event-level mAP (PKU-MMD protocol) at test time.
+        event_threshold, event_merge_gap, event_min_length: segment extraction for it.
+    """
+
+    def __init__(
+        self,
+        head: HeadFactory | None = None,
+        modalities: list[str] | None = None,
+        num_classes: int = 0,
+        classes: list[str] | None = None,
+        modality_dims: dict[str, int] | None = None,
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        lr_factor: float = 0.5,
+        lr_patience: int = 8,
+        event_map: bool = False,
+        event_threshold: float = 0.5,
+        event_merge_gap: float = 0.0,
+        event_min_length: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.modalities = list(modalities or self.default_modalities())
+        if num_classes <= 0:
+            raise ValueError(
+                f"{type(self).__name__}: num_classes must be positive (normally linked from the DataModule), got {num_classes}"
+            )
+        self.num_classes = int(num_classes)
+        self.classes = list(classes) if classes else [f"class_{i}" for i in range(num_classes)]
+        dims = dict(modality_dims or {})
+        missing = [m for m in self.modalities if m not in dims]
+        if missing:
+            raise ValueError(
+                f"{type(self).__name__}: feature dims unknown for modalities {missing} (have {sorted(dims)}); "
+                "the data file must contain them"
+            )
+        self.modality_dims = {m: int(dims[m]) for m in self.modalities}
+        self.head_factory = head or default_head
+        self.build_model()
+        self._build_metrics()
+
+    # ----------------------------------------------------------------- model
+    @classmethod
+    def default_modalities(cls) -> list[str]:
+        return ["rgb"]
+
+    def build_encoder(self, modality: str, in_dim: int) -> tuple[nn.Module, int]:
+        """How one modality is encoded before fusion: ``(module, out_dim)``.
+
+        The module maps ``(B, in_dim, T)`` to ``(B, out_dim, T)`` pointwise in time (so
+        masking stays exact). Default: identity. Override in a subclass to add e.g. a
+        normalisation or a 1×1 embedding for a new modality.
+        """
+        return nn.Identity(), in_dim
+
+    def build_model(self) -> None:
+        encoders, dims = {}, []
+        for m in self.modalities:
+            enc, out_dim = self.build_encoder(m, self.modality_dims[m])
+            encoders[m] = enc
+            dims.append(out_dim)
+        self.encoders = nn.ModuleDict(encoders)
+        self.head = self.head_factory(sum(dims), self.num_classes)
+
+    @property
+    def feature_dim(self) -> int:
+        """F of :attr:`HeadOutput.features` (what distillation plugins see)."""
+        return int(self.head.feature_dim)
+
+    def encode(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        out = {}
+        for m in self.modalities:
+            if m not in batch:
+                raise KeyError(
+                    f"{type(self).__name__} needs modality {m!r} but the batch has {sorted(k for k in batch if k not in (LABELS, MASK, META))}"
+                )
+            out[m] = self.encoders[m](batch[m])
+        return out
+
+    def forward(self, batch: dict[str, Any]) -> HeadOutput:
+        mask = batch[MASK]
+        x = torch.cat(list(self.encode(batch).values()), dim=1)
+        return self.head(x, mask)
+
+    # --------------------------------------------------------------- metrics
+    def _build_metrics(self) -> None:
+        from kd_detect.metrics import CharadesMAP, FrameMAP
+
+        self.val_map = FrameMAP(self.num_classes)
+        self.test_map = FrameMAP(self.num_classes)
+        self.test_charades = CharadesMAP(self.num_classes)
+        if self.hparams.event_map:
+            from kd_detect.metrics import EventMAP
+
+            self.test_event = EventMAP(
+                self.num_classes,
+                threshold=self.hparams.event_threshold,
+                merge_gap=self.hparams.event_merge_gap,
+                min_length=self.hparams.event_min_length,
+            )
+
+    # ------------------------------------------------------------------ steps
+    def detection_loss(self, out: HeadOutput, batch: dict[str, Any]) -> Tensor:
+        return masked_bce(out.logits, batch[LABELS], batch[MASK])
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        out = self(batch)
+        loss = self.detection_loss(out, batch)
+        self.log("train/bce", loss, batch_size=batch[MASK].shape[0])
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch[MASK].shape[0])
+        return loss
+
+    def _eval_step(self, batch: dict[str, Any], stage: str) -> HeadOutput:
+        out = self(batch)
+        loss = self.detection_loss(out, batch)
+        self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=batch[MASK].shape[0], prog_bar=stage == "val")
+        return out
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        out = self._eval_step(batch, "val")
+        self.val_map.update(torch.sigmoid(out.logits.float()), batch[LABELS], batch[MASK])
+
+    def on_validation_epoch_end(self) -> None:
+        res = self.val_map.compute()
+        self.log("val/frame_map", res["map"], prog_bar=True)
+        self.log("val/frame_map_all", res["map_all"])
+        self.val_map.reset()
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        out = self._eval_step(batch, "test")
+        probs = torch.sigmoid(out.logits.float())
+        self.test_map.update(probs, batch[LABELS], batch[MASK])
+        meta = batch[META]
+        self.test_charades.update(probs, batch[MASK], meta["duration"], meta["segments"], meta["video_id"])
+        if self.hparams.event_map:
+            self.test_event.update(probs, batch[MASK], meta["duration"], meta["segments"], meta["video_id"])
+
+    def on_test_epoch_end(self) -> None:
+        res = self.test_map.compute()
+        self.log("test/frame_map", res["map"])
+        self.log("test/frame_map_all", res["map_all"])
+        self.test_ap = res["ap"].detach().cpu()
+        self.test_map.reset()
+        self.log("test/charades_map", self.test_charades.compute())
+        self.charades_frames = self.test_charades.frame_scores()
+        self.test_charades.reset()
+        if self.hparams.event_map:
+            for key, value in self.test_event.compute().items():
+                self.log(f"test/{key}", value)
+            self.test_event.reset()
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+        """Per video: ``{"video_id", "duration", "scores": (T_valid, C) float32 probabilities}``."""
+        out = self(batch)
+        probs = torch.sigmoid(out.logits.float()).transpose(1, 2).cpu()
+        lengths = batch[MASK].sum(1).tolist()
+        meta = batch[META]
+        return [
+            {"video_id": vid, "duration": float(meta["duration"][i]), "scores": probs[i, : lengths[i]].numpy()}
+            for i, vid in enumerate(meta["video_id"])
+        ]
+
+    # -------------------------------------------------------------- optimiser
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=self.hparams.lr_factor, patience=self.hparams.lr_patience
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss", "interval": "epoch", "strict": False},
+        }
+
+    def parameter_counts(self) -> dict[str, int]:
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        frozen = sum(p.numel() for p in self.parameters() if not p.requires_grad)
+        return {"trainable": trainable, "frozen": frozen}
