@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
@@ -76,7 +77,63 @@ class KDCLI(LightningCLI):
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
 
 
+def _config_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[str]:
+    """``--config`` values for ``path`` with its ``config:`` includes first (recursively,
+    relative to the including file), then its own keys as inline YAML."""
+    import yaml
+
+    path = path.resolve()
+    if path in seen:
+        raise SystemExit(f"kd-detect: error: config include cycle: {' -> '.join(map(str, seen + (path,)))}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise SystemExit(f"kd-detect: error: cannot read config {path}: {err}") from None
+    if not isinstance(data, dict) or "config" not in data:
+        return [str(path)]
+    includes = data.pop("config")
+    chain: list[str] = []
+    for inc in [includes] if isinstance(includes, str) else list(includes or []):
+        chain += _config_chain(path.parent / inc, seen + (path,))
+    if data:
+        chain.append(yaml.safe_dump(data, sort_keys=False))
+    return chain
+
+
+def expand_config_includes(argv: list[str]) -> list[str]:
+    """Experiments compose by naming parents in a top-level ``config:`` key. jsonargparse
+    merges several ``--config`` files key by key (class_path changes keep compatible
+    init_args) but not nested includes, so expand them into a ``--config`` chain."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        value = None
+        if arg == "--config" and i + 1 < len(argv):
+            value, i = argv[i + 1], i + 2
+        elif arg.startswith("--config="):
+            value, i = arg.split("=", 1)[1], i + 1
+        else:
+            out.append(arg)
+            i += 1
+            continue
+        path = Path(value)
+        if path.suffix in (".yaml", ".yml") and path.is_file():
+            for item in _config_chain(path):
+                out += ["--config", item]
+        else:
+            out += ["--config", value]
+    return out
+
+
 def lightning_main(args: list[str] | None = None, run: bool = True) -> KDCLI:
+    import warnings
+
+    # kd-detect always hands LightningCLI its (include-expanded) argv explicitly.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+    if args is None:
+        args = sys.argv[1:]
+    args = expand_config_includes(args)
     return KDCLI(
         DetectorModule,
         FeatureDataModule,

@@ -61,7 +61,7 @@ def cache_teacher(argv: list[str]) -> int:
         dm = FeatureDataModule(
             args.data,
             modalities=list(teacher.modalities),
-            predict_subset=subsets if subsets else sorted(set(_subsets(args.data))),
+            predict_subset=subsets or None,
             eval_batch_size=args.batch_size,
         )
         if list(dm.classes) != list(teacher.classes):
@@ -73,12 +73,6 @@ def cache_teacher(argv: list[str]) -> int:
         )
         print(f"wrote teacher cache {out}")
     return 0
-
-
-def _subsets(path: str) -> list[str]:
-    from kd_detect.data.format import FeatureFile
-
-    return list(FeatureFile(path).subsets.values())
 
 
 def export(argv: list[str]) -> int:
