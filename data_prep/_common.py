@@ -239,7 +239,7 @@ def load_npy(path: Path, modality: str, *, flatten: bool = False) -> np.ndarray:
     try:
         arr = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as err:
-        raise SkipVideo(f"unreadable {modality} feature file ({type(err).__name__})") from err
+        raise SkipVideo(f"unreadable {modality} feature file (not a valid .npy array)") from err
     if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu" or arr.ndim < 2:
         raise SkipVideo(f"{modality} features are not a numeric (T, D) array")
     if flatten:
