@@ -320,7 +320,8 @@ def write_videos(
     """Load, check, clean and write every spec atomically to ``out``.
 
     ``load(spec)`` returns ``{modality: (T, D) array}`` for ``modalities`` (already
-    resampled where the dataset needs it) or raises :class:`SkipVideo`. When
+    resampled where the dataset needs it) or raises :class:`SkipVideo`; it may set
+    ``spec.duration`` (checked after loading) when the duration comes from the data. When
     ``expected_steps`` is given, a written video whose ``T`` is off by more than
     ``max(3, 10%)`` gets a summary note (kept: the format places steps by duration).
     """

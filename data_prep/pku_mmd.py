@@ -174,13 +174,12 @@ def skeleton_to_pose(skeleton: np.ndarray, num_steps: int) -> np.ndarray:
     if n == 0 or not valid.any():
         raise SkipVideo("degenerate skeleton (no frame with a person)")
     centre = skeleton[:, 0, 0, :]  # (N, 3)
-    pose = (skeleton - centre[:, None, None, :]) * present[:, :, None, None]
-    pose[~valid] = 0.0
+    pose = (skeleton - centre[:, None, None, :]) * present[:, :, None, None]  # absent person: 0
     size = np.median(np.linalg.norm(pose[valid, 0], axis=-1).mean(axis=1))
     if not np.isfinite(size) or size < 1e-6:
         raise SkipVideo("degenerate skeleton (zero body size)")
     pose = pose.reshape(n, -1) / size
-    weights = valid.astype(np.float64)
+    weights = valid.astype(np.float64)  # missing frames never enter a step's mean
     csum = np.concatenate([np.zeros((1, pose.shape[1])), np.cumsum(pose * weights[:, None], axis=0)])
     ccount = np.concatenate([[0.0], np.cumsum(weights)])
     i = np.arange(num_steps, dtype=np.int64)

@@ -196,7 +196,7 @@ def test_charades_options_swap_float32_and_length_tolerance(tmp_path):
 
 
 def _append_row(path: Path, row: list[str]) -> int:
-    """Append a CSV row; returns its (physical) line number."""
+    """Append a CSV row; returns the (physical) line number where it starts."""
     line = len(path.read_text().splitlines()) + 1
     with path.open("a", newline="") as handle:
         csv.writer(handle).writerow(row)
@@ -204,7 +204,8 @@ def _append_row(path: Path, row: list[str]) -> int:
 
 
 def _row(vid: str, actions: str, length: str = "12.00", fields: int = 11) -> list[str]:
-    row = [vid, "S9", "Garage", "5", "6", "Yes", "A script, with commas", "box", "Desc, also", actions, length]
+    # the description spans two physical lines: errors must name the row's first line
+    row = [vid, "S9", "Garage", "5", "6", "Yes", "A script, with commas", "box", "Desc, also\nmore", actions, length]
     return row[:fields]
 
 
@@ -444,10 +445,13 @@ def test_pku_labels_duration_and_pose_from_skeleton(tmp_path):
         skeleton[fr, 0] = body + np.array([0.1 * fr, 0.0, 3.0])
         if fr < 4:
             skeleton[fr, 1] = skeleton[fr, 0] + np.array([1.0, 0.0, 0.0])
-    skeleton[5] = 0.0                       # a frame where nobody was tracked
+    skeleton[9, 0] = 2.0 * body + np.array([0.9, 0.0, 3.0])  # one larger body: the median ignores it
+    skeleton[5, 0] = 0.0                    # person 1 not tracked: the frame is missing even if
+    skeleton[5, 1] = 1.0                    # something sits in the second person's slot
     skeleton = skeleton.reshape(10, 150)
     messy = [
         FixtureVideo("0099-L", "training", 10, [(1, 2, 6), (51, 0, 20)], steps=4),
+        FixtureVideo("0097-L", "testing", 3, [], steps=5),                 # more rgb steps than frames
         FixtureVideo("0099-M", "testing", 200, [(3, 1, 50)], missing={"skeleton"}),
         FixtureVideo("0099-R", "training", 200, [(3, 1, 50)], missing={"rgb"}),
         FixtureVideo("0098-L", "testing", 200, [(3, 1, 50)], missing={"label"}),
@@ -456,7 +460,7 @@ def test_pku_labels_duration_and_pose_from_skeleton(tmp_path):
     summary = pku_mmd.convert(raw, tmp_path / "pku.h5")
     f = checked(tmp_path / "pku.h5")
 
-    assert set(f.video_ids) == {v.video_id for v in clean} | {"0099-L"}
+    assert set(f.video_ids) == {v.video_id for v in clean} | {"0099-L", "0097-L"}
     assert f.classes[0] == "action_01" and f.classes[50] == "action_51" and f.modalities == ["rgb", "pose"]
     assert f.durations["0099-L"] == pytest.approx(10 / 30)
     assert_segments(f, "0099-L", [[0, 2 / 30, 6 / 30], [50, 0.0, 10 / 30]])
@@ -476,6 +480,14 @@ def test_pku_labels_duration_and_pose_from_skeleton(tmp_path):
     np.testing.assert_allclose(pose[1].reshape(2, 25, 3)[1], (body + [1.0, 0, 0]) / size / 2, atol=2e-3)
     assert np.all(pose[2:].reshape(2, 2, 25, 3)[:, 1] == 0)   # second person gone: zeros
     assert np.all(pose[:, :3] == 0)                            # centred on person 1's spine base
+    # T > N: windows [i*3/5, (i+1)*3/5) hold frames 0, 1, -, 2, -; empty ones take frame
+    # floor(i*3/5), so the steps show frames 0, 1, 1, 2, 2
+    short = np.loadtxt(raw / "Skeleton" / "0097-L.txt")
+    short_pose = feats(f, "0097-L", "pose").astype(np.float64)
+    np.testing.assert_allclose(short_pose, _reference_pose(short, 5), atol=2e-3)
+    np.testing.assert_array_equal(short_pose[1], short_pose[2])
+    np.testing.assert_array_equal(short_pose[3], short_pose[4])
+    assert not np.array_equal(short_pose[0], short_pose[1]) and not np.array_equal(short_pose[2], short_pose[3])
 
     assert summary.skipped == Counter({
         "missing skeleton file": 1, "missing rgb features": 1, "missing label file": 1,
