@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 
+from kd_detect.config import ConfigError, expand_config_includes
 from kd_detect.data.datamodule import FeatureDataModule
 from kd_detect.modules.detector import DetectorModule
 
@@ -77,55 +77,6 @@ class KDCLI(LightningCLI):
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
 
 
-def _config_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[str]:
-    """``--config`` values for ``path`` with its ``config:`` includes first (recursively,
-    relative to the including file), then its own keys as inline YAML."""
-    import yaml
-
-    path = path.resolve()
-    if path in seen:
-        raise SystemExit(f"kd-detect: error: config include cycle: {' -> '.join(map(str, seen + (path,)))}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise SystemExit(f"kd-detect: error: cannot read config {path}: {err}") from None
-    if not isinstance(data, dict) or "config" not in data:
-        return [str(path)]
-    includes = data.pop("config")
-    chain: list[str] = []
-    for inc in [includes] if isinstance(includes, str) else list(includes or []):
-        chain += _config_chain(path.parent / inc, seen + (path,))
-    if data:
-        chain.append(yaml.safe_dump(data, sort_keys=False))
-    return chain
-
-
-def expand_config_includes(argv: list[str]) -> list[str]:
-    """Experiments compose by naming parents in a top-level ``config:`` key. jsonargparse
-    merges several ``--config`` files key by key (class_path changes keep compatible
-    init_args) but not nested includes, so expand them into a ``--config`` chain."""
-    out: list[str] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        value = None
-        if arg == "--config" and i + 1 < len(argv):
-            value, i = argv[i + 1], i + 2
-        elif arg.startswith("--config="):
-            value, i = arg.split("=", 1)[1], i + 1
-        else:
-            out.append(arg)
-            i += 1
-            continue
-        path = Path(value)
-        if path.suffix in (".yaml", ".yml") and path.is_file():
-            for item in _config_chain(path):
-                out += ["--config", item]
-        else:
-            out += ["--config", value]
-    return out
-
-
 def lightning_main(args: list[str] | None = None, run: bool = True) -> KDCLI:
     import warnings
 
@@ -133,7 +84,10 @@ def lightning_main(args: list[str] | None = None, run: bool = True) -> KDCLI:
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     if args is None:
         args = sys.argv[1:]
-    args = expand_config_includes(args)
+    try:
+        args = expand_config_includes(args)
+    except ConfigError as err:
+        raise SystemExit(f"kd-detect: error: {err}") from None
     return KDCLI(
         DetectorModule,
         FeatureDataModule,
@@ -153,7 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         from kd_detect import tools
 
         return int(getattr(tools, command.replace("-", "_"))(argv[1:]) or 0)
-    lightning_main(argv)
+    from kd_detect.tools import user_errors
+
+    # Our own input errors (missing data file, stale cache, incompatible teacher, ...) are
+    # one line, not a traceback through jsonargparse; anything else propagates.
+    with user_errors("kd-detect", also=()):
+        lightning_main(argv)
     return 0
 
 

@@ -16,33 +16,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
+from kd_detect.config import ConfigError, load_config
 
 EXPERIMENTS = Path("experiments")
 RUNS = Path("runs")
-
-
-def load_config(path: Path) -> dict[str, Any]:
-    """Load an experiment YAML with its ``config:`` includes merged (later keys win,
-    mappings merged recursively) -- the same composition jsonargparse applies."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"experiment config {path} not found (experiments are experiments/<name>.yaml)")
-    raw = yaml.safe_load(path.read_text()) or {}
-    merged: dict[str, Any] = {}
-    includes = raw.pop("config", None)
-    for inc in [includes] if isinstance(includes, str) else (includes or []):
-        _merge(merged, load_config(path.parent / inc))
-    _merge(merged, raw)
-    return merged
-
-
-def _merge(into: dict[str, Any], other: dict[str, Any]) -> None:
-    for key, value in other.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
-        else:
-            into[key] = value
 
 
 def _section(cfg: dict[str, Any], name: str) -> dict[str, Any]:
@@ -131,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"unknown runner command {cmd!r}", file=sys.stderr)
             return 2
-    except FileNotFoundError as err:
+    except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -16,16 +16,34 @@ class UsageError(Exception):
     """Bad input the user can fix; printed as one line."""
 
 
-@contextmanager
-def user_errors(prog: str) -> Iterator[None]:
-    """Turn the package's known input errors into ``prog: message`` + exit status 1."""
+def known_error(err: BaseException) -> BaseException | None:
+    """The package's own input error behind ``err`` (jsonargparse wraps errors raised while
+    instantiating classes), or ``None`` when ``err`` is not one of ours."""
+    from kd_detect.config import ConfigError
     from kd_detect.data.format import FeatureFileError
     from kd_detect.modules.loading import CheckpointError
+    from kd_detect.modules.student import TeacherCompatibilityError
 
+    ours = (FeatureFileError, CheckpointError, TeacherCompatibilityError, ConfigError, UsageError)
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, ours):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+@contextmanager
+def user_errors(prog: str, also: tuple[type[BaseException], ...] = (ValueError, KeyError)) -> Iterator[None]:
+    """Turn the package's known input errors into ``prog: error: message`` + exit status 1."""
     try:
         yield
-    except (FeatureFileError, CheckpointError, UsageError, ValueError, KeyError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+    except Exception as err:  # noqa: BLE001 - re-raised below unless it is a known input error
+        found = known_error(err) or (err if isinstance(err, also) else None)
+        if found is None:
+            raise
+        message = found.args[0] if isinstance(found, KeyError) and found.args else found
         print(f"{prog}: error: {message}", file=sys.stderr)
         raise SystemExit(1) from None
 

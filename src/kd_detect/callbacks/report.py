@@ -41,11 +41,6 @@ class RunReport(Callback):
     def _dir(self, trainer: Any) -> Path:
         return Path(self.run_dir or trainer.default_root_dir)
 
-    def on_test_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        # Gathered on every rank (all_gather inside the metric); written by rank 0 only.
-        frames = getattr(pl_module, "charades_frames", None)
-        self._frames = frames() if callable(frames) else frames
-
     @rank_zero_only
     def on_test_end(self, trainer: Any, pl_module: Any) -> None:
         run_dir = self._dir(trainer)
@@ -66,8 +61,9 @@ class RunReport(Callback):
             except Exception:  # noqa: BLE001 - the summary is best effort, the metrics are not
                 pass
         write_json_atomic(run_dir / "metrics.json", payload)
-        frames = getattr(self, "_frames", None)
-        if self.submission and frames:
+        # gathered over ranks by the module's on_test_epoch_end; written by rank 0 only
+        frames = getattr(pl_module, "charades_frames", None)
+        if self.submission and frames and len(frames[0]):
             from kd_detect.metrics import write_charades_submission
 
             ids, scores = frames

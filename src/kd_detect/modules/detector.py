@@ -89,6 +89,10 @@ class DetectorModule(pl.LightningModule):
             )
         self.modality_dims = {m: int(dims[m]) for m in self.modalities}
         self.head_factory = head or default_head
+        # (hparams may hold only what a config gave, so keep the effective values here)
+        self.lr, self.weight_decay, self.lr_factor, self.lr_patience = lr, weight_decay, lr_factor, lr_patience
+        self.event = {"enabled": event_map, "threshold": event_threshold, "merge_gap": event_merge_gap,
+                      "min_length": event_min_length}
         self.build_model()
         self._build_metrics()
 
@@ -142,14 +146,14 @@ class DetectorModule(pl.LightningModule):
         self.val_map = FrameMAP(self.num_classes)
         self.test_map = FrameMAP(self.num_classes)
         self.test_charades = CharadesMAP(self.num_classes)
-        if self.hparams.event_map:
+        if self.event["enabled"]:
             from kd_detect.metrics import EventMAP
 
             self.test_event = EventMAP(
                 self.num_classes,
-                threshold=self.hparams.event_threshold,
-                merge_gap=self.hparams.event_merge_gap,
-                min_length=self.hparams.event_min_length,
+                threshold=self.event["threshold"],
+                merge_gap=self.event["merge_gap"],
+                min_length=self.event["min_length"],
             )
 
     # ------------------------------------------------------------------ steps
@@ -185,7 +189,7 @@ class DetectorModule(pl.LightningModule):
         self.test_map.update(probs, batch[LABELS], batch[MASK])
         meta = batch[META]
         self.test_charades.update(probs, batch[MASK], meta["duration"], meta["segments"], meta["video_id"])
-        if self.hparams.event_map:
+        if self.event["enabled"]:
             self.test_event.update(probs, batch[MASK], meta["duration"], meta["segments"], meta["video_id"])
 
     def on_test_epoch_end(self) -> None:
@@ -197,7 +201,7 @@ class DetectorModule(pl.LightningModule):
         self.log("test/charades_map", self.test_charades.compute())
         self.charades_frames = self.test_charades.frame_scores()
         self.test_charades.reset()
-        if self.hparams.event_map:
+        if self.event["enabled"]:
             for key, value in self.test_event.compute().items():
                 self.log(f"test/{key}", value)
             self.test_event.reset()
@@ -216,9 +220,9 @@ class DetectorModule(pl.LightningModule):
     # -------------------------------------------------------------- optimiser
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        optimizer = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=self.hparams.lr_factor, patience=self.hparams.lr_patience
+            optimizer, mode="min", factor=self.lr_factor, patience=self.lr_patience
         )
         return {
             "optimizer": optimizer,

@@ -34,7 +34,15 @@ def instantiate(class_path: str | type, **init_args: Any) -> DetectorModule:
     cls = _resolve(class_path) if isinstance(class_path, str) else class_path
     config = {"_class_path": f"{cls.__module__}.{cls.__qualname__}", **init_args}
     with _given_hyperparameters_context(hparams=config, instantiator=INSTANTIATOR):
-        return instantiate_module(DetectorModule, config)
+        try:
+            return instantiate_module(DetectorModule, config)
+        except Exception as err:
+            from kd_detect.tools import known_error
+
+            ours = known_error(err)
+            if ours is not None:  # unwrap jsonargparse's "does not validate" wrapper
+                raise ours from None
+            raise
 
 
 def _resolve(class_path: str) -> type:
@@ -75,7 +83,7 @@ def load_detector(path: str | Path, expect: type[M] = DetectorModule, **override
     if not issubclass(cls, expect):
         raise CheckpointError(f"{path}: is a {cls.__name__} checkpoint, expected a {expect.__name__}")
     try:
-        module = cls.load_from_checkpoint(path, map_location="cpu", **overrides)
+        module = cls.load_from_checkpoint(path, map_location="cpu", weights_only=False, **overrides)
     except Exception as err:  # noqa: BLE001
         raise CheckpointError(f"{path}: could not rebuild {cls.__name__} ({type(err).__name__}: {err})") from err
     return module.eval()

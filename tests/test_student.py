@@ -1,0 +1,224 @@
+"""StudentModule: frozen teachers, checkpoint hygiene, teacher cache, schedules, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from kd_detect.callbacks import DistillationWarmup, StopDistillation
+from kd_detect.data.datamodule import FeatureDataModule
+from kd_detect.data.format import FeatureFileError, VideoRecord, write_feature_file
+from kd_detect.distill.base import DistillationLoss
+from kd_detect.models.heads.base import HeadOutput
+from kd_detect.modules import StudentModule, TeacherCompatibilityError, TeacherModule, instantiate
+from kd_detect.tools import cache_teacher
+
+TINY_HEAD = {"class_path": "kd_detect.models.heads.PDAN", "init_args": {"hidden": 16, "num_layers": 2}}
+
+
+class ProjectedMSE(DistillationLoss):
+    """A minimal plugin (the README's 'add a distillation loss' pattern): a learnable
+    projection of the student features regressed onto the teacher's, masked."""
+
+    def build(self, student_dim: int, teacher_dim: int, num_classes: int) -> None:
+        self.proj = nn.Conv1d(student_dim, teacher_dim, 1)
+
+    def loss(self, student: HeadOutput, teacher: HeadOutput, mask: Tensor) -> Tensor:
+        m = mask.unsqueeze(1).float()
+        diff = (self.proj(student.features) - teacher.features) ** 2 * m
+        return diff.sum() / (m.sum() * teacher.features.shape[1])
+
+
+def _write(path, classes=("a", "b", "c"), n=8, seed=0, dims=(("rgb", 6), ("flow", 4))):
+    rng = np.random.default_rng(seed)
+    videos = []
+    for i in range(n):
+        T = int(rng.integers(10, 24))
+        feats = {m: rng.standard_normal((T, d)).astype(np.float32) for m, d in dims}
+        segs = np.array([[i % len(classes), 1.0, T / 2.0]])
+        videos.append(VideoRecord(f"v{i:02d}", "training" if i < n - 3 else "testing", float(T), feats, segs))
+    return write_feature_file(path, list(classes), [m for m, _ in dims], videos, dtype="float32")
+
+
+def _trainer(**kw) -> pl.Trainer:
+    kw.setdefault("max_epochs", 1)
+    return pl.Trainer(
+        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("student")
+    data = _write(root / "d.h5")
+    dm = FeatureDataModule(str(data), batch_size=4)
+    pl.seed_everything(0)
+    teacher = instantiate(
+        TeacherModule, head=TINY_HEAD, modalities=["rgb", "flow"], num_classes=dm.num_classes,
+        classes=dm.classes, modality_dims=dm.modality_dims, lr=1e-2,
+    )
+    trainer = _trainer(max_epochs=2)
+    trainer.fit(teacher, datamodule=dm)
+    ckpt = root / "teacher.ckpt"
+    trainer.save_checkpoint(ckpt)
+    return {"root": root, "data": data, "ckpt": ckpt}
+
+
+def _student(files, dm, **kw) -> StudentModule:
+    kw.setdefault("teachers", {"t": str(files["ckpt"])})
+    kw.setdefault("distill", {"mse": {"class_path": f"{__name__}.ProjectedMSE", "init_args": {"weight": 1.0}}})
+    return instantiate(
+        StudentModule, head=TINY_HEAD, modalities=["rgb"], num_classes=dm.num_classes, classes=dm.classes,
+        modality_dims=dm.modality_dims, lr=1e-2, **kw,
+    )
+
+
+class TeacherWatch(pl.Callback):
+    """Asserts, at every training step, that the teacher is frozen and in eval mode."""
+
+    def __init__(self) -> None:
+        self.checked = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        for teacher in pl_module.teachers.values():
+            assert not teacher.training and all(not m.training for m in teacher.modules())
+            assert all(not p.requires_grad for p in teacher.parameters())
+        self.checked += 1
+
+    def on_after_backward(self, trainer, pl_module):
+        for teacher in pl_module.teachers.values():
+            assert all(p.grad is None for p in teacher.parameters())
+        assert pl_module.distill["t"]["mse"].proj.weight.grad is not None  # the plugin's head learns
+
+
+def test_teacher_frozen_byte_identical_and_not_in_student_checkpoint(files, tmp_path):
+    dm = FeatureDataModule(str(files["data"]), batch_size=4)
+    student = _student(files, dm)
+    teacher = student.teachers["t"]
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    watch = TeacherWatch()
+    trainer = _trainer(max_epochs=2, callbacks=[watch])
+    trainer.fit(student, datamodule=dm)
+    assert watch.checked >= 2
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(v, before[k]), f"teacher tensor {k} changed"
+    path = tmp_path / "s.ckpt"
+    trainer.save_checkpoint(path)
+    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    assert any(k.startswith("distill.t.mse.proj") for k in state)
+    n_student = sum(v.numel() for k, v in state.items())
+    assert n_student == sum(p.numel() for p in student.parameters()) + sum(
+        b.numel() for b in student.buffers()
+    )
+    assert not any("teacher" in k for k in state)
+    # the teacher has an rgb+flow input conv the rgb-only student lacks: its shape is absent
+    t_in = teacher.state_dict()["head.input_conv.weight"]
+    assert state["head.input_conv.weight"].shape != t_in.shape
+    # the student rebuilds from its checkpoint without its teachers (export/inference)
+    from kd_detect.modules import load_detector
+
+    bare = load_detector(path, expect=StudentModule, teachers={})
+    assert bare.teacher_dims == {"t": teacher.feature_dim} and not bare.teachers
+
+
+def test_zero_weight_plugins_skip_the_teacher(files, monkeypatch):
+    dm = FeatureDataModule(str(files["data"]), batch_size=4)
+    student = _student(files, dm, distill={"mse": {"class_path": f"{__name__}.ProjectedMSE", "init_args": {"weight": 0.0}}})
+    calls = []
+    teacher = student.teachers["t"]
+    monkeypatch.setattr(teacher, "forward", lambda batch: calls.append(1))
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    loss = student.training_step(batch, 0)
+    assert torch.isfinite(loss) and calls == []
+
+
+def test_cache_and_live_teacher_give_identical_losses(files, tmp_path):
+    cache = tmp_path / "cache.h5"
+    assert cache_teacher(["--ckpt", str(files["ckpt"]), "--data", str(files["data"]), "--out", str(cache)]) == 0
+    dm = FeatureDataModule(str(files["data"]), batch_size=4)
+    torch.manual_seed(0)
+    live = _student(files, dm).eval()
+    cached = _student(files, dm, teacher_caches={"t": str(cache)})
+    cached.load_state_dict(live.state_dict())
+    cached.eval()
+    assert not cached.teachers  # the cache replaced the live teacher
+    dm.setup("test")
+    for batch in dm.test_dataloader():
+        out = live(batch)
+        a = live.distillation_losses(out, batch)
+        b = cached.distillation_losses(out, batch)
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_cache_of_cropped_window_matches_full_video_slice(files, tmp_path):
+    from kd_detect.data.teacher_cache import TeacherCache
+
+    cache = tmp_path / "cache.h5"
+    cache_teacher(["--ckpt", str(files["ckpt"]), "--data", str(files["data"]), "--out", str(cache)])
+    dm = FeatureDataModule(str(files["data"]), batch_size=4, max_steps=5)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    out = TeacherCache(cache).batch(batch["meta"], batch["mask"])
+    import h5py
+
+    with h5py.File(cache) as h5:
+        for i, vid in enumerate(batch["meta"]["video_id"]):
+            off, n = int(batch["meta"]["offset"][i]), int(batch["mask"][i].sum())
+            full = torch.from_numpy(h5["videos"][vid]["features"][()]).T
+            torch.testing.assert_close(out.features[i, :, :n], full[:, off : off + n])
+            assert torch.all(out.features[i, :, n:] == 0)
+
+
+def test_stale_cache_refused(files, tmp_path):
+    cache = tmp_path / "cache.h5"
+    cache_teacher(["--ckpt", str(files["ckpt"]), "--data", str(files["data"]), "--out", str(cache)])
+    changed = tmp_path / "teacher2.ckpt"
+    ckpt = torch.load(files["ckpt"], map_location="cpu", weights_only=False)
+    key = next(iter(ckpt["state_dict"]))
+    ckpt["state_dict"][key] = ckpt["state_dict"][key] + 1
+    torch.save(ckpt, changed)
+    dm = FeatureDataModule(str(files["data"]), batch_size=4)
+    with pytest.raises(FeatureFileError, match="stale teacher cache"):
+        _student(files, dm, teachers={"t": str(changed)}, teacher_caches={"t": str(cache)})
+
+
+def test_incompatible_teachers_are_refused_clearly(files, tmp_path):
+    other = _write(tmp_path / "other.h5", classes=("x", "y", "z"))
+    dm = FeatureDataModule(str(other), batch_size=4)
+    with pytest.raises(TeacherCompatibilityError, match="trained on 3 classes"):
+        _student(files, dm)
+    rgb_only = FeatureDataModule(str(files["data"]), modalities=["rgb"], batch_size=4)
+    student = _student(files, rgb_only)
+    with pytest.raises(TeacherCompatibilityError, match="needs modality 'flow'"):
+        _trainer(max_steps=1).fit(student, datamodule=rgb_only)
+
+
+def test_schedules_compose(files):
+    dm = FeatureDataModule(str(files["data"]), batch_size=4)
+    student = _student(files, dm)
+
+    class T:  # the two attributes the schedules read
+        global_step = 0
+        current_epoch = 0
+
+    warm, stop = DistillationWarmup(warmup_steps=4), StopDistillation(epoch=2)
+    t = T()
+    stop.on_train_epoch_start(t, student)
+    warm.on_train_batch_start(t, student, None, 0)
+    assert student.distill_scale == pytest.approx(0.25)
+    t.global_step = 10
+    warm.on_train_batch_start(t, student, None, 0)
+    assert student.distill_scale == 1.0
+    t.current_epoch = 2
+    stop.on_train_epoch_start(t, student)
+    warm.on_train_batch_start(t, student, None, 0)
+    assert student.distill_scale == 0.0 and student.active_plugins() == {}
+    with pytest.raises(ValueError, match="exactly one"):
+        DistillationWarmup()
