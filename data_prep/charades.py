@@ -51,6 +51,7 @@ from data_prep._common import (
     parse_json_annotations,
     parse_modalities,
     read_class_names,
+    require_dir,
     require_file,
     run_cli,
     write_videos,
@@ -152,7 +153,7 @@ def convert(
     ``common`` holds the :class:`~data_prep._common.ConversionOptions` fields (dtype,
     max_length_mismatch, reversed_segments, compression, progress).
     """
-    raw = Path(raw)
+    raw = require_dir(Path(raw), "RAW")
     options = ConversionOptions(**common)
     mods = parse_modalities(modalities, MODALITIES, DATASET)
     classes_path = Path(classes) if classes else raw / "Charades_v1_classes.txt"

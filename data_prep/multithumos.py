@@ -37,6 +37,7 @@ from data_prep._common import (
     parse_json_annotations,
     parse_modalities,
     read_class_names,
+    require_dir,
     run_cli,
     write_videos,
 )
@@ -61,7 +62,7 @@ def convert(
     **common,
 ) -> ConversionSummary:
     """Convert a MultiTHUMOS release under ``raw`` into ``out``."""
-    raw = Path(raw)
+    raw = require_dir(Path(raw), "RAW")
     options = ConversionOptions(**common)
     if class_base not in (0, 1):
         raise ConversionError(f"{DATASET}: --class-base must be 0 or 1, got {class_base}")

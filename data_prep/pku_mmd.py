@@ -63,6 +63,7 @@ from data_prep._common import (
     parse_modalities,
     read_class_names,
     require_file,
+    require_dir,
     run_cli,
     write_videos,
 )
@@ -207,7 +208,7 @@ def convert(
     **common,
 ) -> ConversionSummary:
     """Convert a PKU-MMD release under ``raw`` into ``out`` (modalities rgb and pose)."""
-    raw = Path(raw)
+    raw = require_dir(Path(raw), "RAW")
     options = ConversionOptions(**common)
     if split not in SPLITS:
         raise ConversionError(f"{DATASET}: --split must be one of {list(SPLITS)}, got {split!r}")

@@ -37,6 +37,7 @@ from data_prep._common import (
     parse_modalities,
     read_class_names,
     resample_nearest,
+    require_dir,
     run_cli,
     write_videos,
 )
@@ -64,7 +65,7 @@ def convert(
     **common,
 ) -> ConversionSummary:
     """Convert a TSU release under ``raw`` (split CS or CV) into ``out``."""
-    raw = Path(raw)
+    raw = require_dir(Path(raw), "RAW")
     options = ConversionOptions(**common)
     if split not in SPLITS:
         raise ConversionError(f"{DATASET}: --split must be one of {list(SPLITS)}, got {split!r}")

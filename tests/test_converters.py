@@ -32,7 +32,6 @@ from tests.fixtures_release import (
     write_charades_raw,
     write_multithumos_raw,
     write_pku_raw,
-    write_split_file,
     write_tsu_raw,
 )
 
