@@ -60,6 +60,9 @@ endif
 # A teacher checkpoint / a finished run is made by training its experiment, only when missing.
 runs/%/best.ckpt:
 	@$(MAKE) --no-print-directory train EXP=$* ARGS="$$($(PY) -m kd_detect.runner teacher-args $(ARGS))"
+runs/%/teacher_cache.h5: runs/%/best.ckpt
+	$(KD) cache-teacher --ckpt $< --out $@ \
+	  --data "$$($(PY) -m kd_detect.runner deps $* $(ARGS) | cut -d' ' -f1)"
 runs/%/metrics.json:
 	@$(MAKE) --no-print-directory train EXP=$*
 
