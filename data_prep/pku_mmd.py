@@ -151,20 +151,24 @@ def read_skeleton(path: Path) -> np.ndarray:
     lines = [line for line in text.splitlines()]
     while lines and not lines[-1].strip():
         lines.pop()
-    rows = []
+    tokens: list[str] = []
     for lineno, line in enumerate(lines, start=1):
-        tokens = line.split()
-        if len(tokens) != SKELETON_WIDTH:
+        row = line.split()
+        if len(row) != SKELETON_WIDTH:
             raise ConversionError(
-                f"{path}:{lineno}: expected {SKELETON_WIDTH} numbers (2 persons x 25 joints x xyz), got {len(tokens)}"
+                f"{path}:{lineno}: expected {SKELETON_WIDTH} numbers (2 persons x 25 joints x xyz), got {len(row)}"
             )
-        try:
-            rows.append(np.asarray(tokens, dtype=np.float64))
-        except ValueError:
-            raise ConversionError(f"{path}:{lineno}: non-numeric value in a skeleton line") from None
-    if not rows:
-        return np.zeros((0, PERSONS, JOINTS, 3))
-    return np.stack(rows).reshape(-1, PERSONS, JOINTS, 3)
+        tokens += row
+    try:
+        values = np.asarray(tokens, dtype=np.float64)
+    except ValueError:
+        for lineno, line in enumerate(lines, start=1):  # slow path only to name the line
+            try:
+                np.asarray(line.split(), dtype=np.float64)
+            except ValueError:
+                raise ConversionError(f"{path}:{lineno}: non-numeric value in a skeleton line") from None
+        raise
+    return values.reshape(-1, PERSONS, JOINTS, 3)
 
 
 def skeleton_to_pose(skeleton: np.ndarray, num_steps: int) -> np.ndarray:

@@ -172,6 +172,8 @@ def test_charades_messy_release_is_cleaned_as_documented(tmp_path):
     assert summary.truncated_videos == 1
     assert summary.segments_clipped == 1
     assert summary.segments_dropped == Counter({"outside the video": 1, "start after end": 1})
+    # BOUND has 8 steps where 8 s at stride 8 / 24 fps implies 23: kept, but noted
+    assert list(summary.note_examples.values()) == [["BOUND"]] and sum(summary.notes.values()) == 1
     assert summary.segments_kept == sum(len(v.actions) for v in clean) + 3
     text = summary.format()
     assert "skipped 3 videos" in text and "missing flow features: 1 (e.g. NOFLW)" in text
@@ -527,6 +529,10 @@ def test_pku_skeleton_line_with_149_floats_names_file_and_line(tmp_path):
     with pytest.raises(ConversionError) as err:
         pku_mmd.convert(raw, tmp_path / "p.h5")
     assert f"{path}:7: expected 150 numbers (2 persons x 25 joints x xyz), got 149" in str(err.value)
+    lines[6] = " ".join(["0.5"] * 149 + ["nan?"])
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConversionError, match=rf"{path.name}:7: non-numeric value"):
+        pku_mmd.convert(raw, tmp_path / "p.h5")
     assert not (tmp_path / "p.h5").exists() and list(tmp_path.glob(".p.h5*")) == []
 
 
