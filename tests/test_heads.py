@@ -82,7 +82,8 @@ def test_padding_never_influences_valid_steps(name: str, lengths: list[int], ext
     ref = head(x, mask)
     # Append padding full of garbage (and put garbage in existing padding too).
     garbage = 1e3 * torch.randn(len(lengths), d, steps + extra)
-    x_pad = torch.where(lengths_mask(lengths, steps + extra).unsqueeze(1), torch.nn.functional.pad(x, (0, extra)), garbage)
+    valid = lengths_mask(lengths, steps + extra).unsqueeze(1)
+    x_pad = torch.where(valid, torch.nn.functional.pad(x, (0, extra)), garbage)
     out = head(x_pad, lengths_mask(lengths, steps + extra))
     for i, n in enumerate(lengths):
         torch.testing.assert_close(out.logits[i, :, :n], ref.logits[i, :, :n], atol=1e-6, rtol=0)

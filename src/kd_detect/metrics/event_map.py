@@ -1,0 +1,330 @@
+"""Event-level mAP, the PKU-MMD protocol (also used for TSU), DESIGN.md §5.
+
+1. **Segments from per-step scores** (:func:`extract_segments`): per class, runs of steps
+   with ``p ≥ threshold`` (step ``i`` covers ``[i·L/T, (i+1)·L/T)``), runs separated by a
+   gap ``≤ merge_gap`` seconds merged, segments shorter than ``min_length`` seconds dropped;
+   score = mean probability over the segment's steps.
+2. **Matching**: ``IoU = (min_end − max_start) / (max_end − min_start)``. Per video and class,
+   detections in descending score each take the unmatched ground truth with the highest
+   IoU if it is ``≥ θ`` (distinct hits; ``unique_matches=False`` reproduces the official
+   script, where a detection is a hit whenever its best IoU is ``≥ θ``, duplicates included).
+3. **AP** per class, as the official ``evaluate.py`` (``ap_variant="pku"``): with the hits at
+   ranks ``r_1 < ... < r_K`` and ``G`` ground truths,
+
+       AP = Σ_k max_{j ≥ k} p'_j · (min(k/G, 1) − min((k−1)/G, 1)),   p'_j = (j−1) / max(r_j − 1, 1)
+
+   i.e. interpolated precision where each hit's precision is measured on the detections
+   ranked strictly above it -- the official loop's behaviour: a class whose only hit is
+   ranked first gets AP 0, and ``[hit, miss, hit]`` with G = 2 gets 0.5.
+   ``ap_variant="voc"`` uses ``p_j = j / r_j`` instead (all-point interpolated AP: 1.0 and
+   0.833 in those examples). Ties in score keep the official stable-sort order.
+
+``map@θ`` averages over classes with at least one ground-truth segment; ``map_all@θ`` over
+all ``C`` classes (AP 0 where there is no ground truth, as the official script does for
+its empty slot 0 -- it divides by 52 for PKU-MMD's 51 1-based classes, i.e. it equals
+``map_all · 51/52``). ``map`` is the mean of ``map@θ`` over ``thetas``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from .common import as_list, cat_state, synced, check_probs_mask, check_segments
+
+Detection = tuple[int, float, float, float]  # (class, start_s, end_s, score)
+APVariant = Literal["pku", "voc"]
+
+
+def extract_segments(
+    scores: Tensor | np.ndarray,
+    duration: float,
+    threshold: float = 0.5,
+    merge_gap: float = 0.0,
+    min_length: float = 0.0,
+) -> list[Detection]:
+    """``scores (T, C)`` probabilities of one video -> ``[(class, start_s, end_s, score)]`` sorted by class, start."""
+    arr = scores.detach().cpu().double().numpy() if isinstance(scores, Tensor) else np.asarray(scores, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[0] < 1:
+        raise ValueError(f"extract_segments: 'scores' must be (T >= 1, C), got shape {arr.shape}")
+    if not (np.isfinite(duration) and duration > 0):
+        raise ValueError(f"extract_segments: 'duration' must be a positive number of seconds, got {duration}")
+    steps, num_classes = arr.shape
+    step = float(duration) / steps
+    active = np.zeros((steps + 2, num_classes), dtype=np.int8)
+    active[1:-1] = arr >= threshold
+    edges = np.diff(active, axis=0)  # +1 at a run's first step, -1 one past its last step
+    cumsum = np.concatenate([np.zeros((1, num_classes)), np.cumsum(arr, axis=0)])
+    out: list[Detection] = []
+    for c in range(num_classes):
+        starts = np.flatnonzero(edges[:, c] == 1)
+        if not len(starts):
+            continue
+        ends = np.flatnonzero(edges[:, c] == -1)
+        # Merge runs whose gap (in seconds) is <= merge_gap (tolerance for float fuzz).
+        new_group = np.ones(len(starts), dtype=bool)
+        new_group[1:] = (starts[1:] - ends[:-1]) * step > merge_gap + 1e-9 * step
+        group_starts = starts[new_group]
+        group_ends = ends[np.append(new_group[1:], True)]
+        for s, e in zip(group_starts.tolist(), group_ends.tolist()):
+            if (e - s) * step + 1e-9 * step < min_length:
+                continue
+            out.append((c, s * step, e * step, float((cumsum[e, c] - cumsum[s, c]) / (e - s))))
+    return out
+
+
+def _iou(start: float, end: float, gt: np.ndarray) -> np.ndarray:
+    """IoU of ``[start, end]`` with each ``gt`` row ``[class, start, end]`` (0 where the hull is empty)."""
+    inter = np.minimum(end, gt[:, 2]) - np.maximum(start, gt[:, 1])
+    hull = np.maximum(end, gt[:, 2]) - np.minimum(start, gt[:, 1])
+    return np.where(hull > 0, inter / np.where(hull > 0, hull, 1.0), 0.0)
+
+
+def descending(scores: np.ndarray) -> np.ndarray:
+    """Ranking order: the official stable ascending sort by score, read from the top."""
+    return np.argsort(scores, kind="stable")[::-1]
+
+
+def match_video(dets: np.ndarray, gts: np.ndarray, thetas: Sequence[float], unique: bool = True) -> np.ndarray:
+    """Hit flags ``(n_det, len(thetas))`` for one video's ``dets (n, 4)`` [class, start, end, score]
+    against its ``gts (m, 3)`` [class, start, end] (module docstring, step 2)."""
+    hits = np.zeros((len(dets), len(thetas)), dtype=bool)
+    if not len(dets) or not len(gts):
+        return hits
+    for c in np.unique(dets[:, 0]):
+        own_gt = gts[gts[:, 0] == c]
+        if not len(own_gt):
+            continue
+        idx = np.flatnonzero(dets[:, 0] == c)
+        idx = idx[descending(dets[idx, 3])]
+        ious = np.stack([_iou(dets[i, 1], dets[i, 2], own_gt) for i in idx])  # (n_c, m_c)
+        for k, theta in enumerate(thetas):
+            if not unique:
+                hits[idx, k] = ious.max(1) >= theta
+                continue
+            taken = np.zeros(len(own_gt), dtype=bool)
+            for row, i in enumerate(idx):
+                cand = np.where(taken | (ious[row] < theta), -np.inf, ious[row])
+                j = int(np.argmax(cand))
+                if np.isfinite(cand[j]):
+                    taken[j] = True
+                    hits[i, k] = True
+    return hits
+
+
+def class_ap(scores: np.ndarray, hits: np.ndarray, num_gt: int, variant: APVariant = "pku") -> float:
+    """AP of one class from its detections' ``scores`` and ``hits`` (module docstring, step 3).
+
+    NaN if ``num_gt == 0``.
+    """
+    if num_gt == 0:
+        return float("nan")
+    ranks = np.flatnonzero(hits[descending(scores)]) + 1
+    if not len(ranks):
+        return 0.0
+    j = np.arange(1, len(ranks) + 1, dtype=np.float64)
+    if variant == "pku":
+        precision = (j - 1) / np.maximum(ranks - 1, 1)
+    elif variant == "voc":
+        precision = j / ranks
+    else:
+        raise ValueError(f"ap_variant must be 'pku' or 'voc', got {variant!r}")
+    interpolated = np.maximum.accumulate(precision[::-1])[::-1]
+    recall = np.minimum(j / num_gt, 1.0)
+    return float(np.sum(interpolated * np.diff(recall, prepend=0.0)))
+
+
+def _check_thetas(thetas: Sequence[float]) -> tuple[float, ...]:
+    thetas = tuple(float(t) for t in thetas)
+    if not thetas or any(not 0.0 < t <= 1.0 for t in thetas):
+        raise ValueError(f"event mAP: thetas must be a non-empty list in (0, 1], got {thetas}")
+    return thetas
+
+
+def _check_detections(where: str, dets: Sequence[Sequence[float]], num_classes: int) -> np.ndarray:
+    arr = np.asarray(dets, dtype=np.float64).reshape(-1, 4) if len(dets) else np.zeros((0, 4))
+    if arr.size and (
+        not np.isfinite(arr).all()
+        or (arr[:, 0] < 0).any()
+        or (arr[:, 0] >= num_classes).any()
+        or (arr[:, 2] < arr[:, 1]).any()
+    ):
+        raise ValueError(
+            f"{where}: detections must be (class in [0, {num_classes}), start_s, end_s >= start_s, score), finite"
+        )
+    return arr
+
+
+def _summarise(ap: dict[float, np.ndarray]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for theta, values in ap.items():
+        present = ~np.isnan(values)
+        out[f"map@{theta:g}"] = float(values[present].mean()) if present.any() else float("nan")
+        out[f"map_all@{theta:g}"] = float(np.nan_to_num(values, nan=0.0).mean())
+    out["map"] = float(np.mean([out[f"map@{t:g}"] for t in ap]))
+    out["ap"] = ap
+    return out
+
+
+def _ap_per_class(
+    classes: np.ndarray,
+    scores: np.ndarray,
+    hits: np.ndarray,
+    gt_count: np.ndarray,
+    thetas: tuple[float, ...],
+    variant: APVariant,
+) -> dict[float, np.ndarray]:
+    ap = {}
+    for k, theta in enumerate(thetas):
+        ap[theta] = np.array(
+            [
+                class_ap(scores[classes == c], hits[classes == c, k], int(gt_count[c]), variant)
+                for c in range(len(gt_count))
+            ]
+        )
+    return ap
+
+
+def event_map(
+    predictions: Mapping[str, Sequence[Detection]],
+    ground_truth: Mapping[str, np.ndarray],
+    thetas: Sequence[float] = (0.1, 0.3, 0.5),
+    *,
+    num_classes: int | None = None,
+    unique_matches: bool = True,
+    ap_variant: APVariant = "pku",
+) -> dict[str, Any]:
+    """Event-level mAP over videos (module docstring).
+
+    ``predictions``: video id -> ``[(class, start_s, end_s, score)]`` (e.g. from
+    :func:`extract_segments`); ``ground_truth``: video id -> ``(N, 3)`` ``[class, start_s, end_s]``
+    (every evaluated video, also those without predictions). Returns ``map@θ``, ``map_all@θ``,
+    ``map`` (floats) and ``ap`` (θ -> per-class array, NaN for classes without ground truth).
+    """
+    thetas = _check_thetas(thetas)
+    missing = [v for v in predictions if v not in ground_truth]
+    if missing:
+        raise ValueError(f"event_map: videos {missing[:5]} have predictions but no ground truth")
+    if num_classes is None:
+        ids = [int(s[0]) for segs in ground_truth.values() for s in np.asarray(segs).reshape(-1, 3)]
+        ids += [int(d[0]) for dets in predictions.values() for d in dets]
+        num_classes = max(ids, default=-1) + 1
+    gt_count = np.zeros(num_classes, dtype=np.int64)
+    gts = {}
+    for vid, segs in ground_truth.items():
+        gts[vid] = check_segments(f"event_map: video {vid!r}", segs, num_classes)
+        np.add.at(gt_count, gts[vid][:, 0].astype(np.int64), 1)
+    classes, scores, hits = [np.zeros(0)], [np.zeros(0)], [np.zeros((0, len(thetas)), dtype=bool)]
+    for vid, dets in predictions.items():
+        arr = _check_detections(f"event_map: video {vid!r}", dets, num_classes)
+        classes.append(arr[:, 0])
+        scores.append(arr[:, 3])
+        hits.append(match_video(arr, gts[vid], thetas, unique_matches))
+    ap = _ap_per_class(
+        np.concatenate(classes), np.concatenate(scores), np.concatenate(hits), gt_count, thetas, ap_variant
+    )
+    return _summarise(ap)
+
+
+class EventMAP(Metric):
+    """Event-level mAP (PKU-MMD protocol) as a torchmetrics metric, DDP-exact.
+
+    Matching only involves one video's detections and ground truth, so each ``update``
+    extracts segments and computes the hit flags of its videos; the states are the
+    detections' class, score and hit flags plus per-class ground-truth counts.
+    ``compute()`` returns ``{"event_map@θ": ..., "event_map": mean over θ}`` (scalars, for
+    logging); :meth:`compute_details` returns the full :func:`event_map` dict.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(
+        self,
+        num_classes: int,
+        threshold: float = 0.5,
+        merge_gap: float = 0.0,
+        min_length: float = 0.0,
+        thetas: Sequence[float] = (0.1, 0.3, 0.5),
+        unique_matches: bool = True,
+        ap_variant: APVariant = "pku",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if ap_variant not in ("pku", "voc"):
+            raise ValueError(f"EventMAP: ap_variant must be 'pku' or 'voc', got {ap_variant!r}")
+        self.num_classes = int(num_classes)
+        self.threshold, self.merge_gap, self.min_length = float(threshold), float(merge_gap), float(min_length)
+        self.thetas = _check_thetas(thetas)
+        self.unique_matches = bool(unique_matches)
+        self.ap_variant: APVariant = ap_variant
+        self.add_state("det_class", default=[], dist_reduce_fx="cat")
+        self.add_state("det_score", default=[], dist_reduce_fx="cat")
+        self.add_state("det_hits", default=[], dist_reduce_fx="cat")  # flat (n * len(thetas),)
+        self.add_state("gt_count", default=torch.zeros(self.num_classes, dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(  # type: ignore[override]
+        self,
+        probs: Tensor,
+        mask: Tensor,
+        durations: Tensor | Sequence[float],
+        segments: Sequence[np.ndarray],
+        video_ids: Sequence[str] | None = None,
+    ) -> None:
+        check_probs_mask("EventMAP.update", probs, mask, self.num_classes)
+        batch = probs.shape[0]
+        durations = as_list(durations)
+        video_ids = list(video_ids) if video_ids is not None else [f"#{i}" for i in range(batch)]
+        if not (len(durations) == len(segments) == len(video_ids) == batch):
+            raise ValueError(
+                f"EventMAP.update: need one duration, segments array and video id per video (B={batch}), got "
+                f"{len(durations)}, {len(segments)}, {len(video_ids)}"
+            )
+        probs_np = probs.detach().double().cpu().numpy()
+        mask_np = mask.cpu().numpy()
+        counts = np.zeros(self.num_classes, dtype=np.int64)
+        rows, hits = [np.zeros((0, 4))], [np.zeros((0, len(self.thetas)), dtype=bool)]
+        for b in range(batch):
+            where = f"EventMAP.update: video {video_ids[b]!r}"
+            valid = probs_np[b][:, mask_np[b]].T
+            if not len(valid):
+                raise ValueError(f"{where}: no valid step")
+            gts = check_segments(where, segments[b], self.num_classes)
+            np.add.at(counts, gts[:, 0].astype(np.int64), 1)
+            dets = np.asarray(
+                extract_segments(valid, durations[b], self.threshold, self.merge_gap, self.min_length), dtype=np.float64
+            ).reshape(-1, 4)
+            rows.append(dets)
+            hits.append(match_video(dets, gts, self.thetas, self.unique_matches))
+        dets_all, hits_all = np.concatenate(rows), np.concatenate(hits)
+        device = self.gt_count.device
+        self.det_class.append(torch.from_numpy(dets_all[:, 0].astype(np.int64)).to(device))
+        self.det_score.append(torch.from_numpy(dets_all[:, 3].copy()).to(device))
+        self.det_hits.append(torch.from_numpy(hits_all.astype(np.uint8).reshape(-1)).to(device))
+        self.gt_count += torch.from_numpy(counts).to(device)
+
+    def _details(self) -> dict[str, Any]:
+        def cat(state: list[Tensor] | Tensor, dtype: Any) -> np.ndarray:
+            return cat_state(state, self.device).cpu().numpy().astype(dtype)
+
+        classes = cat(self.det_class, np.int64)
+        scores = cat(self.det_score, np.float64)
+        hits = cat(self.det_hits, bool).reshape(-1, len(self.thetas))
+        ap = _ap_per_class(classes, scores, hits, self.gt_count.cpu().numpy(), self.thetas, self.ap_variant)
+        return _summarise(ap)
+
+    def compute(self) -> dict[str, Tensor]:
+        details = self._details()
+        out = {f"event_map@{t:g}": torch.tensor(details[f"map@{t:g}"], dtype=torch.float64) for t in self.thetas}
+        out["event_map"] = torch.tensor(details["map"], dtype=torch.float64)
+        return out
+
+    def compute_details(self) -> dict[str, Any]:
+        """The full :func:`event_map` result (``map@θ``, ``map_all@θ``, ``map``, per-class ``ap``)."""
+        with synced(self):
+            return self._details()
