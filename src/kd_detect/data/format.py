@@ -153,12 +153,23 @@ class FeatureFileWriter:
             raise FeatureFileError(f"{where}: zero-length video")
         if not (np.isfinite(video.duration) and video.duration > 0):
             raise FeatureFileError(f"{where}: field 'duration' must be a positive number, got {video.duration}")
-        segments = np.asarray(video.segments, dtype=np.float64).reshape(-1, 3)
+        segments = np.asarray(video.segments, dtype=np.float64)
+        if segments.size == 0:
+            segments = segments.reshape(0, 3)
+        if segments.ndim != 2 or segments.shape[1] != 3:
+            raise FeatureFileError(
+                f"{where}: field 'segments' must be (N, 3) [class_id, start_s, end_s], got shape {segments.shape}"
+            )
         if len(segments) and (
-            (segments[:, 0] < 0).any() or (segments[:, 0] >= len(self.classes)).any()
+            not np.isfinite(segments).all()
+            or (segments[:, 0] != np.round(segments[:, 0])).any()
+            or (segments[:, 0] < 0).any() or (segments[:, 0] >= len(self.classes)).any()
             or (segments[:, 1] > segments[:, 2]).any()
         ):
-            raise FeatureFileError(f"{where}: field 'segments' has a class id out of range or start > end")
+            raise FeatureFileError(
+                f"{where}: field 'segments' has a non-finite value, a class id that is not an integer in "
+                f"[0, {len(self.classes)}) or start > end"
+            )
         labels = video.labels
         if labels is None:
             labels = labels_from_segments(segments, num_steps, video.duration, len(self.classes))
@@ -167,18 +178,24 @@ class FeatureFileWriter:
             raise FeatureFileError(
                 f"{where}: field 'labels' has shape {labels.shape}, expected ({num_steps}, {len(self.classes)})"
             )
+        # Check every modality before creating the group: a caller that catches the error
+        # (e.g. a converter skipping a messy row) must not be left with a half-written video.
+        arrays = {}
+        for m in self.modalities:
+            arr = np.asarray(video.features[m])
+            if arr.ndim != 2:
+                raise FeatureFileError(f"{where}: modality {m!r} must be (T, D), got shape {arr.shape}")
+            dim = self._dims.get(m, arr.shape[1])
+            if arr.shape[1] != dim:
+                raise FeatureFileError(f"{where}: modality {m!r} has dim {arr.shape[1]}, other videos have {dim}")
+            arrays[m] = arr
         group = self._videos.create_group(vid)
         group.attrs["subset"] = str(video.subset)
         group.attrs["duration"] = float(video.duration)
         for key, value in video.attrs.items():
             group.attrs[key] = value
-        for m in self.modalities:
-            arr = np.asarray(video.features[m])
-            if arr.ndim != 2:
-                raise FeatureFileError(f"{where}: modality {m!r} must be (T, D), got shape {arr.shape}")
-            dim = self._dims.setdefault(m, arr.shape[1])
-            if arr.shape[1] != dim:
-                raise FeatureFileError(f"{where}: modality {m!r} has dim {arr.shape[1]}, other videos have {dim}")
+        for m, arr in arrays.items():
+            self._dims.setdefault(m, arr.shape[1])
             group.create_dataset(m, data=arr.astype(self.dtype, copy=False), compression=self.compression)
         group.create_dataset(LABELS, data=labels.astype(np.uint8, copy=False))
         group.create_dataset(SEGMENTS, data=segments)
@@ -187,6 +204,10 @@ class FeatureFileWriter:
     def close(self) -> Path:
         """Finish the file and move it into place atomically."""
         self._h5.close()
+        # mkstemp creates the file 0600; give the final file the usual umask-based mode.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self._tmp, 0o666 & ~umask)
         os.replace(self._tmp, self.path)
         return self.path
 
@@ -246,13 +267,19 @@ class FeatureFile:
         version = h5.attrs.get(FORMAT_ATTR)
         if version is None:
             raise FeatureFileError(f"{self.path}: root attr {FORMAT_ATTR!r} missing (not a kd_detect feature file)")
-        if int(version) not in SUPPORTED_VERSIONS:
+        try:
+            known = int(version) in SUPPORTED_VERSIONS
+        except (TypeError, ValueError):
+            known = False
+        if not known:
             raise FeatureFileError(
-                f"{self.path}: unknown {FORMAT_ATTR}={int(version)}; this reader knows {list(SUPPORTED_VERSIONS)}"
+                f"{self.path}: unknown {FORMAT_ATTR}={version!r}; this reader knows {list(SUPPORTED_VERSIONS)}"
             )
         for key in ("classes", "modalities"):
             if key not in h5.attrs:
                 raise FeatureFileError(f"{self.path}: root attr {key!r} missing")
+            if np.ndim(h5.attrs[key]) != 1 or len(h5.attrs[key]) == 0:
+                raise FeatureFileError(f"{self.path}: root attr {key!r} must be a non-empty list of names")
         self.classes = _as_str_list(h5.attrs["classes"])
         self.modalities = _as_str_list(h5.attrs["modalities"])
         self.attrs = {k: h5.attrs[k] for k in h5.attrs}
