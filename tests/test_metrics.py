@@ -370,8 +370,9 @@ def test_event_map_hand_computed() -> None:
         "a": [(0, 0.0, 10.0, 0.9), (0, 40.0, 50.0, 0.85), (0, 21.0, 30.0, 0.8)],
         "b": [(1, 0.0, 9.0, 0.7)],
     }
-    pku = event_map(preds, gt, thetas=(0.5,))
+    pku = event_map(preds, gt, thetas=(0.5,), ap_variant="pku")
     np.testing.assert_allclose(pku["ap"][0.5], [0.5, 0.0])
+    np.testing.assert_allclose(event_map(preds, gt, thetas=(0.5,))["ap"][0.5], [(1 + 2 / 3) / 2, 1.0])  # default: voc
     voc = event_map(preds, gt, thetas=(0.5,), ap_variant="voc")
     np.testing.assert_allclose(voc["ap"][0.5], [(1 + 2 / 3) / 2, 1.0])
     # IoU([0,10], [5,15]) = 5/15: a hit at 0.3, a miss at 0.5 (two detections so the official AP is non-zero).
@@ -381,8 +382,8 @@ def test_event_map_hand_computed() -> None:
     # Duplicates on one ground truth: distinct matching counts one hit; the official script counts both.
     dup = {"a": [(0, 5.0, 15.0, 0.9), (0, 6.0, 15.0, 0.8)]}
     assert event_map(dup, one, thetas=(0.5,), ap_variant="voc")["ap"][0.5][0] == pytest.approx(1.0)
-    assert event_map(dup, one, thetas=(0.5,))["ap"][0.5][0] == 0.0
-    assert event_map(dup, one, thetas=(0.5,), unique_matches=False)["ap"][0.5][0] == pytest.approx(1.0)
+    assert event_map(dup, one, thetas=(0.5,), ap_variant="pku")["ap"][0.5][0] == 0.0
+    assert event_map(dup, one, thetas=(0.5,), unique_matches=False, ap_variant="pku")["ap"][0.5][0] == pytest.approx(1.0)
     # A class with ground truth but no detection has AP 0; videos without predictions still count.
     res = event_map({}, gt, thetas=(0.5,))
     np.testing.assert_array_equal(res["ap"][0.5], [0.0, 0.0])

@@ -8,7 +8,9 @@
    detections in descending score each take the unmatched ground truth with the highest
    IoU if it is ``≥ θ`` (distinct hits; ``unique_matches=False`` reproduces the official
    script, where a detection is a hit whenever its best IoU is ``≥ θ``, duplicates included).
-3. **AP** per class, as the official ``evaluate.py`` (``ap_variant="pku"``): with the hits at
+3. **AP** per class. Default ``ap_variant="voc"``: all-point interpolated AP with
+   ``p_j = j / r_j`` (the protocol as the project states it: interpolated AP over distinct
+   hits). ``ap_variant="pku"`` reproduces the official ``evaluate.py`` exactly: with the hits at
    ranks ``r_1 < ... < r_K`` and ``G`` ground truths,
 
        AP = Σ_k max_{j ≥ k} p'_j · (min(k/G, 1) − min((k−1)/G, 1)),   p'_j = (j−1) / max(r_j − 1, 1)
@@ -16,8 +18,8 @@
    i.e. interpolated precision where each hit's precision is measured on the detections
    ranked strictly above it -- the official loop's behaviour: a class whose only hit is
    ranked first gets AP 0, and ``[hit, miss, hit]`` with G = 2 gets 0.5.
-   ``ap_variant="voc"`` uses ``p_j = j / r_j`` instead (all-point interpolated AP: 1.0 and
-   0.833 in those examples). Ties in score keep the official stable-sort order.
+   ``"voc"`` gives 1.0 and 0.833 in those examples. Use ``"pku"`` to compare with numbers
+   produced by the official script. Ties in score keep the official stable-sort order.
 
 ``map@θ`` averages over classes with at least one ground-truth segment; ``map_all@θ`` over
 all ``C`` classes (AP 0 where there is no ground truth, as the official script does for
@@ -196,7 +198,7 @@ def event_map(
     *,
     num_classes: int | None = None,
     unique_matches: bool = True,
-    ap_variant: APVariant = "pku",
+    ap_variant: APVariant = "voc",
 ) -> dict[str, Any]:
     """Event-level mAP over videos (module docstring).
 
@@ -252,7 +254,7 @@ class EventMAP(Metric):
         min_length: float = 0.0,
         thetas: Sequence[float] = (0.1, 0.3, 0.5),
         unique_matches: bool = True,
-        ap_variant: APVariant = "pku",
+        ap_variant: APVariant = "voc",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
