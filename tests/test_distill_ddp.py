@@ -17,7 +17,6 @@ import torch
 
 from kd_detect.distill import AtomicContrastive
 from kd_detect.distill._common import info_nce
-from kd_detect.models.heads.base import HeadOutput
 
 WORKER = textwrap.dedent(
     """

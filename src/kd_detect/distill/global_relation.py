@@ -176,7 +176,9 @@ class GlobalContextualRelation(DistillationLoss):
             ``[−1, 1]`` become logits in ``[−10, 10]``, so a row can concentrate on the steps
             that really resemble step ``i`` (a range of ``e^20``) instead of being nearly
             uniform over thousands of steps, while staying smooth enough to carry gradient
-            to every step (the same value as the contrastive ``τ``).
+            to every step (the same value as the contrastive ``τ``). In fp32 keep
+            ``τ_r ≳ 0.02`` if a valid step can have exactly-zero features (its relation row
+            is ``exp(−1/τ_r)``-small before normalisation and would underflow).
         chunk_size: rows per chunk (``kl`` only); memory ``∝ B·chunk_size·T``.
     """
 
