@@ -1,0 +1,195 @@
+"""``FeatureDataModule``: batches of a format-v1 feature file (DESIGN.md §2, §4, §5).
+
+* ``__init__`` reads only the header (``num_classes``, ``classes``, ``modality_dims`` are
+  there for the CLI to link into the model) and refuses, before any training, a missing
+  / corrupt / unknown-format file, an absent modality or an empty subset.
+* Training: shuffled (a :class:`~torch.utils.data.DistributedSampler`, also with one
+  process), videos longer than ``max_steps`` cropped to a window whose offset depends only
+  on ``(seed, epoch, index)``.
+* Evaluation (val / test / predict): whole videos, no shuffle, **sorted by length,
+  longest first** within the subset (less padding; a memory problem shows on the first
+  batch; the metrics do not depend on order), split over ranks without padding so every
+  video is evaluated exactly once (DESIGN.md §5).
+* h5py handles are opened lazily per process; ``preload=True`` reads the needed subsets
+  into RAM once and gives the same batches as lazy reading.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+
+from .dataset import EpochDistributedSampler, FeatureDataset, UnrepeatedDistributedSampler, VideoCollate
+from .format import FeatureFile, FeatureFileError
+
+Subset = str | list[str]
+
+
+def _subset_name(subset: Subset | None) -> str:
+    if subset is None:
+        return "<all videos>"
+    return repr(subset) if isinstance(subset, str) else repr(list(subset))
+
+
+class FeatureDataModule(pl.LightningDataModule):
+    """Batches ``{modality: (B, D_m, T), labels: (B, C, T), mask: (B, T), meta}`` from ``path``.
+
+    ``modalities=None`` loads every modality of the file. ``predict_subset=None`` predicts
+    every video in the file. ``eval_batch_size`` defaults to ``batch_size``.
+    ``require_labels=False`` gives zero labels for videos without a ``labels`` field (and
+    defers the empty-subset error of train/val/test to when that stage asks for data, so a
+    label-free file can be predicted without naming its subsets).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        modalities: list[str] | None = None,
+        train_subset: Subset = "training",
+        val_subset: Subset = "testing",
+        test_subset: Subset = "testing",
+        predict_subset: Subset | None = None,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        max_steps: int | None = None,
+        preload: bool = False,
+        require_labels: bool = True,
+        pin_memory: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        file_path = Path(path)
+        if not file_path.exists():
+            raise FeatureFileError(
+                f"{file_path}: no such feature file. Create it with `make data DATASET={file_path.stem}` "
+                f"(writes data/{file_path.stem}.h5) or set --data.path to an existing file"
+            )
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size),
+                            ("max_steps", max_steps)):
+            if value is not None and int(value) < 1:
+                raise ValueError(f"FeatureDataModule: {name} must be >= 1, got {value}")
+        if num_workers < 0:
+            raise ValueError(f"FeatureDataModule: num_workers must be >= 0, got {num_workers}")
+        self.feature_file = FeatureFile(file_path)
+        ff = self.feature_file
+        if modalities is not None and len(modalities) == 0:
+            raise ValueError(f"{file_path}: modalities=[] selects nothing; the file has {ff.modalities}")
+        self.modalities = list(ff.modalities) if modalities is None else list(modalities)
+        absent = [m for m in self.modalities if m not in ff.modalities]
+        if absent:
+            raise FeatureFileError(
+                f"{file_path}: modalities {absent} requested but the file has only {ff.modalities}"
+            )
+        no_dim = [m for m in self.modalities if m not in ff.modality_dims]
+        if no_dim:
+            raise FeatureFileError(
+                f"{file_path}: cannot read the dims of modalities {no_dim} (empty file or first video lacks "
+                f"them); run `kd-detect check {file_path}`"
+            )
+        self.classes: list[str] = list(ff.classes)
+        self.num_classes: int = ff.num_classes
+        self.modality_dims: dict[str, int] = {m: ff.modality_dims[m] for m in self.modalities}
+        self.path = file_path
+        self.train_subset, self.val_subset, self.test_subset = train_subset, val_subset, test_subset
+        self.predict_subset = predict_subset
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.num_workers = int(num_workers)
+        self.max_steps = max_steps
+        self.preload = preload
+        self.require_labels = require_labels
+        self.pin_memory = pin_memory
+        self.seed = int(seed)
+        self._ids: dict[str, list[str]] = {}
+        self._empty: dict[str, FeatureFileError] = {}
+        for stage, subset in (("train", train_subset), ("val", val_subset), ("test", test_subset),
+                              ("predict", predict_subset)):
+            ids = ff.videos_in(subset)
+            if not ids:
+                counts = dict(sorted(Counter(ff.subsets.values()).items()))
+                error = FeatureFileError(
+                    f"{file_path}: {stage}_subset={_subset_name(subset)} selects no video; "
+                    f"subsets in the file (videos): {counts or 'none, the file has no videos'}"
+                )
+                # A label-free file meant for prediction need not have training/testing subsets:
+                # with require_labels=False the error is raised when that stage asks for data.
+                if require_labels or stage == "predict":
+                    raise error
+                self._empty[stage] = error
+            self._ids[stage] = ids
+        self._datasets: dict[str, FeatureDataset] = {}
+
+    # ------------------------------------------------------------------ helpers
+    def _world(self) -> tuple[int, int]:
+        """``(world_size, global_rank)`` of the attached trainer, else ``(1, 0)``."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 1, 0
+        return int(trainer.world_size), int(trainer.global_rank)
+
+    def dataset(self, stage: str) -> FeatureDataset:
+        """The dataset of ``stage`` (train / val / test / predict), built once."""
+        if stage in self._empty:
+            raise self._empty[stage]
+        if stage not in self._datasets:
+            ids = self._ids[stage]
+            train = stage == "train"
+            if not train:
+                lengths = self.feature_file.lengths
+                ids = sorted(ids, key=lambda v: -lengths[v])  # stable: file order among equals
+            self._datasets[stage] = FeatureDataset(
+                self.feature_file,
+                ids,
+                self.modalities,
+                max_steps=self.max_steps if train else None,
+                seed=self.seed,
+                require_labels=self.require_labels,
+                preload=self.preload,
+            )
+        return self._datasets[stage]
+
+    def _loader(self, stage: str) -> DataLoader:
+        dataset = self.dataset(stage)
+        world, rank = self._world()
+        if stage == "train":
+            sampler = EpochDistributedSampler(
+                dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed, drop_last=False
+            )
+            batch_size = self.batch_size
+        else:
+            sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank)
+            batch_size = self.eval_batch_size
+        if self.num_workers > 0:
+            # never fork with an open HDF5 handle: workers open their own (FeatureFile reopens per pid)
+            self.feature_file.close()
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            collate_fn=VideoCollate(self.num_classes),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory,
+            drop_last=False,
+        )
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict")
+
+    def teardown(self, stage: str) -> None:
+        self.feature_file.close()

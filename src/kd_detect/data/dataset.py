@@ -1,0 +1,234 @@
+"""Map-style dataset over a format-v1 file, the batch collate and the samplers
+behind :class:`~kd_detect.data.datamodule.FeatureDataModule` (DESIGN.md §2, §4, §5).
+
+* :class:`FeatureDataset` reads one video (or a window of it) with one slice read per
+  field; with ``preload`` it keeps the needed videos in RAM in their stored dtype, so
+  lazy and preloaded datasets give bit-identical items.
+* Training crops are derived from ``(seed, epoch, index)`` only: the training sampler
+  yields ``(index, epoch)`` keys, so every worker and every rank agrees without any
+  global RNG state.
+* :func:`collate_videos` pads to the longest window of the batch and builds the batch
+  of ``kd_detect.data.batch``.
+* :class:`UnrepeatedDistributedSampler` partitions evaluation videos over ranks without
+  padding (every video counted exactly once in the metrics, DESIGN.md §5).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from einops import rearrange
+from torch.utils.data import Dataset, DistributedSampler
+
+from .batch import LABELS, MASK, META
+from .format import SEGMENTS, VIDEOS_GROUP, FeatureFile, FeatureFileError
+
+Key = int | tuple[int, int]
+
+
+def crop_offset(seed: int, epoch: int, index: int, length: int, max_steps: int | None) -> int:
+    """First step of the training window of video ``index`` at ``epoch`` (0 if no crop)."""
+    if max_steps is None or length <= max_steps:
+        return 0
+    rng = np.random.default_rng([seed, epoch, index])
+    return int(rng.integers(0, length - max_steps + 1))
+
+
+class FeatureDataset(Dataset):
+    """Videos ``video_ids`` of ``feature_file``; items are dicts (see :meth:`__getitem__`).
+
+    ``max_steps`` (training only) crops a window of at most that many steps at
+    :func:`crop_offset`; ``None`` returns whole videos. A key is an index or an
+    ``(index, epoch)`` pair (what :class:`EpochDistributedSampler` yields).
+    """
+
+    def __init__(
+        self,
+        feature_file: FeatureFile,
+        video_ids: Sequence[str],
+        modalities: Sequence[str],
+        max_steps: int | None = None,
+        seed: int = 0,
+        require_labels: bool = True,
+        preload: bool = False,
+    ) -> None:
+        self.file = feature_file
+        self.video_ids = list(video_ids)
+        self.modalities = list(modalities)
+        self.lengths = [feature_file.lengths[v] for v in self.video_ids]
+        self.max_steps = max_steps
+        self.seed = seed
+        self.require_labels = require_labels
+        self.epoch = 0
+        self._segments: dict[str, np.ndarray] = {}
+        self._cache: dict[str, dict[str, np.ndarray | None]] | None = None
+        if preload:
+            self.preload()
+
+    def __len__(self) -> int:
+        return len(self.video_ids)
+
+    # ------------------------------------------------------------------ reading
+    def _dataset(self, video_id: str, field: str):
+        try:
+            return self.file.h5[f"{VIDEOS_GROUP}/{video_id}/{field}"]
+        except KeyError:
+            return None
+
+    def _read_field(self, video_id: str, field: str, start: int, stop: int | None) -> np.ndarray | None:
+        """One slice read of ``field``; ``None`` when the field is absent."""
+        ds = self._dataset(video_id, field)
+        if ds is None:
+            return None
+        try:
+            return ds[start:stop]
+        except (OSError, TypeError, ValueError) as err:
+            raise FeatureFileError(
+                f"{self.file.path}: video {video_id!r}: field {field!r} unreadable (corrupt file?): {err}"
+            ) from err
+
+    def _missing(self, video_id: str, field: str, what: str) -> FeatureFileError:
+        return FeatureFileError(
+            f"{self.file.path}: video {video_id!r}: field {field!r} missing (expected {what}); "
+            f"run `kd-detect check {self.file.path}` for a full report"
+        )
+
+    def _read_segments(self, video_id: str) -> np.ndarray:
+        if video_id not in self._segments:
+            seg = self._read_field(video_id, SEGMENTS, 0, None)
+            seg = np.zeros((0, 3)) if seg is None else np.asarray(seg, dtype=np.float64).reshape(-1, 3)
+            self._segments[video_id] = seg
+        return self._segments[video_id]
+
+    def _read(self, video_id: str, start: int, stop: int | None) -> dict[str, np.ndarray | None]:
+        if self._cache is not None:
+            cached = self._cache[video_id]
+            return {k: (None if v is None else v[start:stop]) for k, v in cached.items()}
+        return self._read_file(video_id, start, stop)
+
+    def _read_file(self, video_id: str, start: int, stop: int | None) -> dict[str, np.ndarray | None]:
+        out: dict[str, np.ndarray | None] = {}
+        for m in self.modalities:
+            arr = self._read_field(video_id, m, start, stop)
+            if arr is None:
+                raise self._missing(video_id, m, f"modality {m!r} as (T, D) float16/float32")
+            out[m] = arr
+        labels = self._read_field(video_id, LABELS, start, stop)
+        if labels is None and self.require_labels:
+            raise self._missing(video_id, LABELS, "uint8 (T, C); use require_labels=False to predict without")
+        out[LABELS] = labels
+        return out
+
+    def preload(self) -> None:
+        """Read every video of this dataset into RAM once (stored dtype kept)."""
+        cache = {}
+        for vid in self.video_ids:
+            cache[vid] = self._read_file(vid, 0, None)
+            self._read_segments(vid)
+        self._cache = cache
+
+    # ------------------------------------------------------------------ items
+    def __getitem__(self, key: Key) -> dict:
+        """``{"features": {m: (L, D_m)}, "labels": (L, C) uint8 | None, "video_id", "duration",
+        "length", "offset", "segments"}`` for the window ``[offset, offset + L)``."""
+        index, epoch = key if isinstance(key, tuple) else (key, self.epoch)
+        index = int(index)
+        video_id = self.video_ids[index]
+        length = self.lengths[index]
+        offset = crop_offset(self.seed, int(epoch), index, length, self.max_steps)
+        stop = None if self.max_steps is None or length <= self.max_steps else offset + self.max_steps
+        data = self._read(video_id, offset, stop)
+        labels = data.pop(LABELS)
+        window = len(next(iter(data.values())))
+        for m, arr in data.items():
+            if arr.ndim != 2 or len(arr) != window:
+                raise FeatureFileError(
+                    f"{self.file.path}: video {video_id!r}: modality {m!r} has shape {arr.shape}, expected "
+                    f"({window}, D) like {self.modalities[0]!r} (all modalities share T)"
+                )
+        if labels is not None and (labels.ndim != 2 or len(labels) != window):
+            raise FeatureFileError(
+                f"{self.file.path}: video {video_id!r}: field 'labels' has shape {labels.shape}, "
+                f"expected ({window}, C)"
+            )
+        return {
+            "features": data,
+            LABELS: labels,
+            "video_id": video_id,
+            "duration": self.file.durations[video_id],
+            "length": length,
+            "offset": offset,
+            "segments": self._read_segments(video_id),
+        }
+
+
+def collate_videos(items: list[dict], num_classes: int) -> dict:
+    """Pad a list of :class:`FeatureDataset` items into a batch (``kd_detect.data.batch``):
+    modalities ``(B, D_m, T)`` float32, labels ``(B, C, T)`` float32 (zeros when a video
+    has none), mask ``(B, T)`` bool; padding is zero everywhere."""
+    bsz = len(items)
+    steps = max(len(next(iter(it["features"].values()))) for it in items)
+    batch: dict = {}
+    for m in items[0]["features"]:
+        dim = items[0]["features"][m].shape[1]
+        buf = torch.zeros(bsz, steps, dim, dtype=torch.float32)
+        for b, it in enumerate(items):
+            arr = it["features"][m]
+            buf[b, : len(arr)].copy_(torch.from_numpy(np.ascontiguousarray(arr)))
+        batch[m] = rearrange(buf, "b t d -> b d t").contiguous()
+    labels = torch.zeros(bsz, steps, num_classes, dtype=torch.float32)
+    mask = torch.zeros(bsz, steps, dtype=torch.bool)
+    for b, it in enumerate(items):
+        n = len(next(iter(it["features"].values())))
+        mask[b, :n] = True
+        if it[LABELS] is not None:
+            labels[b, :n].copy_(torch.from_numpy(np.ascontiguousarray(it[LABELS])))
+    batch[LABELS] = rearrange(labels, "b t c -> b c t").contiguous()
+    batch[MASK] = mask
+    batch[META] = {
+        "video_id": [it["video_id"] for it in items],
+        "duration": torch.tensor([it["duration"] for it in items], dtype=torch.float32),
+        "length": torch.tensor([it["length"] for it in items], dtype=torch.long),
+        "offset": torch.tensor([it["offset"] for it in items], dtype=torch.long),
+        "segments": [it["segments"] for it in items],
+    }
+    return batch
+
+
+class VideoCollate:
+    """Picklable collate function bound to the number of classes."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+
+    def __call__(self, items: list[dict]) -> dict:
+        return collate_videos(items, self.num_classes)
+
+
+class EpochDistributedSampler(DistributedSampler):
+    """Training sampler: a :class:`DistributedSampler` (shuffled with ``seed`` + epoch,
+    Lightning calls :meth:`set_epoch`) that yields ``(index, epoch)`` so the dataset's
+    crop depends on the epoch even inside persistent workers."""
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        epoch = self.epoch
+        return iter([(int(i), epoch) for i in super().__iter__()])
+
+
+class UnrepeatedDistributedSampler(DistributedSampler):
+    """Evaluation sampler: rank ``r`` of ``W`` gets indices ``r, r+W, r+2W, ...`` in order,
+    with no padding (ranks may get different counts). Subclassing
+    :class:`DistributedSampler` keeps Lightning from replacing it with a padding one."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        self.total_size = len(dataset)  # type: ignore[arg-type]
+        self.num_samples = len(range(rank, self.total_size, num_replicas))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.total_size, self.num_replicas))
+
+    def __len__(self) -> int:
+        return self.num_samples
