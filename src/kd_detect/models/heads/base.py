@@ -6,8 +6,8 @@ the classifier -- and per-step ``logits (B, C, T)``. Padded steps never influenc
 ones, and their outputs are zero.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: TorchScript (kd-detect export) reads the
+# class annotations of DetectionHead and cannot resolve them as strings.
 from typing import NamedTuple
 
 import torch

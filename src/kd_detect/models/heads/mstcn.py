@@ -77,13 +77,15 @@ class MSTCN(DetectionHead):
         )
 
     def _run(self, x: Tensor, mask: Tensor) -> tuple[Tensor, list[Tensor]]:
-        check_head_input(self, x, mask)
+        if not torch.jit.is_scripting():  # the checks name the head class (Python only)
+            check_head_input(self, x, mask)
         m = expand_mask(mask, x)
-        features, logits = self.stages[0](masked_input(x, mask), m)
-        all_logits = [logits]
-        for stage in self.stages[1:]:
-            features, logits = stage(torch.sigmoid(logits) * m, m)
+        h, features = masked_input(x, mask), x
+        all_logits: list[Tensor] = []
+        for stage in self.stages:  # stage s > 1 reads mask · sigmoid(previous logits)
+            features, logits = stage(h, m)
             all_logits.append(logits)
+            h = torch.sigmoid(logits) * m
         return features, all_logits
 
     def forward_stages(self, x: Tensor, mask: Tensor) -> list[Tensor]:
