@@ -235,3 +235,26 @@ def test_lightning_keeps_samplers_and_sets_epoch(synthetic_h5):
     assert sorted(model.offsets) == [0, 1] and model.offsets[0] != model.offsets[1]
     ids = [v for batch in trainer.predict(model, datamodule=dm) for v in batch]
     assert sorted(ids) == sorted(FeatureFile(synthetic_h5).video_ids)
+
+
+def test_bad_fields_give_clear_errors(synthetic_h5, tmp_path):
+    path = tmp_path / "broken.h5"
+    path.write_bytes(synthetic_h5.read_bytes())
+    ff = FeatureFile(path)
+    long_first = sorted(ff.videos_in("testing"), key=lambda v: -ff.lengths[v])
+    a, b = long_first[0], long_first[1]
+    with h5py.File(path, "a") as h5:
+        del h5[f"videos/{a}/flow"]
+        h5.create_group(f"videos/{a}/flow")
+        flow = h5[f"videos/{b}/flow"][()]
+        del h5[f"videos/{b}/flow"]
+        h5.create_dataset(f"videos/{b}/flow", data=flow[:-3])
+    dm = FeatureDataModule(str(path), eval_batch_size=1)
+    dataset = dm.dataset("test")
+    assert dataset.video_ids[:2] == [a, b]
+    with pytest.raises(FeatureFileError, match=rf"broken\.h5: video '{a}': field 'flow' is not a dataset"):
+        dataset[0]
+    with pytest.raises(FeatureFileError, match=rf"broken\.h5: video '{b}': modality 'flow' has shape \(\d+, 8\).*share T"):
+        dataset[1]
+    rgb_only = FeatureDataModule(str(path), modalities=["rgb"]).dataset("test")
+    assert rgb_only[0]["features"]["rgb"].shape == (ff.lengths[a], 16)

@@ -20,6 +20,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 from einops import rearrange
+from h5py import h5d, h5s
 from torch.utils.data import Dataset, DistributedSampler
 
 from .batch import LABELS, MASK, META
@@ -71,19 +72,31 @@ class FeatureDataset(Dataset):
         return len(self.video_ids)
 
     # ------------------------------------------------------------------ reading
-    def _dataset(self, video_id: str, field: str):
-        try:
-            return self.file.h5[f"{VIDEOS_GROUP}/{video_id}/{field}"]
-        except KeyError:
-            return None
-
     def _read_field(self, video_id: str, field: str, start: int, stop: int | None) -> np.ndarray | None:
-        """One slice read of ``field``; ``None`` when the field is absent."""
-        ds = self._dataset(video_id, field)
-        if ds is None:
+        """Rows ``[start, stop)`` of ``field`` in its stored dtype, ``None`` when the field is absent.
+
+        Uses h5py's low-level API (one dataset open + one hyperslab read): about half the
+        per-field cost of ``h5[path][start:stop]``, on par with ``np.load`` of a .npy file.
+        """
+        path = f"{VIDEOS_GROUP}/{video_id}/{field}"
+        try:
+            dsid = h5d.open(self.file.h5.id, path.encode())
+        except KeyError:
+            if path in self.file.h5:
+                raise FeatureFileError(f"{self.file.path}: video {video_id!r}: field {field!r} is not a dataset")
             return None
         try:
-            return ds[start:stop]
+            space = dsid.get_space()
+            shape = space.shape
+            if len(shape) == 0:
+                raise ValueError("scalar dataset, expected an array")
+            first, last, _ = slice(start, stop).indices(shape[0])
+            rows = max(0, last - first)
+            out = np.empty((rows, *shape[1:]), dtype=dsid.dtype)
+            if rows:
+                space.select_hyperslab((first,) + (0,) * (len(shape) - 1), out.shape)
+                dsid.read(h5s.create_simple(out.shape), space, out)
+            return out
         except (OSError, TypeError, ValueError) as err:
             raise FeatureFileError(
                 f"{self.file.path}: video {video_id!r}: field {field!r} unreadable (corrupt file?): {err}"
