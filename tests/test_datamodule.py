@@ -258,3 +258,12 @@ def test_bad_fields_give_clear_errors(synthetic_h5, tmp_path):
         dataset[1]
     rgb_only = FeatureDataModule(str(path), modalities=["rgb"]).dataset("test")
     assert rgb_only[0]["features"]["rgb"].shape == (ff.lengths[a], 16)
+
+
+def test_package_exports_lazily():
+    import kd_detect.data as data
+
+    assert data.FeatureDataModule is FeatureDataModule
+    assert data.UnrepeatedDistributedSampler is UnrepeatedDistributedSampler
+    with pytest.raises(AttributeError):
+        data.NoSuchThing

@@ -196,3 +196,13 @@ def test_summary_counts_classes(tmp_path, capsys):
     assert main([str(path)]) == 0
     out = capsys.readouterr().out
     assert "more classes" in out and "classes with no positive step: 26" in out
+
+
+def test_check_does_not_import_torch_or_lightning():
+    import subprocess
+    import sys
+
+    code = ("import sys, kd_detect.data, kd_detect.data.validate; "
+            "print(any(m in sys.modules for m in ('torch', 'pytorch_lightning')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -62,7 +62,9 @@ class FeatureDataModule(pl.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # No save_hyperparameters(): Lightning refuses to log when a key (seed, modalities...)
+        # is in both the module's and the datamodule's hparams with different values; the
+        # CLI saves the whole config anyway.
         file_path = Path(path)
         if not file_path.exists():
             raise FeatureFileError(
