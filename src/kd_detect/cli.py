@@ -103,6 +103,11 @@ def lightning_main(args: list[str] | None = None, run: bool = True) -> KDCLI:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv else ""
+    if command == "predict" and any(a == "--ckpt" or a.startswith("--ckpt=") for a in argv[1:]):
+        # `kd-detect predict --ckpt ...` is the plain tool; LightningCLI's predict uses --ckpt_path
+        from kd_detect.predict import main as predict_main
+
+        return int(predict_main(argv[1:]) or 0)
     if command in TOOLS:
         from kd_detect import tools
 
