@@ -83,5 +83,8 @@ else
 	$(PY) -m data_prep.$(DATASET) --raw "$(RAW)" --out data/$(DATASET).h5 $(ARGS)
 endif
 
+bench: $(STAMP) ## performance report (runs/bench/report.md, .json); QUICK=1 for a short version
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) benchmarks/bench.py $(if $(QUICK),--quick,)
+
 clean-runs: ## delete runs/ (checkpoints, metrics, reports)
 	rm -rf runs
