@@ -71,13 +71,21 @@ class KDCLI(LightningCLI):
             if init is not None and "save_dir" in init and init.save_dir in (None, "", "."):
                 init.save_dir = root
 
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
+        if config.get("enable_progress_bar") is not False and sys.stdout.isatty():
+            from pytorch_lightning.callbacks import ProgressBar, RichProgressBar
+
+            if not any(isinstance(c, ProgressBar) for c in list(callbacks) + list(config.get("callbacks") or [])):
+                callbacks.append(RichProgressBar())
+        return super()._instantiate_trainer(config, callbacks)
+
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit"):
             ckpt = "best" if self.trainer.checkpoint_callback and self.trainer.checkpoint_callback.best_model_path else None
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
 
 
-def lightning_main(args: list[str] | None = None, run: bool = True) -> KDCLI:
+def lightning_main(args: list[str] | None = None, run: bool = True, cli_class: type[KDCLI] = KDCLI) -> KDCLI:
     import warnings
 
     # kd-detect always hands LightningCLI its (include-expanded) argv explicitly.
@@ -88,7 +96,7 @@ def lightning_main(args: list[str] | None = None, run: bool = True) -> KDCLI:
         args = expand_config_includes(args)
     except ConfigError as err:
         raise SystemExit(f"kd-detect: error: {err}") from None
-    return KDCLI(
+    return cli_class(
         DetectorModule,
         FeatureDataModule,
         subclass_mode_model=True,

@@ -13,6 +13,9 @@ So there is never an interactive login prompt. Project, entity, group and tags c
 from the config or from ``WANDB_PROJECT`` / ``WANDB_ENTITY`` / ``WANDB_RUN_GROUP`` /
 ``WANDB_TAGS`` (comma-separated). Logging happens on rank 0 only (Lightning's
 ``rank_zero_only`` on every logger method).
+
+CSV or TensorBoard instead: ``--trainer.logger=kd_detect.loggers.CSVLogger`` (or
+``TensorBoardLogger``); ``save_dir`` of all three defaults to the run directory.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pytorch_lightning.loggers import CSVLogger as _CSVLogger
+from pytorch_lightning.loggers import TensorBoardLogger as _TensorBoardLogger
 from pytorch_lightning.loggers import WandbLogger as _LightningWandbLogger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
@@ -96,3 +101,18 @@ class WandbLogger(_LightningWandbLogger):
         if self.mode == "disabled":
             return
         self.experiment.config.update({"kd_detect_config": config}, allow_val_change=True)
+
+
+class CSVLogger(_CSVLogger):
+    """Lightning's CSVLogger whose ``save_dir`` defaults to the run directory."""
+
+    def __init__(self, save_dir: str | None = None, name: str = "logs", **kwargs: Any) -> None:
+        super().__init__(save_dir=save_dir or ".", name=name, **kwargs)
+
+
+class TensorBoardLogger(_TensorBoardLogger):
+    """Lightning's TensorBoardLogger whose ``save_dir`` defaults to the run directory
+    (needs the ``tensorboard`` package, not a kd_detect dependency)."""
+
+    def __init__(self, save_dir: str | None = None, name: str = "logs", **kwargs: Any) -> None:
+        super().__init__(save_dir=save_dir or ".", name=name, **kwargs)

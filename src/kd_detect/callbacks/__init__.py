@@ -1,7 +1,8 @@
 """Callbacks: what is about time or the run, not about the loss (DESIGN.md §2)."""
 
 from kd_detect.callbacks.checkpoint import AtomicCheckpointIO, RunCheckpoint
-from kd_detect.callbacks.report import RunReport
+from kd_detect.callbacks.report import LearningRateLogger, RunReport
+from kd_detect.callbacks.rng import RNGState
 from kd_detect.callbacks.schedule import DistillationWarmup, StopDistillation
 
-__all__ = ["AtomicCheckpointIO", "DistillationWarmup", "RunCheckpoint", "RunReport", "StopDistillation"]
+__all__ = ["AtomicCheckpointIO", "LearningRateLogger", "DistillationWarmup", "RunCheckpoint", "RNGState", "RunReport", "StopDistillation"]

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from pytorch_lightning import Callback
+from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.utilities import rank_zero_only
 
 
@@ -90,3 +91,21 @@ class RunReport(Callback):
         if "best_epoch" in payload:
             table.add_row("best epoch", str(payload["best_epoch"]))
         Console().print(table)
+
+
+class LearningRateLogger(LearningRateMonitor):
+    """Lightning's LearningRateMonitor that stays silent (instead of raising) when the
+    run has no logger, e.g. ``--trainer.logger=false``."""
+
+    def on_train_start(self, trainer: Any, *args: Any, **kwargs: Any) -> None:
+        self._silent = not trainer.loggers
+        if not self._silent:
+            super().on_train_start(trainer, *args, **kwargs)
+
+    def on_train_batch_start(self, trainer: Any, *args: Any, **kwargs: Any) -> None:
+        if not getattr(self, "_silent", False):
+            super().on_train_batch_start(trainer, *args, **kwargs)
+
+    def on_train_epoch_start(self, trainer: Any, *args: Any, **kwargs: Any) -> None:
+        if not getattr(self, "_silent", False):
+            super().on_train_epoch_start(trainer, *args, **kwargs)

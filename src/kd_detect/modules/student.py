@@ -171,6 +171,24 @@ class StudentModule(DetectorModule):
         if dm is not None and stage in ("fit", "validate") and self._teachers:
             self.check_data(dm.modality_dims)
 
+    def on_fit_start(self) -> None:
+        """Log each teacher's own test figures once, for reference (from the
+        ``metrics.json`` that ``make train`` wrote next to its checkpoint)."""
+        import json
+        from pathlib import Path
+
+        paths = dict(self.hparams.get("teachers") or {})
+        figures = {}
+        for name, path in paths.items():
+            metrics = Path(path).with_name("metrics.json")
+            if metrics.is_file():
+                data = json.loads(metrics.read_text())
+                for key in ("test/frame_map", "test/charades_map"):
+                    if key in data:
+                        figures[f"teacher/{name}/{key.split('/', 1)[1]}"] = float(data[key])
+        if figures and self.logger is not None and self.trainer.is_global_zero:
+            self.logger.log_metrics(figures, step=0)
+
     def teacher_outputs(self, name: str, batch: dict[str, Any]) -> HeadOutput:
         """One teacher's outputs for this batch, with no autograd graph."""
         if name in self._caches:
