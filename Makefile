@@ -83,6 +83,9 @@ else
 	$(PY) -m data_prep.$(DATASET) --raw "$(RAW)" --out data/$(DATASET).h5 $(ARGS)
 endif
 
+sweep: $(STAMP) ## wandb sweep over loss weights (EXP=name, COUNT=20; needs wandb login)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m kd_detect.sweep $(or $(EXP),synthetic_kd) --count $(COUNT)
+
 bench: $(STAMP) ## performance report (runs/bench/report.md, .json); QUICK=1 for a short version
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) benchmarks/bench.py $(if $(QUICK),--quick,)
 

@@ -64,6 +64,10 @@ class KDCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         root = cfg.trainer.get("default_root_dir") or "."
+        if os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID"):
+            # runs of a sweep share the command line: give each its own run directory
+            root = os.path.join(root, os.environ["WANDB_RUN_ID"])
+            cfg.trainer.default_root_dir = root
         loggers = cfg.trainer.get("logger")
         items = loggers if isinstance(loggers, list) else [loggers]
         for item in items:
