@@ -1,25 +1,27 @@
 """Map-style dataset over a format-v1 file, the batch collate and the samplers
 behind :class:`~kd_detect.data.datamodule.FeatureDataModule` (DESIGN.md §2, §4, §5).
 
-* :class:`FeatureDataset` reads one video (or a window of it) with one slice read per
-  field; with ``preload`` it keeps the needed videos in RAM in their stored dtype, so
-  lazy and preloaded datasets give bit-identical items.
+* :class:`FeatureDataset` reads one video (or a window of it) with one read per field
+  (:func:`read_rows`: a single ``pread`` of the rows' bytes for the contiguous datasets
+  the writer produces, h5py otherwise); with ``preload`` it keeps the needed videos in
+  RAM in their stored dtype, so lazy and preloaded datasets give bit-identical items.
 * Training crops are derived from ``(seed, epoch, index)`` only: the training sampler
   yields ``(index, epoch)`` keys, so every worker and every rank agrees without any
   global RNG state.
 * :func:`collate_videos` pads to the longest window of the batch and builds the batch
-  of ``kd_detect.data.batch``.
+  of ``kd_detect.data.batch``, transposing each item once into the ``(B, D, T)`` tensor.
 * :class:`UnrepeatedDistributedSampler` partitions evaluation videos over ranks without
   padding (every video counted exactly once in the metrics, DESIGN.md §5).
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+import os
+from typing import Iterator, NamedTuple, Sequence
 
+import h5py
 import numpy as np
 import torch
-from einops import rearrange
 from h5py import h5d, h5s
 from torch.utils.data import Dataset, DistributedSampler
 
@@ -27,6 +29,89 @@ from .batch import LABELS, MASK, META
 from .format import SEGMENTS, VIDEOS_GROUP, FeatureFile, FeatureFileError
 
 Key = int | tuple[int, int]
+
+
+# ---------------------------------------------------------------------------- reading
+class NotADatasetError(KeyError):
+    """The path exists in the file but is a group, not a dataset."""
+
+
+class Layout(NamedTuple):
+    """Where a dataset's bytes are: ``offset`` of row 0 in the file when they can be read
+    directly (contiguous, unfiltered, native byte order), else ``None`` (read via HDF5)."""
+
+    offset: int | None
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+
+def dataset_layout(h5: h5py.File, path: str) -> Layout | None:
+    """The :class:`Layout` of dataset ``path``, ``None`` when it does not exist
+    (:class:`NotADatasetError` when it is a group)."""
+    try:
+        dsid = h5d.open(h5.id, path.encode())
+    except KeyError:
+        if path in h5:
+            raise NotADatasetError(path) from None
+        return None
+    shape = dsid.get_space().shape
+    if len(shape) == 0:
+        raise ValueError("scalar dataset, expected an array")
+    dtype = dsid.dtype
+    offset = None
+    if h5.driver == "sec2" and dtype.isnative and not dtype.hasobject and dtype.names is None:
+        plist = dsid.get_create_plist()
+        if plist.get_layout() == h5d.CONTIGUOUS and plist.get_external_count() == 0:
+            offset = dsid.get_offset()  # None while no storage is allocated (reads give fill values)
+    return Layout(offset, tuple(shape), dtype)
+
+
+def read_rows(
+    h5: h5py.File, path: str, start: int, stop: int | None, layouts: dict[str, Layout] | None = None
+) -> np.ndarray | None:
+    """Rows ``[start, stop)`` (clipped like a slice) of dataset ``path`` in its stored dtype,
+    ``None`` when the dataset does not exist.
+
+    Contiguous datasets -- what :class:`~kd_detect.data.format.FeatureFileWriter` writes --
+    are read with one ``pread`` of exactly those rows' bytes from h5py's own file handle
+    (their byte offset looked up once and kept in ``layouts``); anything else (chunked,
+    compressed, external, foreign byte order) goes through one HDF5 hyperslab read. Both
+    give the same array; the direct read skips the per-call cost of the HDF5 library
+    (several times the copy itself for a Charades-sized video).
+    """
+    layout = layouts.get(path) if layouts is not None else None
+    if layout is None:
+        layout = dataset_layout(h5, path)
+        if layout is None:
+            return None
+        if layouts is not None:
+            layouts[path] = layout
+    shape = layout.shape
+    first, last, _ = slice(start, stop).indices(shape[0])
+    rows = max(0, last - first)
+    out = np.empty((rows, *shape[1:]), dtype=layout.dtype)
+    if rows == 0:
+        return out
+    if layout.offset is not None:
+        row_bytes = out.nbytes // rows
+        _pread_into(h5.id.get_vfd_handle(), out, layout.offset + first * row_bytes)
+        return out
+    dsid = h5d.open(h5.id, path.encode())
+    space = dsid.get_space()
+    space.select_hyperslab((first,) + (0,) * (len(shape) - 1), out.shape)
+    dsid.read(h5s.create_simple(out.shape), space, out)
+    return out
+
+
+def _pread_into(fd: int, out: np.ndarray, pos: int) -> None:
+    """Fill ``out`` (C-contiguous) with the file's bytes at ``pos``; a short file is an error."""
+    view = memoryview(out).cast("B")
+    done = 0
+    while done < len(view):
+        n = os.preadv(fd, [view[done:]], pos + done)
+        if n <= 0:
+            raise OSError(f"file ends {len(view) - done} bytes before the dataset's data (truncated file?)")
+        done += n
 
 
 def crop_offset(seed: int, epoch: int, index: int, length: int, max_steps: int | None) -> int:
@@ -64,6 +149,7 @@ class FeatureDataset(Dataset):
         self.require_labels = require_labels
         self.epoch = 0
         self._segments: dict[str, np.ndarray] = {}
+        self._layouts: dict[str, Layout] = {}
         self._cache: dict[str, dict[str, np.ndarray | None]] | None = None
         if preload:
             self.preload()
@@ -73,30 +159,11 @@ class FeatureDataset(Dataset):
 
     # ------------------------------------------------------------------ reading
     def _read_field(self, video_id: str, field: str, start: int, stop: int | None) -> np.ndarray | None:
-        """Rows ``[start, stop)`` of ``field`` in its stored dtype, ``None`` when the field is absent.
-
-        Uses h5py's low-level API (one dataset open + one hyperslab read): about half the
-        per-field cost of ``h5[path][start:stop]``, on par with ``np.load`` of a .npy file.
-        """
-        path = f"{VIDEOS_GROUP}/{video_id}/{field}"
+        """Rows ``[start, stop)`` of ``field`` in its stored dtype, ``None`` when the field is absent."""
         try:
-            dsid = h5d.open(self.file.h5.id, path.encode())
-        except KeyError:
-            if path in self.file.h5:
-                raise FeatureFileError(f"{self.file.path}: video {video_id!r}: field {field!r} is not a dataset")
-            return None
-        try:
-            space = dsid.get_space()
-            shape = space.shape
-            if len(shape) == 0:
-                raise ValueError("scalar dataset, expected an array")
-            first, last, _ = slice(start, stop).indices(shape[0])
-            rows = max(0, last - first)
-            out = np.empty((rows, *shape[1:]), dtype=dsid.dtype)
-            if rows:
-                space.select_hyperslab((first,) + (0,) * (len(shape) - 1), out.shape)
-                dsid.read(h5s.create_simple(out.shape), space, out)
-            return out
+            return read_rows(self.file.h5, f"{VIDEOS_GROUP}/{video_id}/{field}", start, stop, self._layouts)
+        except NotADatasetError:
+            raise FeatureFileError(f"{self.file.path}: video {video_id!r}: field {field!r} is not a dataset") from None
         except (OSError, TypeError, ValueError) as err:
             raise FeatureFileError(
                 f"{self.file.path}: video {video_id!r}: field {field!r} unreadable (corrupt file?): {err}"
@@ -177,28 +244,48 @@ class FeatureDataset(Dataset):
         }
 
 
+def transpose_into(out: torch.Tensor, index: int, rows: np.ndarray) -> None:
+    """``out[index, :, :n] = rows.T`` (cast to ``out``'s dtype) and ``out[index, :, n:] = 0``
+    for ``rows (n, D)``: one pass per item, straight into the ``(B, D, T)`` batch tensor."""
+    n = rows.shape[0]
+    if n:
+        src = torch.from_numpy(np.ascontiguousarray(rows)).t()
+        if src.dtype == out.dtype:
+            # Same dtype: ATen's blocked 2-D transpose (several times faster than the generic
+            # strided copy) needs a contiguous destination -- the item's slab, or a temporary.
+            if n == out.shape[2]:
+                out[index].copy_(src)
+            else:
+                out[index, :, :n].copy_(src.contiguous())
+        else:  # a casting copy (float16/uint8 -> float32) is fast as it is
+            out[index, :, :n].copy_(src)
+    if n < out.shape[2]:
+        out[index, :, n:].zero_()
+
+
 def collate_videos(items: list[dict], num_classes: int) -> dict:
     """Pad a list of :class:`FeatureDataset` items into a batch (``kd_detect.data.batch``):
     modalities ``(B, D_m, T)`` float32, labels ``(B, C, T)`` float32 (zeros when a video
     has none), mask ``(B, T)`` bool; padding is zero everywhere."""
     bsz = len(items)
-    steps = max(len(next(iter(it["features"].values()))) for it in items)
+    lengths = [len(next(iter(it["features"].values()))) for it in items]
+    steps = max(lengths)
     batch: dict = {}
     for m in items[0]["features"]:
         dim = items[0]["features"][m].shape[1]
-        buf = torch.zeros(bsz, steps, dim, dtype=torch.float32)
+        buf = torch.empty(bsz, dim, steps, dtype=torch.float32)
         for b, it in enumerate(items):
-            arr = it["features"][m]
-            buf[b, : len(arr)].copy_(torch.from_numpy(np.ascontiguousarray(arr)))
-        batch[m] = rearrange(buf, "b t d -> b d t").contiguous()
-    labels = torch.zeros(bsz, steps, num_classes, dtype=torch.float32)
+            transpose_into(buf, b, it["features"][m])
+        batch[m] = buf
+    labels = torch.empty(bsz, num_classes, steps, dtype=torch.float32)
     mask = torch.zeros(bsz, steps, dtype=torch.bool)
     for b, it in enumerate(items):
-        n = len(next(iter(it["features"].values())))
-        mask[b, :n] = True
+        mask[b, : lengths[b]] = True
         if it[LABELS] is not None:
-            labels[b, :n].copy_(torch.from_numpy(np.ascontiguousarray(it[LABELS])))
-    batch[LABELS] = rearrange(labels, "b t c -> b c t").contiguous()
+            transpose_into(labels, b, it[LABELS])
+        else:
+            labels[b].zero_()
+    batch[LABELS] = labels
     batch[MASK] = mask
     batch[META] = {
         "video_id": [it["video_id"] for it in items],

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kd_detect.data.dataset import Layout, read_rows, transpose_into
 from kd_detect.data.format import FeatureFileError, _as_str_list
 from kd_detect.models.heads.base import HeadOutput
 
@@ -100,6 +101,7 @@ class TeacherCache:
         self._h5: h5py.File | None = None
         self._pid: int | None = None
         self._ram: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+        self._layouts: dict[str, Layout] = {}  # byte offsets of the cached datasets (read_rows)
         if preload:
             with h5py.File(self.path, "r") as h5:
                 self._ram = {v: (g["features"][()], g["logits"][()]) for v, g in h5["videos"].items()}
@@ -115,22 +117,30 @@ class TeacherCache:
         return self._h5
 
     def _read(self, vid: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows ``[start, stop)`` of one video's cached features and logits, stored dtype."""
         if self._ram is not None:
             feats, logits = self._ram[vid]
             return feats[start:stop], logits[start:stop]
-        g = self._handle()["videos"][vid]
-        return g["features"][start:stop], g["logits"][start:stop]
+        h5 = self._handle()
+        out = []
+        for name in ("features", "logits"):
+            rows = read_rows(h5, f"videos/{vid}/{name}", start, stop, self._layouts)
+            if rows is None:
+                raise FeatureFileError(f"{self.path}: video {vid!r}: field {name!r} missing (corrupt cache?)")
+            out.append(rows)
+        return out[0], out[1]
 
     def batch(self, meta: dict[str, Any], mask: Tensor) -> HeadOutput:
         """Teacher outputs ``(B, F_t, T)``/``(B, C, T)`` aligned with a batch's windows:
-        video ``b`` gets steps ``[offset_b, offset_b + valid_b)`` of its cached outputs."""
+        video ``b`` gets steps ``[offset_b, offset_b + valid_b)`` of its cached outputs
+        (one contiguous ``(n, F)`` read per field, transposed once into the batch tensor)."""
         ids = meta["video_id"]
         num_steps = mask.shape[1]
         missing = [v for v in ids if v not in self.video_ids]
         if missing:
             raise FeatureFileError(f"{self.path}: teacher cache has no entry for videos {missing[:5]}")
-        feats = torch.zeros(len(ids), self.feature_dim, num_steps)
-        logits = torch.zeros(len(ids), self.num_classes, num_steps)
+        feats = torch.empty(len(ids), self.feature_dim, num_steps)
+        logits = torch.empty(len(ids), self.num_classes, num_steps)
         offsets = meta["offset"].tolist()
         valid = mask.sum(1).tolist()
         for i, vid in enumerate(ids):
@@ -142,8 +152,8 @@ class TeacherCache:
                     f"{self.path}: video {vid!r}: cache has {start + n} steps but the batch needs "
                     f"[{start}, {start + int(valid[i])}) (cache written from another feature file?)"
                 )
-            feats[i, :, :n] = torch.from_numpy(np.ascontiguousarray(f.T)).float()
-            logits[i, :, :n] = torch.from_numpy(np.ascontiguousarray(lg.T)).float()
+            transpose_into(feats, i, f)
+            transpose_into(logits, i, lg)
         return HeadOutput(feats.to(mask.device), logits.to(mask.device))
 
     def __getstate__(self) -> dict:
