@@ -179,15 +179,19 @@ def _publish(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def iter_scores(predictor: Predictor, loader: Any) -> Iterator[tuple[str, float, np.ndarray]]:
-    """``(video_id, duration, scores (T, C) float32)`` per video of ``loader``'s batches."""
+def iter_scores(
+    predictor: Predictor, loader: Any, durations: dict[str, float] | None = None
+) -> Iterator[tuple[str, float, np.ndarray]]:
+    """``(video_id, duration, scores (T, C) float32)`` per video of ``loader``'s batches;
+    ``durations`` (the file's float64 values) override the batch's float32 ones."""
+    durations = durations or {}
     for batch in loader:
         probs = predictor(batch).float().cpu()
         lengths = batch[MASK].sum(1).tolist()
         meta = batch[META]
         for i, vid in enumerate(meta["video_id"]):
             scores = probs[i, :, : int(lengths[i])].transpose(0, 1).contiguous().numpy().astype(np.float32)
-            yield vid, float(meta["duration"][i]), scores
+            yield vid, float(durations.get(vid, meta["duration"][i])), scores
 
 
 def write_predictions(
@@ -199,9 +203,11 @@ def write_predictions(
     merge_gap: float = 0.0,
     min_length: float = 0.0,
     attrs: dict[str, Any] | None = None,
+    durations: dict[str, float] | None = None,
 ) -> tuple[int, int]:
-    """Run ``predictor`` over ``loader`` and write the prediction file (and segments).
-    Both files are written atomically. Returns ``(videos, segments)`` counts."""
+    """Run ``predictor`` over ``loader`` and write the prediction file (and segments, times
+    rounded to the microsecond). Both files are written atomically. Returns
+    ``(videos, segments)`` counts."""
     import h5py
 
     from kd_detect.metrics import extract_segments
@@ -216,14 +222,15 @@ def write_predictions(
             for key, value in (attrs or {}).items():
                 h5.attrs[key] = value
             videos = h5.create_group("videos")
-            for vid, duration, scores in iter_scores(predictor, loader):
+            for vid, duration, scores in iter_scores(predictor, loader, durations):
                 group = videos.create_group(vid)
                 group.attrs["duration"] = duration
                 group.create_dataset("scores", data=scores)
                 n_videos += 1
                 if segments_out is not None:
                     segments[vid] = [
-                        {"video": vid, "class": predictor.classes[c], "start": start, "end": end, "score": score}
+                        {"video": vid, "class": predictor.classes[c], "start": round(start, 6), "end": round(end, 6),
+                         "score": round(score, 6)}
                         for c, start, end, score in extract_segments(scores, duration, threshold, merge_gap, min_length)
                     ]
         if segments_out is not None:
@@ -279,6 +286,7 @@ def predict(
         return write_predictions(
             predictor, dm.predict_dataloader(), out, segments, threshold, merge_gap, min_length,
             attrs={"source_checkpoint": str(ckpt), "source_data": str(data)},
+            durations=dm.feature_file.durations,
         )
     finally:
         dm.teardown("predict")
