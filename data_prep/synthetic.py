@@ -3,7 +3,9 @@
 ``python -m data_prep.synthetic --out data/synthetic.h5 --seed 0 [size options]`` or
 :func:`generate`. Deterministic per seed (video ``i`` is drawn from its own generator
 seeded with ``(seed, i)``), written through the format-v1 atomic writer (DESIGN.md §4)
-with subsets ``training`` / ``testing`` (~75/25).
+with subsets ``training`` / ``validation`` / ``testing`` (~60/15/25 by default): model
+selection (best checkpoint, LR plateaus) happens on ``validation`` so the test figures
+are not chosen on the test set.
 
 Generative model
 ----------------
@@ -58,6 +60,7 @@ import numpy as np
 from kd_detect.data.format import FeatureFileWriter, VideoRecord, labels_from_segments
 
 TRAINING = "training"
+VALIDATION = "validation"
 TESTING = "testing"
 
 #: A tiny preset for tests and smoke runs (16 videos, 6 classes, T 24-64, small dims).
@@ -77,6 +80,7 @@ class SyntheticConfig:
     pose_dim: int = 32
     step_seconds: float = 1.0 / 3.0
     test_fraction: float = 0.25
+    val_fraction: float = 0.15
     rgb_amp: float = 1.0
     rgb_noise: float = 1.0
     blur: float = 3.0
@@ -102,6 +106,8 @@ class SyntheticConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        if not 0.0 <= self.val_fraction < 1.0 - self.test_fraction:
+            raise ValueError(f"val_fraction must be in [0, 1 - test_fraction), got {self.val_fraction}")
         if not 0.0 <= self.confusion <= 1.0:
             raise ValueError(f"confusion must be in [0, 1], got {self.confusion}")
         if self.step_seconds <= 0:
@@ -254,6 +260,9 @@ def generate(out: str | Path, seed: int = 0, dtype: str = "float16", **options) 
     order = np.random.default_rng([seed, 2**31 - 2]).permutation(cfg.videos)
     n_test = min(cfg.videos - 1, max(1, int(round(cfg.test_fraction * cfg.videos))))
     testing = set(order[:n_test].tolist())
+    n_val = int(round(cfg.val_fraction * cfg.videos)) if cfg.val_fraction > 0 else 0
+    n_val = min(max(n_val, 1 if cfg.val_fraction > 0 else 0), cfg.videos - n_test - 1)
+    validation = set(order[n_test : n_test + n_val].tolist())
     attrs = {
         "generator": "data_prep.synthetic",
         "seed": int(seed),
@@ -264,7 +273,8 @@ def generate(out: str | Path, seed: int = 0, dtype: str = "float16", **options) 
     classes = [f"c{c:02d}" for c in range(cfg.classes)]
     with FeatureFileWriter(out, classes, ["rgb", "flow", "pose"], dtype=dtype, attrs=attrs) as writer:
         for i in range(cfg.videos):
-            writer.add(_video(cfg, protos, seed, i, TESTING if i in testing else TRAINING))
+            subset = TESTING if i in testing else VALIDATION if i in validation else TRAINING
+            writer.add(_video(cfg, protos, seed, i, subset))
     return Path(out)
 
 

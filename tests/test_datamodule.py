@@ -177,15 +177,15 @@ def test_predict_without_labels(synthetic_h5, tmp_path):
 
 
 def test_subset_lists(synthetic_h5):
-    dm = FeatureDataModule(str(synthetic_h5), val_subset=["training", "testing"], batch_size=16)
+    dm = FeatureDataModule(str(synthetic_h5), val_subset=["training", "validation", "testing"], batch_size=16)
     assert len(next(iter(dm.val_dataloader()))["mask"]) == 16
 
 
 def test_clear_errors(synthetic_h5, tmp_path):
     with pytest.raises(FeatureFileError, match=r"modalities \['depth'\] requested.*\['rgb', 'flow', 'pose'\]"):
         FeatureDataModule(str(synthetic_h5), modalities=["rgb", "depth"])
-    with pytest.raises(FeatureFileError, match=r"val_subset='validation' selects no video.*'testing': 4.*'training': 12"):
-        FeatureDataModule(str(synthetic_h5), val_subset="validation")
+    with pytest.raises(FeatureFileError, match=r"val_subset='val' selects no video.*'testing': 4.*'training': 10"):
+        FeatureDataModule(str(synthetic_h5), val_subset="val")
     missing = tmp_path / "data" / "charades.h5"
     with pytest.raises(FeatureFileError, match=r"charades\.h5: no such feature file.*make data DATASET=charades"):
         FeatureDataModule(str(missing))

@@ -54,7 +54,8 @@ def test_sizes_and_subsets(synthetic_h5):
     lengths = np.array(list(ff.lengths.values()))
     assert lengths.min() >= cfg["min_steps"] and lengths.max() <= cfg["max_steps"]
     assert len(set(lengths.tolist())) > 3  # lengths vary
-    assert len(ff.videos_in("testing")) == 4 and len(ff.videos_in("training")) == 12
+    assert len(ff.videos_in("testing")) == 4 and len(ff.videos_in("validation")) == 2
+    assert len(ff.videos_in("training")) == 10
     step = SyntheticConfig().step_seconds
     for vid in ff.video_ids:
         assert math.isclose(ff.durations[vid], ff.lengths[vid] * step)
