@@ -83,6 +83,10 @@ else
 	$(PY) -m data_prep.$(DATASET) --raw "$(RAW)" --out data/$(DATASET).h5 $(ARGS)
 endif
 
+JOBS ?= 2
+compare: $(STAMP) data/synthetic.h5 ## RGB vs teacher vs KD (+ ablations, baselines) over SEEDS seeds -> runs/compare/report.md
+	$(PY) -m kd_detect.compare --seeds $(SEEDS) --jobs $(JOBS) $(if $(ARGS),-- $(ARGS),)
+
 sweep: $(STAMP) ## wandb sweep over loss weights (EXP=name, COUNT=20; needs wandb login)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m kd_detect.sweep $(or $(EXP),synthetic_kd) --count $(COUNT)
 
