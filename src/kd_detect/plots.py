@@ -135,7 +135,7 @@ def plot_timeline(
     row = {c: i for i, c in enumerate(shown)}
     names = [_short(classes[c]) for c in shown]
     panel_h = 0.32 * k + 0.7
-    fig = _figure(11, panel_h * (1 + len(scores)) + 0.8)
+    fig = _figure(11, panel_h * (1 + len(scores)) + 1.0)
     # a narrow column for the colour bar keeps every panel the same width (aligned times)
     grid = fig.add_gridspec(1 + len(scores), 2, width_ratios=[1.0, 0.018], wspace=0.02)
     axes = [fig.add_subplot(grid[0, 0])]
@@ -166,7 +166,8 @@ def plot_timeline(
         ax.tick_params(labelbottom=False)
     axes[-1].set_xlabel("time (s)")
     fig.suptitle(f"video {video_id}: ground truth vs predictions ({k} most active classes)", fontsize=11)
-    fig.subplots_adjust(hspace=0.45, top=1 - 0.55 / fig.get_figheight())
+    # gaps of ~0.6 inch between panels, room for the suptitle above the first one
+    fig.subplots_adjust(hspace=0.6 / (panel_h - 0.3), top=1 - 0.85 / fig.get_figheight())
     if image is not None:
         fig.colorbar(image, cax=fig.add_subplot(grid[1:, 1]), label="probability")
     return _save(fig, out_png)
@@ -227,7 +228,7 @@ def plot_knowledge(
     ax.set_xlabel("time (s)")
     scale = " / √F" if dim_scale else ""
     ax.set_ylabel(f"b_t = ‖x̂_t − x̂_(t−k)‖₁{scale}")
-    ax.set_title(f"action boundary saliency (strides {tuple(strides)}) — video {video_id}", fontsize=10, loc="left")
+    ax.set_title(f"action boundary saliency (stride {', '.join(map(str, strides))}) — video {video_id}", fontsize=10, loc="left")
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=n + 1, frameon=False)
     ax.grid(alpha=0.3)
     norm = LogNorm(vmin=1e-4, vmax=1.0)
@@ -295,7 +296,7 @@ def plot_ap_gain(
     mean = float(np.mean(diff[keep]))
     ax.set_xlabel(f"AP({student_label}) − AP({rgb_label}), percentage points   (bar labels: gain (AP {rgb_label} → {student_label}))")
     ax.set_title(
-        f"per-class test AP gain from distillation{title_extra}\n"
+        f"per-class test AP, {student_label} vs {rgb_label}{title_extra}\n"
         f"mean over {len(keep)} classes with positives: {mean:+.2f} points",
         fontsize=10,
     )
@@ -477,10 +478,13 @@ def make_plots(
     main_role = _role(main_module)
 
     rgb_dir = Path(rgb_run) if rgb_run else (default_rgb_run(run_dir) if main_role != "RGB-only" else None)
-    if rgb_dir is not None:
+    if rgb_dir is not None and not rgb_run and not any((rgb_dir / n).is_file() for n in ("best.ckpt", "last.ckpt")):
+        _note(f"{rgb_dir} has no checkpoint yet; RGB-only curves and ap_gain.png are skipped")
+        rgb_dir = None
+    elif rgb_dir is not None:
         rgb_module = _load(run_checkpoint(rgb_dir))
         models.insert(0, RunModel(f"RGB-only ({rgb_dir.resolve().name})", run_checkpoint(rgb_dir), rgb_module))
-    elif main_role != "RGB-only":
+    elif main_role != "RGB-only" and not rgb_run:
         _note(f"no RGB-only run found next to {run_dir} (give --rgb-run DIR); its curves and ap_gain.png are skipped")
 
     teacher_ckpt: Path | None = None
