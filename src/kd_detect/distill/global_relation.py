@@ -31,7 +31,8 @@ class _RelationKL(torch.autograd.Function):
     remaining column sums from its transpose. Forward keeps ``O(B·T)`` statistics; backward
     recomputes each panel and uses the closed forms
     ``∂L/∂z_ij + ∂L/∂z_ji = E^S_ij (a_i + a_j) − E^F_ij (c_i + c_j)`` with ``a = w/S^S``,
-    ``c = w/S^F`` (student side), so neither pass holds more than ``B·chunk·T`` logits.
+    ``c = w/S^F`` (student side), so neither pass holds more than ``B·chunk·T`` logits (``chunk`` capped by
+    :func:`panel_rows`).
 
     One GEMM per panel and side gives the shifted, masked logits directly through two
     extra channels: rows ``[x_i, pad_i, 1]`` times columns ``[x_j/τ, 1, pad_j − 1/τ]``,
@@ -43,16 +44,23 @@ class _RelationKL(torch.autograd.Function):
 
     @staticmethod
     def _operands(x: Tensor, valid: Tensor, tau: float) -> tuple[Tensor, Tensor]:
-        B, T, _ = x.shape
-        pad = torch.zeros(B, T, 1, dtype=x.dtype, device=x.device).masked_fill_(~valid[..., None], NEG)
-        one = torch.ones_like(pad)
-        rows = torch.cat([x, pad, one], -1)  # (B, T, F+2)
-        cols = torch.cat([x / tau, one, pad - 1.0 / tau], -1).transpose(1, 2).contiguous()  # (B, F+2, T)
+        """Rows ``[x, pad, 1]`` and columns ``[x/τ, 1, pad − 1/τ]``, both ``(B, T, F+2)``
+        (columns enter the GEMMs as transposed views), written in place: no temporaries."""
+        B, T, Fd = x.shape
+        rows = x.new_empty(B, T, Fd + 2)
+        cols = x.new_empty(B, T, Fd + 2)
+        rows[..., :Fd].copy_(x)
+        torch.div(x, tau, out=cols[..., :Fd])
+        rows[..., Fd].zero_().masked_fill_(~valid, NEG)
+        rows[..., Fd + 1].fill_(1.0)
+        cols[..., Fd].fill_(1.0)
+        torch.sub(rows[..., Fd], 1.0 / tau, out=cols[..., Fd + 1])
         return rows, cols
 
     @staticmethod
     def forward(ctx, s: Tensor, f: Tensor, valid: Tensor, w: Tensor, tau: float, chunk: int) -> Tensor:  # type: ignore[override]
         B, T, _ = s.shape
+        chunk = panel_rows(chunk, B, T)
         rows_s, cols_s = _RelationKL._operands(s, valid, tau)
         rows_f, cols_f = _RelationKL._operands(f, valid, tau)
         sum_s, sum_f, q = s.new_zeros(B, T), s.new_zeros(B, T), s.new_zeros(B, T)
@@ -60,8 +68,8 @@ class _RelationKL(torch.autograd.Function):
         for c0 in range(0, T, chunk):
             c1 = min(c0 + chunk, T)
             es, ef, d = work.views(c1 - c0, T - c0)
-            torch.bmm(rows_s[:, c0:c1], cols_s[:, :, c0:], out=es)  # z^S − 1/τ, masked
-            torch.bmm(rows_f[:, c0:c1], cols_f[:, :, c0:], out=ef)
+            torch.bmm(rows_s[:, c0:c1], cols_s[:, c0:].transpose(1, 2), out=es)  # z^S − 1/τ, masked
+            torch.bmm(rows_f[:, c0:c1], cols_f[:, c0:].transpose(1, 2), out=ef)
             torch.sub(ef, es, out=d)  # z^F − z^S
             es.exp_()
             ef.exp_()
@@ -69,6 +77,7 @@ class _RelationKL(torch.autograd.Function):
             for acc, m in ((sum_s, es), (sum_f, ef), (q, d)):
                 acc[:, c0:c1] += m.sum(-1)
                 acc[:, c1:] += m[:, :, c1 - c0 :].sum(-2)
+        del work
         # the clamp only matters for rows without any valid column (weight 0)
         sum_s, sum_f = sum_s.clamp_min(1e-30), sum_f.clamp_min(1e-30)
         log_ratio = sum_s.log() - sum_f.log()  # log p^F − log p^S = z^F − z^S + log_ratio
@@ -94,8 +103,8 @@ class _RelationKL(torch.autograd.Function):
         for c0 in range(0, T, chunk):
             c1 = min(c0 + chunk, T)
             es, ef, tmp = work.views(c1 - c0, T - c0)
-            torch.bmm(rows_s[:, c0:c1], cols_s[:, :, c0:], out=es)
-            torch.bmm(rows_f[:, c0:c1], cols_f[:, :, c0:], out=ef)
+            torch.bmm(rows_s[:, c0:c1], cols_s[:, c0:].transpose(1, 2), out=es)
+            torch.bmm(rows_f[:, c0:c1], cols_f[:, c0:].transpose(1, 2), out=ef)
             if need_f:  # rare: only when the teacher input requires grad
                 assert gf is not None
                 m = (ef - es).mul_(c[:, c0:c1, None] + c[:, None, c0:]).add_(alpha_f[:, c0:c1, None] + alpha_f[:, None, c0:])
@@ -108,6 +117,20 @@ class _RelationKL(torch.autograd.Function):
                 ef.exp_().mul_(torch.add(c[:, c0:c1, None], c[:, None, c0:], out=tmp))
                 _panel_grad(gs, es.sub_(ef), s, c0, c1, tau)
         return gs, gf, None, None, None, None
+
+
+#: At most this many elements per panel work buffer (4 MiB in fp32): the effective rows
+#: per panel are ``min(chunk_size, max(8, PANEL_ELEMENTS // (B·T)))``, so the panels stay a
+#: few MiB however long the videos or large the batch and the peak memory is the ``O(B·T·F)``
+#: operands plus a constant (with ``chunk_size`` rows alone it would be ``3·B·chunk_size·T``
+#: floats: 48 MiB for one 16k-step video, 190 MiB for 32 TSU-length videos).
+PANEL_ELEMENTS = 1 << 20
+
+
+def panel_rows(chunk: int, batch: int, steps: int) -> int:
+    """Rows per panel: ``chunk``, capped so one ``(B, rows, T)`` buffer has at most
+    :data:`PANEL_ELEMENTS` elements (never fewer than 8 rows, nor more than ``chunk``)."""
+    return max(1, min(chunk, max(8, PANEL_ELEMENTS // max(1, batch * steps))))
 
 
 class _Panels:
@@ -164,8 +187,9 @@ class GlobalContextualRelation(DistillationLoss):
     ``R[i, :] = softmax_{j valid}(x̂_i·x̂_j / τ_r)``; ``gram``: ``L = mean_b ‖ŜᵀŜ − F̂ᵀF̂‖²_F / n_b²``.
     Relations are ``T×T`` so ``F_s ≠ F_t`` is fine; there is nothing learnable.
 
-    Memory: ``kl`` is computed ``chunk_size`` rows at a time with a hand-written backward
-    (peak ``O(B·chunk_size·T)``, linear in ``T``; a ``T×T`` relation is never stored);
+    Memory: ``kl`` is computed in row chunks (at most ``chunk_size`` rows, and at most
+    :data:`PANEL_ELEMENTS` elements per work buffer) with a hand-written backward (peak
+    ``O(B·T·F)`` plus a constant, linear in ``T``; a ``T×T`` relation is never stored);
     ``gram`` uses channel Grams (``O(B·F²)``). Both are invariant to a positive rescaling of
     any step (features are L2-normalised per step).
 
@@ -179,7 +203,9 @@ class GlobalContextualRelation(DistillationLoss):
             to every step (the same value as the contrastive ``τ``). In fp32 keep
             ``τ_r ≳ 0.02`` if a valid step can have exactly-zero features (its relation row
             is ``exp(−1/τ_r)``-small before normalisation and would underflow).
-        chunk_size: rows per chunk (``kl`` only); memory ``∝ B·chunk_size·T``.
+        chunk_size: at most this many rows per chunk (``kl`` only); fewer when ``B·T`` is
+            large, so a chunk's work buffers stay within :data:`PANEL_ELEMENTS` elements
+            (memory ``∝ B·T·F`` plus a constant).
     """
 
     def __init__(
