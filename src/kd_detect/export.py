@@ -166,7 +166,7 @@ def load_state(path: str | os.PathLike) -> DeployedDetector:
     if not path.is_file():
         raise UsageError(f"{path}: state file not found")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = torch.load(path, map_location="cpu", weights_only=True)  # plain data: no pickled code
     except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a state file"
         raise UsageError(f"{path}: not a readable kd_detect state file ({type(err).__name__}: {err})") from err
     if not isinstance(payload, dict) or payload.get("kd_detect_export") != STATE_FORMAT:
