@@ -1,0 +1,167 @@
+"""Data loading: ``FeatureDataModule`` on HDF5 vs one ``.npy`` per video and modality,
+and the raw read bandwidth of the same bytes (the ceiling).
+
+Variants (same videos, batch size, workers and collate; page cache warm for all):
+
+* ``h5_<dtype>``: ``FeatureDataModule(...).train_dataloader()`` over the file, lazy reads;
+* ``h5_preload_<dtype>``: the same with ``preload=True`` (RAM, collate only);
+* ``npy_<dtype>``: a plain ``Dataset`` doing ``np.load`` per video and modality, labels
+  built in memory at init (as earlier action-detection loaders do), the same collate;
+* ``raw_h5_<dtype>`` / ``raw_npy_<dtype>``: ``readinto`` of the files' bytes, nothing else;
+* ``h5_items_<dtype>`` / ``npy_items_<dtype>``: the datasets' items alone (no collate), to
+  split the loader's time into reading and batching.
+
+MB/s counts the stored feature bytes delivered (the file bytes for the raw variants).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+from benchmarks.common import GeneratedData, interleaved, median, spread
+
+
+class NpyDataset(Dataset):
+    """The common alternative: ``<root>/<video>_<modality>.npy`` read with ``np.load`` per
+    item; labels (multi-hot from segments) and segments held in memory from init. Items
+    have the layout of :class:`~kd_detect.data.dataset.FeatureDataset` so the same collate
+    applies."""
+
+    def __init__(self, root: Path, h5_path: Path, modalities: list[str]) -> None:
+        from kd_detect.data.format import FeatureFile, labels_from_segments
+
+        ff = FeatureFile(h5_path)  # only for the annotations: ids, durations, segments
+        self.root, self.modalities = Path(root), list(modalities)
+        self.video_ids = list(ff.video_ids)
+        self.durations = dict(ff.durations)
+        self.lengths = dict(ff.lengths)
+        self.segments = {v: ff.segments(v) for v in self.video_ids}
+        self.labels = {
+            v: labels_from_segments(self.segments[v], self.lengths[v], self.durations[v], ff.num_classes)
+            for v in self.video_ids
+        }
+        ff.close()
+
+    def __len__(self) -> int:
+        return len(self.video_ids)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        vid = self.video_ids[index]
+        feats = {m: np.load(self.root / f"{vid}_{m}.npy") for m in self.modalities}
+        return {
+            "features": feats, "labels": self.labels[vid], "video_id": vid, "duration": self.durations[vid],
+            "length": self.lengths[vid], "offset": 0, "segments": self.segments[vid],
+        }
+
+
+def _drain(loader: DataLoader) -> int:
+    n = 0
+    for batch in loader:
+        n += len(batch["meta"]["video_id"])
+    return n
+
+
+def _raw_reader(paths: list[Path], block: int = 1 << 20):
+    """``readinto`` every file (1 MiB blocks, one reused buffer): the bytes, nothing else."""
+    buf = bytearray(block)
+    view = memoryview(buf)
+
+    def run() -> int:
+        total = 0
+        for p in paths:
+            with open(p, "rb", buffering=0) as fh:
+                while n := fh.readinto(view):
+                    total += n
+        return total
+
+    return run
+
+
+def payload_bytes(data: GeneratedData, dtype: str) -> int:
+    """Stored feature bytes of all videos in ``dtype``."""
+    from kd_detect.data.format import FeatureFile
+
+    ff = FeatureFile(data.h5[dtype])
+    item = np.dtype(dtype).itemsize
+    dims = sum(d for _, d in data.shape.modalities)
+    return sum(ff.lengths[v] for v in ff.video_ids) * dims * item
+
+
+def bench_loading(data: GeneratedData, batch_size: int, workers: int, repeats: int,
+                  dtypes: tuple[str, ...] = ("float32", "float16"), preload: bool = True) -> dict[str, Any]:
+    """Time one epoch of every variant (interleaved, median of ``repeats``); returns
+    per-variant videos/s and MB/s plus the ratios."""
+    from kd_detect.data.datamodule import FeatureDataModule
+    from kd_detect.data.dataset import VideoCollate
+
+    mods = [m for m, _ in data.shape.modalities]
+    n_videos = data.shape.videos
+    fns, bytes_of, keep = {}, {}, []
+    for dt in dtypes:
+        common = dict(batch_size=batch_size, num_workers=workers, val_subset="training", test_subset="training")
+        dm = FeatureDataModule(str(data.h5[dt]), modalities=mods, **common)
+        keep.append(dm)
+        loader = dm.train_dataloader()
+        fns[f"h5_{dt}"] = lambda loader=loader: _drain(loader)
+        if preload:
+            dmp = FeatureDataModule(str(data.h5[dt]), modalities=mods, preload=True, **common)
+            keep.append(dmp)
+            loader_p = dmp.train_dataloader()
+            fns[f"h5_preload_{dt}"] = lambda loader=loader_p: _drain(loader)
+        ds = NpyDataset(data.npy[dt], data.h5[dt], mods)
+        loader_n = DataLoader(
+            ds, batch_size=batch_size, sampler=RandomSampler(ds, generator=torch.Generator().manual_seed(0)),
+            collate_fn=VideoCollate(len(data.classes)), num_workers=workers, persistent_workers=workers > 0,
+        )
+        fns[f"npy_{dt}"] = lambda loader=loader_n: _drain(loader)
+        order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0)).tolist()
+        h5_ds = dm.dataset("train")
+        fns[f"h5_items_{dt}"] = lambda ds=h5_ds, order=order: len([ds[i] for i in order])
+        fns[f"npy_items_{dt}"] = lambda ds=ds, order=order: len([ds[i] for i in order])
+        fns[f"raw_h5_{dt}"] = _raw_reader([data.h5[dt]])
+        npy_files = sorted(data.npy[dt].iterdir())
+        fns[f"raw_npy_{dt}"] = _raw_reader(npy_files)
+        payload = payload_bytes(data, dt)
+        for key in (f"h5_{dt}", f"h5_preload_{dt}", f"npy_{dt}", f"h5_items_{dt}", f"npy_items_{dt}"):
+            bytes_of[key] = payload
+        bytes_of[f"raw_h5_{dt}"] = os.path.getsize(data.h5[dt])
+        bytes_of[f"raw_npy_{dt}"] = sum(os.path.getsize(p) for p in npy_files)
+    times = interleaved(fns, repeats, warmup=1)  # the warm-up round also warms the page cache
+    variants = {}
+    for key, ts in times.items():
+        t = median(ts)
+        variants[key] = {
+            "seconds_per_epoch": t,
+            "videos_per_s": n_videos / t,
+            "mb_per_s": bytes_of[key] / t / 2**20,
+            "mb": bytes_of[key] / 2**20,
+            "noise": spread(ts),
+        }
+    out: dict[str, Any] = {
+        "dataset": data.shape.name, "videos": n_videos, "batch_size": batch_size, "workers": workers,
+        "repeats": repeats, "variants": variants,
+    }
+    for dt in dtypes:
+        tag = "" if dt == "float32" else "_fp16"
+        v = variants
+        out[f"h5_over_npy{tag}"] = v[f"h5_{dt}"]["videos_per_s"] / v[f"npy_{dt}"]["videos_per_s"]
+        out[f"loader_over_raw{tag}"] = v[f"h5_{dt}"]["mb_per_s"] / v[f"raw_h5_{dt}"]["mb_per_s"]
+        out[f"npy_loader_over_raw{tag}"] = v[f"npy_{dt}"]["mb_per_s"] / v[f"raw_npy_{dt}"]["mb_per_s"]
+        out[f"h5_read_over_npy_read{tag}"] = v[f"h5_items_{dt}"]["videos_per_s"] / v[f"npy_items_{dt}"]["videos_per_s"]
+        out[f"h5_read_over_raw{tag}"] = v[f"h5_items_{dt}"]["mb_per_s"] / v[f"raw_h5_{dt}"]["mb_per_s"]
+        # share of the loader's time spent batching (collate: pad + transpose + cast)
+        out[f"collate_share{tag}"] = 1.0 - v[f"h5_items_{dt}"]["seconds_per_epoch"] / v[f"h5_{dt}"]["seconds_per_epoch"]
+        if preload:
+            out[f"preload_over_lazy{tag}"] = v[f"h5_preload_{dt}"]["videos_per_s"] / v[f"h5_{dt}"]["videos_per_s"]
+    if "float16" in dtypes and "float32" in dtypes:
+        out["h5_fp16_over_h5_fp32"] = variants["h5_float16"]["videos_per_s"] / variants["h5_float32"]["videos_per_s"]
+        out["h5_fp16_over_npy_fp32"] = variants["h5_float16"]["videos_per_s"] / variants["npy_float32"]["videos_per_s"]
+    for dm in keep:
+        dm.teardown("fit")
+    return out

@@ -1,0 +1,113 @@
+"""``make bench`` (benchmarks/bench.py): the quick mode end to end on tiny sizes, and the
+fast paths it measures give the same results as the straightforward ones."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import bench, seqloss
+from benchmarks.common import DataShape, interleaved, write_data
+
+TINY_CHARADES = DataShape("charades", 6, (8, 14), (("rgb", 16), ("flow", 8)), 5, segments=2)
+TINY_TSU = DataShape("tsu", 3, (30, 40), (("rgb", 16), ("pose", 4)), 3, segments=2)
+TINY_SIZES = dict(charades_videos=6, tsu_videos=3, load_batch=4, tsu_batch=2, load_repeats=1, distill_batch=2,
+                  distill_batches=2, distill_repeats=1, infer_repeats=1, seq_steps=[64, 128], seq_repeats=1,
+                  matmul_n=64)
+HEADLINE = ["kd_cached_over_plain", "kd_live_over_plain", "h5_over_npy", "loader_over_raw",
+            "global_kl_extra_mb_T16384", "global_gram_extra_mb_T16384", "student_steps_per_s",
+            "pdan_flops_over_matmul"]
+
+
+def test_quick_mode_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "sizes", lambda quick: dict(TINY_SIZES))
+    monkeypatch.setattr(bench, "CHARADES", TINY_CHARADES)
+    monkeypatch.setattr(bench, "TSU", TINY_TSU)
+    monkeypatch.setattr(seqloss, "LOSSES", {k: seqloss.LOSSES[k] for k in ("global_kl", "global_gram")})
+    out = tmp_path / "bench"
+    assert bench.main(["--quick", "--out", str(out), "--tmp", str(tmp_path)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    for key in HEADLINE:
+        assert key in report, key
+    for key in ("kd_cached_over_plain", "kd_live_over_plain", "h5_over_npy", "loader_over_raw",
+                "student_steps_per_s", "pdan_flops_over_matmul"):
+        assert report[key] > 0, key
+    assert report["bf16_all_finite"] is True
+    assert report["meta"]["threads"] == 1 and report["meta"]["quick"] is True
+    sq = report["results"]["seq_losses"]["losses"]
+    assert set(sq) == {"global_kl", "global_gram"}
+    assert all(p["finite"] and p["extra_mb"] >= 0 for v in sq.values() for p in v["points"].values())
+    assert {t["key"] for t in report["targets"]} >= {"kd_cached_over_plain", "h5_over_npy"}
+    md = (out / "report.md").read_text()
+    assert "## Targets" in md and "kd_live_over_plain" in md
+    assert not list(out.glob(".*.tmp"))  # written atomically
+
+
+def test_interleaved_runs_round_robin():
+    calls = []
+    times = interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=2, warmup=1)
+    assert calls == ["a", "b"] * 3 and all(len(v) == 2 for v in times.values())
+
+
+def test_pread_path_equals_h5py(tmp_path):
+    """read_rows' direct read of contiguous datasets == h5py's read, for windows and clipping;
+    chunked/compressed datasets take the HDF5 path and read the same."""
+    from kd_detect.data.dataset import dataset_layout, read_rows
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "x.h5"
+    arrays = {"f16": rng.standard_normal((37, 5)).astype(np.float16),
+              "f32": rng.standard_normal((37, 3)).astype(np.float32),
+              "u8": rng.integers(0, 2, (37, 4)).astype(np.uint8)}
+    with h5py.File(path, "w") as h5:
+        for name, arr in arrays.items():
+            h5.create_dataset(name, data=arr)
+            h5.create_dataset(name + "_gz", data=arr, compression="gzip", chunks=(8, arr.shape[1]))
+        h5.create_group("group")
+    layouts: dict = {}
+    with h5py.File(path, "r") as h5:
+        for name, arr in arrays.items():
+            assert dataset_layout(h5, name).offset is not None
+            assert dataset_layout(h5, name + "_gz").offset is None
+            for key in (name, name + "_gz"):
+                for start, stop in ((0, None), (5, 17), (30, 99), (37, None), (3, 3)):
+                    got = read_rows(h5, key, start, stop, layouts)
+                    assert got.dtype == arr.dtype
+                    np.testing.assert_array_equal(got, arr[start:stop])
+        assert read_rows(h5, "missing", 0, None, layouts) is None
+        with pytest.raises(KeyError):
+            read_rows(h5, "group", 0, None, layouts)
+
+
+def test_pdan_no_grad_path_is_bitwise_equal():
+    from kd_detect.models.heads import PDAN
+
+    torch.manual_seed(0)
+    head = PDAN(12, 4, hidden=16, num_layers=3).eval()
+    x = torch.randn(3, 12, 40)
+    mask = torch.ones(3, 40, dtype=torch.bool)
+    mask[1, 25:] = False
+    with_graph = head(x, mask)
+    with torch.no_grad():
+        fast = head(x, mask)
+    assert torch.equal(with_graph.features, fast.features) and torch.equal(with_graph.logits, fast.logits)
+
+
+def test_global_kl_panel_cap():
+    from kd_detect.distill.global_relation import PANEL_ELEMENTS, panel_rows
+
+    assert panel_rows(256, 32, 100) == 256  # Charades batches: unchanged
+    assert panel_rows(256, 1, 16384) == PANEL_ELEMENTS // 16384
+    assert panel_rows(256, 64, 100_000) == 8 and panel_rows(4, 1, 10) == 4
+
+
+def test_generated_data_matches_between_h5_and_npy(tmp_path):
+    data = write_data(TINY_CHARADES, tmp_path, dtypes=("float16",))
+    with h5py.File(data.h5["float16"], "r") as h5:
+        for vid in h5["videos"]:
+            for m, _ in TINY_CHARADES.modalities:
+                np.testing.assert_array_equal(h5["videos"][vid][m][()], np.load(data.npy["float16"] / f"{vid}_{m}.npy"))
