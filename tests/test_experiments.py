@@ -182,7 +182,7 @@ def test_resume_continues_exactly(synthetic_h5, tmp_path):
         "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.logger=false",
         "--trainer.deterministic=true", "--model.init_args.head.init_args.hidden=16",
         "--model.init_args.head.init_args.num_layers=2", "--data.max_steps=32", "--seed_everything=3",
-        "--trainer.callbacks=[{class_path: kd_detect.callbacks.RunCheckpoint}, {class_path: kd_detect.callbacks.RNGState}]",
+        "--trainer.callbacks=[{class_path: kd_detect.callbacks.RunCheckpoint}, {class_path: kd_detect.callbacks.EpochSeed}]",
     ]
     lightning_main(["fit", *common, f"--trainer.default_root_dir={tmp_path / 'full'}", "--trainer.max_epochs=4"])
     lightning_main(["fit", *common, f"--trainer.default_root_dir={tmp_path / 'cut'}", "--trainer.max_epochs=2"])
@@ -190,7 +190,7 @@ def test_resume_continues_exactly(synthetic_h5, tmp_path):
                     f"--ckpt_path={tmp_path / 'cut' / 'last.ckpt'}"])
     full = torch.load(tmp_path / "full" / "last.ckpt", weights_only=False)
     cut = torch.load(tmp_path / "cut" / "last.ckpt", weights_only=False)
-    assert full["epoch"] == cut["epoch"] == 3
+    assert full["epoch"] == cut["epoch"] == 3  # last.ckpt is the latest epoch, improved or not
     for key, value in full["state_dict"].items():
         torch.testing.assert_close(cut["state_dict"][key], value, rtol=0, atol=0, msg=key)
 
@@ -212,3 +212,31 @@ def test_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypa
     monkeypatch.undo()
     assert torch.load(path, weights_only=False)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temp file left behind
+
+
+def test_last_checkpoint_follows_every_epoch_even_without_improvement(tmp_path):
+    """Lightning refreshes last.ckpt only when best.ckpt improves; ours after every epoch."""
+    import pytorch_lightning as pl
+
+    from kd_detect.callbacks import RunCheckpoint
+
+    class Flat(pl.LightningModule):  # val/frame_map never improves after epoch 0
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, idx):
+            return (self.w - 1).pow(2).sum()
+
+        def validation_step(self, batch, idx):
+            self.log("val/frame_map", 0.5 - 0.1 * self.current_epoch)  # best at epoch 0
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    loader = torch.utils.data.DataLoader(torch.zeros(2, 1), batch_size=1)
+    trainer = pl.Trainer(max_epochs=3, callbacks=[RunCheckpoint()], default_root_dir=tmp_path, logger=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(Flat(), loader, loader)
+    assert torch.load(tmp_path / "best.ckpt", weights_only=False)["epoch"] == 0
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["epoch"] == 2

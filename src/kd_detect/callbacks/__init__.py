@@ -2,7 +2,7 @@
 
 from kd_detect.callbacks.checkpoint import AtomicCheckpointIO, RunCheckpoint
 from kd_detect.callbacks.report import LearningRateLogger, RunReport
-from kd_detect.callbacks.rng import RNGState
+from kd_detect.callbacks.rng import EpochSeed
 from kd_detect.callbacks.schedule import DistillationWarmup, StopDistillation
 
-__all__ = ["AtomicCheckpointIO", "LearningRateLogger", "DistillationWarmup", "RunCheckpoint", "RNGState", "RunReport", "StopDistillation"]
+__all__ = ["AtomicCheckpointIO", "EpochSeed", "LearningRateLogger", "DistillationWarmup", "RunCheckpoint", "RunReport", "StopDistillation"]

@@ -63,3 +63,24 @@ class RunCheckpoint(ModelCheckpoint):
         if self.dirpath is None:
             self.dirpath = os.path.realpath(trainer.default_root_dir)
         super().setup(trainer, pl_module, stage)
+
+    def _save_last_checkpoint(self, trainer: Any, monitor_candidates: dict[str, Any]) -> None:
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        self._last_saved_step = trainer.global_step
+
+    # Lightning >= 2.5 refreshes last.ckpt only in epochs where best.ckpt improved; a resume
+    # must continue from the latest epoch, so write it every time Lightning considers saving.
+    def _ensure_last(self, trainer: Any) -> None:
+        if self.save_last and getattr(self, "_last_saved_step", None) != trainer.global_step:
+            if not (trainer.fast_dev_run or trainer.sanity_checking or trainer.state.fn != "fit"):
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._ensure_last(trainer)
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._ensure_last(trainer)

@@ -1,15 +1,20 @@
-"""Exact resume: carry the random-number generators through checkpoints.
+"""Exact resume: every training epoch draws from a generator state fixed by
+``(seed, epoch, rank)``.
 
 Lightning's checkpoints restore weights, optimiser, schedulers and loop counters but not
-the global RNG streams (Python, NumPy, torch CPU and CUDA) that dropout, the atomic
-plugin's sampling and anything else random consume. With this callback, a run stopped
-after epoch k and resumed from ``last.ckpt`` continues with exactly the generator state
-it would have had, so it ends with the same weights as an uninterrupted run (with
-deterministic kernels). Each rank stores and restores its own state.
+the global RNG streams (Python, NumPy, torch) that dropout, the atomic plugin's sampling
+and anything else random consume -- and where exactly a checkpoint sits relative to those
+draws depends on Lightning's loop internals (a resumed run re-enters the interrupted
+epoch and builds iterators a fresh run would not). Reseeding every stream at the start of
+each training epoch (at its first batch) from ``(seed_everything's seed, epoch, global rank)`` removes that
+dependence: a run stopped after epoch k and resumed from ``last.ckpt`` ends with exactly
+the weights of an uninterrupted run (with deterministic kernels), and DDP ranks draw
+different dropout masks.
 """
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Any
 
@@ -18,36 +23,28 @@ import torch
 from pytorch_lightning import Callback
 
 
-def _numpy_state() -> tuple:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return (str(name), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
+def epoch_seed(base: int, epoch: int, rank: int) -> int:
+    """A 32-bit seed derived from ``(base, epoch, rank)``."""
+    return int(np.random.SeedSequence([base & 0xFFFFFFFF, epoch, rank]).generate_state(1)[0])
 
 
-class RNGState(Callback):
-    """Saves the RNG states in every checkpoint and restores them on resume."""
+class EpochSeed(Callback):
+    """Reseeds Python, NumPy and torch (CPU and CUDA) before the first batch of every
+    training epoch (after the epoch's dataloader iterator exists: a fresh or resumed run
+    creates it at different moments, and its creation draws from torch's stream).
 
-    @property
-    def state_key(self) -> str:
-        return "RNGState"
+    Args:
+        seed: base seed; default the one ``seed_everything`` set (``PL_GLOBAL_SEED``), else 0.
+    """
 
-    def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {
-            "python": random.getstate(),
-            # as plain values/tensors so ``torch.load(weights_only=True)`` accepts the checkpoint
-            "numpy": _numpy_state(),
-            "torch": torch.get_rng_state(),
-        }
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["cuda"] = torch.cuda.get_rng_state_all()
-        return state
+    def __init__(self, seed: int | None = None) -> None:
+        self.seed = seed
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        # Lightning restores callback states right before the fit loop creates the epoch's
-        # dataloader iterator (which draws a base seed from torch's stream), matching the
-        # order of an uninterrupted run: checkpoint saved -> next iterator -> batches.
-        random.setstate(state["python"])
-        name, keys, pos, has_gauss, cached = state["numpy"]
-        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-        torch.set_rng_state(state["torch"])
-        if "cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if batch_idx != 0:
+            return
+        base = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        s = epoch_seed(base, trainer.current_epoch, trainer.global_rank)
+        random.seed(s)
+        np.random.seed(s)
+        torch.manual_seed(s)  # also seeds every CUDA device
