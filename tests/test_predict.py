@@ -167,5 +167,9 @@ def test_bad_inputs_are_one_clear_line(setup, tmp_path, capsys):
     teacher_ckpt = save(setup["teacher"], tmp_path / "teacher.ckpt")
     err = _fails(["--ckpt", teacher_ckpt, "--data", str(setup["rgb_file"])] + base, capsys)
     assert "rgb_only.h5" in err and "'flow'" in err
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    err = _fails(["--ckpt", setup["ckpt"], "--data", str(setup["rgb_file"]), "--out", str(blocker / "p.h5")], capsys)
+    assert "a_file/p.h5: cannot write here" in err
     assert not out.exists()  # nothing half-written under the final name
     assert not list(tmp_path.glob(".p.h5.*"))

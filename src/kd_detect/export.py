@@ -204,8 +204,13 @@ def check_same_outputs(module: Any, exported: nn.Module, where: str, in_dim: int
 
 
 def _atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    from kd_detect.tools import UsageError
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise UsageError(f"{path}: cannot write here ({err.strerror or err})") from err
     os.close(fd)
     try:
         write(tmp)

@@ -166,8 +166,14 @@ def check_data(predictor: Predictor, data: str | os.PathLike) -> None:
 
 # ------------------------------------------------------------------------------ writing
 def _tmp_near(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """A temporary file next to ``path`` (renamed over it when complete)."""
+    from kd_detect.tools import UsageError
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise UsageError(f"{path}: cannot write here ({err.strerror or err})") from err
     os.close(fd)
     return Path(tmp)
 
