@@ -93,6 +93,7 @@ class SyntheticConfig:
     boundary_amp: float = 1.5
     pose_amp: float = 1.0
     pose_noise: float = 1.0
+    rgb_motion: float = 0.0
 
     def check(self) -> None:
         if self.videos < 2:
@@ -137,6 +138,7 @@ class _Prototypes:
     boundary: np.ndarray  # (D_flow,)
     motion: np.ndarray  # (C,)
     class_prior: np.ndarray  # (C,)
+    motion_to_rgb: np.ndarray  # (D_flow, D_rgb) how RGB features weakly see motion
 
 
 def _prototypes(cfg: SyntheticConfig, seed: int) -> _Prototypes:
@@ -155,7 +157,11 @@ def _prototypes(cfg: SyntheticConfig, seed: int) -> _Prototypes:
     boundary = _unit(rng, 1, cfg.flow_dim)[0]
     motion = rng.uniform(0.3, 1.2, size=c)
     prior = 1.0 / np.sqrt(1.0 + rng.permutation(c))  # mild long tail, class order shuffled
-    return _Prototypes(rgb, flow, pose, boundary, motion, prior / prior.sum())
+    # drawn last so the other prototypes do not depend on it
+    big, small = max(cfg.rgb_dim, cfg.flow_dim), min(cfg.rgb_dim, cfg.flow_dim)
+    q = np.linalg.qr(rng.standard_normal((big, small)))[0]  # orthonormal columns
+    motion_to_rgb = q.T if cfg.rgb_dim >= cfg.flow_dim else q  # (D_flow, D_rgb), an isometry where it can be
+    return _Prototypes(rgb, flow, pose, boundary, motion, prior / prior.sum(), motion_to_rgb)
 
 
 def _blur(x: np.ndarray, sigma: float) -> np.ndarray:
@@ -212,18 +218,22 @@ def _video(cfg: SyntheticConfig, protos: _Prototypes, seed: int, index: int, sub
     # --- RGB: blurred, noisy, confusable pairs, scene + drift -------------------------
     scene = rng.standard_normal(cfg.rgb_dim) * cfg.scene / math.sqrt(cfg.rgb_dim)
     drift = _ar1(rng, num_steps, cfg.rgb_dim, cfg.drift)
+    # RGB features of several frames see motion too, weakly: the sharp (unblurred) motion
+    # and boundary signal of the flow stream, through a fixed projection, at ``rgb_motion``.
+    spikes = np.zeros(num_steps)
+    for s in onsets:
+        spikes[s] += 1.0
+    spikes = np.convolve(spikes, [0.5, 1.0, 0.5], mode="same")
+    motion_signal = (activity * protos.motion) @ protos.flow + cfg.boundary_amp * spikes[:, None] * protos.boundary
     rgb = (
         cfg.rgb_amp * _blur(activity, cfg.blur) @ protos.rgb
+        + cfg.rgb_motion * motion_signal @ protos.motion_to_rgb
         + scene
         + drift
         + cfg.rgb_noise * rng.standard_normal((num_steps, cfg.rgb_dim)) / math.sqrt(cfg.rgb_dim)
     )
 
     # --- flow: sharp motion + boundary spikes -----------------------------------------
-    spikes = np.zeros(num_steps)
-    for s in onsets:
-        spikes[s] += 1.0
-    spikes = np.convolve(spikes, [0.5, 1.0, 0.5], mode="same")
     flow = (
         cfg.flow_amp * (activity * protos.motion) @ protos.flow
         + cfg.boundary_amp * spikes[:, None] * protos.boundary

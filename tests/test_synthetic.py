@@ -129,3 +129,21 @@ def test_cli(tmp_path, capsys):
     assert err.value.code == 2
     assert "min_steps <= max_steps" in capsys.readouterr().err
     assert not (tmp_path / "bad.h5").exists()
+
+
+def test_rgb_motion_puts_a_weak_copy_of_the_motion_signal_into_rgb(make_synthetic_h5):
+    """``rgb_motion`` adds the flow stream's sharp motion signal to RGB through a fixed
+    projection; 0 (the default) leaves RGB exactly as before."""
+    import h5py
+
+    base, moved = make_synthetic_h5(), make_synthetic_h5(rgb_motion=2.0)
+    with h5py.File(base) as a, h5py.File(moved) as b:
+        vid = next(iter(a["videos"]))
+        ra, rb = a["videos"][vid]["rgb"][()].astype(np.float64), b["videos"][vid]["rgb"][()].astype(np.float64)
+        flow = a["videos"][vid]["flow"][()]
+        np.testing.assert_array_equal(flow, b["videos"][vid]["flow"][()])  # other streams untouched
+    added = rb - ra
+    assert np.abs(added).max() > 0.1
+    # the added part lives in a flow_dim-dimensional subspace of RGB (a fixed projection)
+    sv = np.linalg.svd(added, compute_uv=False)
+    assert (sv > 1e-2 * sv[0]).sum() <= flow.shape[1]
