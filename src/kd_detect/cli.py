@@ -1,14 +1,15 @@
-"""``kd-detect``: the command line (DESIGN.md §7).
+"""kd-detect: the command line of kd_detect (DESIGN.md §7).
 
-``fit | validate | test | predict`` are a LightningCLI: ``--config`` files compose
-(``--config experiments/base.yaml --config experiments/x.yaml``), every key can be
-overridden (``--model.init_args.head.init_args.num_layers=4``), and the data's class
+fit | validate | test | predict are a LightningCLI: --config files compose
+(--config experiments/base.yaml --config experiments/x.yaml), every key can be
+overridden (--model.init_args.head.init_args.num_layers=4), and the data's class
 names, class count and modality dims are linked from the DataModule into the model.
-``fit --test_after_fit=true`` tests the best checkpoint in the same process (what
-``make train`` uses). The other subcommands are plain tools:
+fit --test_after_fit=true tests the best checkpoint in the same process (what
+make train uses). The other subcommands are plain tools:
 
     kd-detect check FILE.h5                  validate a feature file, print a summary
     kd-detect cache-teacher --ckpt T.ckpt --data FILE.h5 --out cache.h5
+    kd-detect predict --ckpt CKPT --data FILE.h5 --out preds.h5 [--segments segs.jsonl]
     kd-detect export --ckpt student.ckpt --out student.pt
     kd-detect plot RUN_DIR
 """
@@ -92,8 +93,10 @@ class KDCLI(LightningCLI):
 def lightning_main(args: list[str] | None = None, run: bool = True, cli_class: type[KDCLI] = KDCLI) -> KDCLI:
     import warnings
 
-    # kd-detect always hands LightningCLI its (include-expanded) argv explicitly.
+    # kd-detect always hands LightningCLI its (include-expanded) argv explicitly, and the
+    # run directory holds config.yaml before the first checkpoint by design.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     if args is None:
         args = sys.argv[1:]
     try:
@@ -115,6 +118,10 @@ def lightning_main(args: list[str] | None = None, run: bool = True, cli_class: t
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv else ""
+    if command in ("", "-h", "--help"):
+        print(__doc__.strip())
+        print("\nkd-detect fit --help lists every configurable key.")
+        return 0 if command else 2
     if command == "predict" and any(a == "--ckpt" or a.startswith("--ckpt=") for a in argv[1:]):
         # `kd-detect predict --ckpt ...` is the plain tool; LightningCLI's predict uses --ckpt_path
         from kd_detect.predict import main as predict_main
