@@ -44,18 +44,21 @@ class _RelationKL(torch.autograd.Function):
 
     @staticmethod
     def _operands(x: Tensor, valid: Tensor, tau: float) -> tuple[Tensor, Tensor]:
-        """Rows ``[x, pad, 1]`` and columns ``[x/τ, 1, pad − 1/τ]``, both ``(B, T, F+2)``
-        (columns enter the GEMMs as transposed views), written in place: no temporaries."""
+        """Rows ``[x, pad, 1]`` and columns ``[x/τ, 1, pad − 1/τ]`` as ``(B, T, F+2)`` views of
+        channel-major ``(B, F+2, T)`` buffers: ``x`` is itself a ``(B, T, F)`` view of
+        ``(B, F, T)`` features, so filling them is a plain copy (no transpose), and the GEMMs
+        take the views as transposed operands. Written in place: no temporaries."""
         B, T, Fd = x.shape
-        rows = x.new_empty(B, T, Fd + 2)
-        cols = x.new_empty(B, T, Fd + 2)
-        rows[..., :Fd].copy_(x)
-        torch.div(x, tau, out=cols[..., :Fd])
-        rows[..., Fd].zero_().masked_fill_(~valid, NEG)
-        rows[..., Fd + 1].fill_(1.0)
-        cols[..., Fd].fill_(1.0)
-        torch.sub(rows[..., Fd], 1.0 / tau, out=cols[..., Fd + 1])
-        return rows, cols
+        xc = x.transpose(1, 2)  # (B, F, T)
+        rows = x.new_empty(B, Fd + 2, T)
+        cols = x.new_empty(B, Fd + 2, T)
+        rows[:, :Fd].copy_(xc)
+        torch.div(xc, tau, out=cols[:, :Fd])
+        rows[:, Fd].zero_().masked_fill_(~valid, NEG)
+        rows[:, Fd + 1].fill_(1.0)
+        cols[:, Fd].fill_(1.0)
+        torch.sub(rows[:, Fd], 1.0 / tau, out=cols[:, Fd + 1])
+        return rows.transpose(1, 2), cols.transpose(1, 2)
 
     @staticmethod
     def forward(ctx, s: Tensor, f: Tensor, valid: Tensor, w: Tensor, tau: float, chunk: int) -> Tensor:  # type: ignore[override]
