@@ -88,7 +88,7 @@ def compare_bar_chart(
     ax.bar(x, means, yerr=stds, capsize=4, color=colors, edgecolor="black", linewidth=0.6)
     top = float(np.max(means + stds)) if len(rows) else 1.0
     for xi, m, s in zip(x, means, stds):
-        ax.text(xi, m + s + 0.01 * top, f"{m:.3g}" + (f"\n±{s:.2g}" if s else ""), ha="center", va="bottom", fontsize=8)
+        ax.text(xi, m + s + 0.01 * top, f"{m:.3f}" + (f"\n±{s:.3f}" if s else ""), ha="center", va="bottom", fontsize=8)
     ax.set_xticks(x)
     rotate = len(rows) > 4 or max(len(n) for n in names) > 12
     ax.set_xticklabels(names, rotation=30 if rotate else 0, ha="right" if rotate else "center")
