@@ -26,7 +26,8 @@ ROWS: list[tuple[str, str, str]] = [
     # (label, experiment, group)
     ("RGB only", RGB, "reference"),
     ("Teacher (RGB+flow+pose)", TEACHER, "reference"),
-    ("Ours: atomic + global + boundary", OURS, "ours"),
+    ("Ours: atomic + global + boundary (λ=0.1)", OURS, "ours"),
+    ("Ours with DESIGN default λ=1", "ablations/synthetic_kd_weights1", "ablation"),
     ("atomic only", "ablations/synthetic_only_atomic", "ablation"),
     ("global only", "ablations/synthetic_only_global", "ablation"),
     ("boundary only", "ablations/synthetic_only_boundary", "ablation"),
