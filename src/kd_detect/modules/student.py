@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from kd_detect.data.batch import MASK, META
 from kd_detect.distill.base import DistillationLoss
 from kd_detect.models.heads.base import HeadOutput
-from kd_detect.modules.detector import DetectorModule, HeadFactory
+from kd_detect.modules.detector import DetectorModule
 from kd_detect.modules.loading import file_sha256, load_detector
 
 
@@ -51,39 +51,14 @@ class StudentModule(DetectorModule):
 
     def __init__(
         self,
-        head: HeadFactory | None = None,
-        modalities: list[str] | None = None,
-        num_classes: int = 0,
-        classes: list[str] | None = None,
-        modality_dims: dict[str, int] | None = None,
         teachers: dict[str, str] | None = None,
         teacher_caches: dict[str, str] | None = None,
         distill: dict[str, DistillationLoss] | None = None,
         teacher_dims: dict[str, int] | None = None,
-        lr: float = 1e-4,
-        weight_decay: float = 0.0,
-        lr_factor: float = 0.5,
-        lr_patience: int = 8,
-        event_map: bool = False,
-        event_threshold: float = 0.5,
-        event_merge_gap: float = 0.0,
-        event_min_length: float = 0.0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            head=head,
-            modalities=modalities,
-            num_classes=num_classes,
-            classes=classes,
-            modality_dims=modality_dims,
-            lr=lr,
-            weight_decay=weight_decay,
-            lr_factor=lr_factor,
-            lr_patience=lr_patience,
-            event_map=event_map,
-            event_threshold=event_threshold,
-            event_merge_gap=event_merge_gap,
-            event_min_length=event_min_length,
-        )
+        """``kwargs``: every :class:`DetectorModule` argument (head, modalities, lr, ...)."""
+        super().__init__(**kwargs)
         self.distill_factors: dict[str, float] = {}
         teachers, teacher_caches = dict(teachers or {}), dict(teacher_caches or {})
         # Frozen teachers live outside the module tree (see module docstring).

@@ -31,7 +31,7 @@ from torch import nn
 
 from kd_detect.data.batch import MASK
 from kd_detect.models.heads.base import HeadOutput
-from kd_detect.modules.detector import DetectorModule, HeadFactory
+from kd_detect.modules.detector import DetectorModule
 
 FUSIONS = ("early", "mid", "late")
 
@@ -45,45 +45,14 @@ class TeacherModule(DetectorModule):
         mid_op: ``"sum"`` or ``"concat"`` of the mid-fusion embeddings.
     """
 
-    def __init__(
-        self,
-        head: HeadFactory | None = None,
-        modalities: list[str] | None = None,
-        num_classes: int = 0,
-        classes: list[str] | None = None,
-        modality_dims: dict[str, int] | None = None,
-        fusion: str = "early",
-        embed_dim: int = 512,
-        mid_op: str = "sum",
-        lr: float = 1e-4,
-        weight_decay: float = 0.0,
-        lr_factor: float = 0.5,
-        lr_patience: int = 8,
-        event_map: bool = False,
-        event_threshold: float = 0.5,
-        event_merge_gap: float = 0.0,
-        event_min_length: float = 0.0,
-    ) -> None:
+    def __init__(self, fusion: str = "early", embed_dim: int = 512, mid_op: str = "sum", **kwargs: Any) -> None:
+        """``kwargs``: every :class:`DetectorModule` argument (head, modalities, lr, ...)."""
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
         if mid_op not in ("sum", "concat"):
             raise ValueError(f"mid_op must be 'sum' or 'concat', got {mid_op!r}")
         self.fusion, self.embed_dim, self.mid_op = fusion, embed_dim, mid_op
-        super().__init__(
-            head=head,
-            modalities=modalities,
-            num_classes=num_classes,
-            classes=classes,
-            modality_dims=modality_dims,
-            lr=lr,
-            weight_decay=weight_decay,
-            lr_factor=lr_factor,
-            lr_patience=lr_patience,
-            event_map=event_map,
-            event_threshold=event_threshold,
-            event_merge_gap=event_merge_gap,
-            event_min_length=event_min_length,
-        )
+        super().__init__(**kwargs)
 
     @classmethod
     def default_modalities(cls) -> list[str]:
