@@ -17,8 +17,8 @@ def test_gap_closed_and_std():
     assert rows[RGB]["gap_closed"] is None and rows[TEACHER]["gap_closed"] is None
     assert rows[OURS]["std"] == pytest.approx(0.028284, abs=1e-6)
     table = markdown(list(rows.values()), [0, 1], [])
-    assert "| Ours: atomic + global + boundary (λ=0.1) | ours | 67.00 ± 2.83 | +53% |" in table
-    assert "| logit KD | baseline | 50.00 ± 1.41 | -3% |" in table
+    assert "| Ours: atomic + global + boundary (λ=0.1) | ours | 2 | 67.00 ± 2.83 | +53% |" in table
+    assert "| logit KD | baseline | 2 | 50.00 ± 1.41 | -3% |" in table
 
 
 def test_every_row_is_an_experiment_file():
