@@ -50,6 +50,7 @@ ifeq ($(strip $(EXP)),)
 	@$(MAKE) --no-print-directory train EXP=synthetic_kd
 	@echo; echo "Synthetic benchmark (test split):"
 	@$(PY) -m kd_detect.runner table synthetic_rgb synthetic_teacher synthetic_kd
+	@$(KD) plot runs/synthetic_kd
 else
 	@deps="$$($(PY) -m kd_detect.runner deps $(EXP) $(ARGS))" || exit 1; \
 	  if [ -n "$$deps" ]; then $(MAKE) --no-print-directory $$deps || exit 1; fi
