@@ -60,7 +60,7 @@ def sizes(quick: bool) -> dict[str, Any]:
                     distill_batch=8, distill_batches=2, distill_repeats=3, infer_repeats=3,
                     seq_steps=[1024, 8192, 16384], seq_repeats=1, matmul_n=1024)
     return dict(charades_videos=256, tsu_videos=32, load_batch=32, tsu_batch=8, load_repeats=7,
-                distill_batch=32, distill_batches=2, distill_repeats=5, infer_repeats=5,
+                distill_batch=32, distill_batches=2, distill_repeats=7, infer_repeats=5,
                 seq_steps=[256, 512, 1024, 2048, 4096, 8192, 16384], seq_repeats=3, matmul_n=2048)
 
 
@@ -198,7 +198,10 @@ def markdown(report: dict[str, Any]) -> str:
             if key == "dense_matmul":
                 continue
             lines.append(f"| {key} | {sec:.3f} | {d['over_plain'][key]:.3f} |")
-        lines += ["", f"Frozen teacher forward alone: {d['teacher_forward_over_plain_step']:.2f} × the plain step.", ""]
+        lines += ["", f"Frozen teacher forward alone: {d['teacher_forward_over_plain_step']:.2f} × the plain step; "
+                  f"it is {d['teacher_forward_gflop']:.1f} GFLOP vs {d['plain_step_gflop']:.1f} GFLOP for the "
+                  f"plain step, so at equal FLOP/s the live path costs ≥ {d['live_flop_floor_over_plain']:.2f} × plain.",
+                  ""]
         lines += ["## 5. Compute efficiency", "",
                   f"PDAN training step: {d['plain_step_gflop']:.1f} GFLOP (FlopCounterMode) → "
                   f"{d['pdan_gflops_per_s']:.1f} GFLOP/s; dense fp32 matmul n={d['matmul_n']}: "
@@ -250,7 +253,7 @@ def _meta(args: argparse.Namespace, argv: list[str], wall: float) -> dict[str, A
     except OSError:
         pass
     return {
-        "command": "python benchmarks/bench.py " + " ".join(shlex.quote(a) for a in argv),
+        "command": " ".join(["python benchmarks/bench.py", *(shlex.quote(a) for a in argv)]),
         "date": _dt.datetime.now().isoformat(timespec="seconds"), "quick": args.quick, "threads": args.threads,
         "workers": args.workers, "torch": torch.__version__, "python": platform.python_version(), "cpu": cpu,
         "cpus": os.cpu_count(), "commit": commit or "unknown", "wall_seconds": wall, "sizes": sizes(args.quick),
