@@ -138,6 +138,9 @@ def bench_distill(dm: Any, batches: list[dict], root: Path, repeats: int, matmul
 
     t_times = interleaved({"teacher_forward": teacher_forward, "plain": fns["plain"]}, max(2, repeats // 2))
     out["teacher_forward_over_plain_step"] = median(t_times["teacher_forward"]) / median(t_times["plain"])
+    # FLOP floor of the live path: at equal FLOP/s a live teacher costs at least this much
+    out["teacher_forward_gflop"] = count_flops(teacher_forward) / 1e9
+    out["live_flop_floor_over_plain"] = 1.0 + out["teacher_forward_gflop"] / out["plain_step_gflop"]
     return out
 
 
