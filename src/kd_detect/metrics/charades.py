@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from .common import as_list, cat_state, synced, check_probs_mask, check_segments, decode_ids, encode_ids, per_class_ap
+from .common import cat_state, check_segments, check_video_batch, decode_ids, encode_ids, per_class_ap, synced
 
 FRAMES_PER_VIDEO = 25
 
@@ -104,16 +104,11 @@ class CharadesMAP(Metric):
         segments: Sequence[np.ndarray],
         video_ids: Sequence[str] | None = None,
     ) -> None:
-        check_probs_mask("CharadesMAP.update", probs, mask, self.num_classes)
+        durations, video_ids = check_video_batch(
+            "CharadesMAP.update", probs, mask, self.num_classes, durations, segments, video_ids,
+            default_id=f"video{len(self.video_ids_)}_{{}}",
+        )
         batch = probs.shape[0]
-        durations = as_list(durations)
-        if video_ids is None:
-            video_ids = [f"video{len(self.video_ids_)}_{i}" for i in range(batch)]
-        if not (len(durations) == len(segments) == len(video_ids) == batch):
-            raise ValueError(
-                f"CharadesMAP.update: need one duration, segments array and video id per video (B={batch}), got "
-                f"{len(durations)}, {len(segments)}, {len(video_ids)}"
-            )
         scores, gts = [], []
         for b in range(batch):
             valid = probs[b].detach().transpose(0, 1)[mask[b]]

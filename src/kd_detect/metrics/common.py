@@ -33,6 +33,31 @@ def cat_state(state: list[Tensor] | Tensor, device: torch.device) -> Tensor:
     return dim_zero_cat(state).reshape(-1) if state else torch.zeros(0, device=device)
 
 
+def check_video_batch(
+    where: str,
+    probs: Tensor,
+    mask: Tensor,
+    num_classes: int,
+    durations: Tensor | Sequence[float],
+    segments: Sequence[np.ndarray],
+    video_ids: Sequence[str] | None,
+    default_id: str,
+) -> tuple[list[float], list[str]]:
+    """The shared input check of the per-video metrics' ``update``: probs/mask as in
+    :func:`check_probs_mask`, one duration, segments array and id per video. Returns the
+    durations and ids as lists (missing ids become ``default_id.format(i)``)."""
+    check_probs_mask(where, probs, mask, num_classes)
+    batch = probs.shape[0]
+    durations = as_list(durations)
+    ids = list(video_ids) if video_ids is not None else [default_id.format(i) for i in range(batch)]
+    if not (len(durations) == len(segments) == len(ids) == batch):
+        raise ValueError(
+            f"{where}: need one duration, segments array and video id per video (B={batch}), got "
+            f"{len(durations)}, {len(segments)}, {len(ids)}"
+        )
+    return durations, ids
+
+
 def check_probs_mask(where: str, probs: Tensor, mask: Tensor, num_classes: int) -> None:
     """Validate ``probs (B, C, T)`` in [0, 1] and ``mask (B, T)`` bool; errors name ``where`` and the field."""
     if probs.dim() != 3 or probs.shape[1] != num_classes:

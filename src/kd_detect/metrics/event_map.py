@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from .common import as_list, cat_state, synced, check_probs_mask, check_segments
+from .common import cat_state, check_segments, check_video_batch, synced
 
 Detection = tuple[int, float, float, float]  # (class, start_s, end_s, score)
 APVariant = Literal["pku", "voc"]
@@ -278,15 +278,10 @@ class EventMAP(Metric):
         segments: Sequence[np.ndarray],
         video_ids: Sequence[str] | None = None,
     ) -> None:
-        check_probs_mask("EventMAP.update", probs, mask, self.num_classes)
+        durations, video_ids = check_video_batch(
+            "EventMAP.update", probs, mask, self.num_classes, durations, segments, video_ids, default_id="#{}"
+        )
         batch = probs.shape[0]
-        durations = as_list(durations)
-        video_ids = list(video_ids) if video_ids is not None else [f"#{i}" for i in range(batch)]
-        if not (len(durations) == len(segments) == len(video_ids) == batch):
-            raise ValueError(
-                f"EventMAP.update: need one duration, segments array and video id per video (B={batch}), got "
-                f"{len(durations)}, {len(segments)}, {len(video_ids)}"
-            )
         probs_np = probs.detach().double().cpu().numpy()
         mask_np = mask.cpu().numpy()
         counts = np.zeros(self.num_classes, dtype=np.int64)
