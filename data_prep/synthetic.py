@@ -41,6 +41,12 @@ hard for RGB alone and easier with the extra modalities:
 * **Pose** (``pose_dim``): person-centric classes' sharp activity along their pose
   prototypes plus noise (``pose_noise``); other classes leave no trace (noise only); a
   few videos have a tracking-dropout span where pose is noise only.
+* **Annotation noise** (off by default; ``training`` subset only, as with crowd-sourced
+  training labels and a carefully annotated evaluation set): each instance's annotation
+  is missing with probability ``label_drop``, and each annotated boundary is moved by a
+  uniform shift in ``±label_jitter × instance length``. The features are still driven by
+  the true activity; only ``segments`` / ``labels`` are noisy. The noise is drawn from
+  its own generator, so every other array is the same as without it.
 
 A two-stream teacher (rgb+flow+pose) is therefore clearly better than RGB alone, while
 RGB holds weak evidence for everything (the pairs' weak cue, blurred boundaries that
@@ -94,6 +100,8 @@ class SyntheticConfig:
     pose_amp: float = 1.0
     pose_noise: float = 1.0
     rgb_motion: float = 0.0
+    label_drop: float = 0.0
+    label_jitter: float = 0.0
 
     def check(self) -> None:
         if self.videos < 2:
@@ -111,6 +119,10 @@ class SyntheticConfig:
             raise ValueError(f"val_fraction must be in [0, 1 - test_fraction), got {self.val_fraction}")
         if not 0.0 <= self.confusion <= 1.0:
             raise ValueError(f"confusion must be in [0, 1], got {self.confusion}")
+        if not 0.0 <= self.label_drop <= 1.0:
+            raise ValueError(f"label_drop must be in [0, 1], got {self.label_drop}")
+        if self.label_jitter < 0.0:
+            raise ValueError(f"label_jitter must be >= 0, got {self.label_jitter}")
         if self.step_seconds <= 0:
             raise ValueError(f"step_seconds must be > 0, got {self.step_seconds}")
 
@@ -189,6 +201,21 @@ def _ar1(rng: np.random.Generator, num_steps: int, dim: int, std: float, rho: fl
     return out
 
 
+def _annotation_noise(
+    cfg: SyntheticConfig, segments: np.ndarray, duration: float, rng: np.random.Generator
+) -> np.ndarray:
+    """The annotated segments of a training video: each true instance is missing with
+    probability ``label_drop``; each boundary moves by ``U(-j, j) * length``, ``j = label_jitter``
+    (clipped to the video; an instance whose annotated end falls before its start is missing)."""
+    keep = rng.random(len(segments)) >= cfg.label_drop
+    length = segments[:, 2] - segments[:, 1]
+    shift = rng.uniform(-cfg.label_jitter, cfg.label_jitter, size=(len(segments), 2)) * length[:, None]
+    noisy = segments.copy()
+    noisy[:, 1:] = np.clip(segments[:, 1:] + shift, 0.0, duration)
+    keep &= noisy[:, 2] > noisy[:, 1]
+    return noisy[keep]
+
+
 def _video(cfg: SyntheticConfig, protos: _Prototypes, seed: int, index: int, subset: str) -> VideoRecord:
     rng = np.random.default_rng([seed, index])
     num_steps = int(rng.integers(cfg.min_steps, cfg.max_steps + 1))
@@ -212,6 +239,8 @@ def _video(cfg: SyntheticConfig, protos: _Prototypes, seed: int, index: int, sub
             activity[inside, cls] = np.maximum(activity[inside, cls], rng.uniform(0.6, 1.4))
             steps = np.flatnonzero(inside)
             onsets.extend([steps[0], steps[-1]])
+    if subset == TRAINING and (cfg.label_drop > 0 or cfg.label_jitter > 0):
+        segments = _annotation_noise(cfg, segments, duration, np.random.default_rng([seed, index, 1]))
     segments = segments[np.lexsort((segments[:, 1], segments[:, 0]))]
     labels = labels_from_segments(segments, num_steps, duration, cfg.classes)
 

@@ -147,3 +147,58 @@ def test_rgb_motion_puts_a_weak_copy_of_the_motion_signal_into_rgb(make_syntheti
     # the added part lives in a flow_dim-dimensional subspace of RGB (a fixed projection)
     sv = np.linalg.svd(added, compute_uv=False)
     assert (sv > 1e-2 * sv[0]).sum() <= flow.shape[1]
+
+
+def test_annotation_noise_touches_only_training_labels(make_synthetic_h5):
+    """``label_drop`` / ``label_jitter`` corrupt the training subset's annotations only: the
+    features (driven by the true activity) and the evaluation subsets stay bit-identical."""
+    opts = dict(videos=40)
+    clean = _arrays(make_synthetic_h5(**opts))
+    noisy = _arrays(make_synthetic_h5(label_drop=0.3, label_jitter=0.25, **opts))
+    assert clean.keys() == noisy.keys()
+    changed_training = 0
+    for key in clean:
+        vid, field = key
+        if field in ("segments", "labels") and clean[(vid, "subset")] == "training":
+            changed_training += not np.array_equal(clean[key], noisy[key])
+            continue
+        np.testing.assert_array_equal(clean[key], noisy[key], err_msg=str(key))
+    assert changed_training > 10
+    n_clean = sum(len(clean[k]) for k in clean if k[1] == "segments" and clean[(k[0], "subset")] == "training")
+    n_noisy = sum(len(noisy[k]) for k in noisy if k[1] == "segments" and noisy[(k[0], "subset")] == "training")
+    assert 0.5 * n_clean < n_noisy < 0.9 * n_clean  # ~30 % dropped (plus a few jittered away)
+
+
+def test_annotation_noise_extremes(make_synthetic_h5):
+    """Dropping everything leaves the training videos unlabelled."""
+    dropped = _arrays(make_synthetic_h5(label_drop=1.0, videos=24))
+    training = [k[0] for k in dropped if k[1] == "subset" and dropped[k] == "training"]
+    assert training
+    for vid in training:
+        assert dropped[(vid, "segments")].shape == (0, 3)
+        assert not dropped[(vid, "labels")].any()
+
+
+def test_annotation_jitter_moves_each_boundary_within_its_bound():
+    """Jitter keeps every instance's class and moves each boundary by at most
+    ``label_jitter`` x the instance's length, clipped to the video."""
+    cfg = SyntheticConfig(label_jitter=0.2)
+    segments = np.array([[3, 1.0, 11.0], [0, 0.0, 2.0], [5, 18.0, 20.0], [3, 5.0, 45.0]])
+    rng = np.random.default_rng(0)
+    moved = []
+    for _ in range(50):
+        out = synthetic._annotation_noise(cfg, segments, 20.0, rng)
+        assert out.shape == segments.shape  # nothing dropped: each annotated length stays > 0
+        np.testing.assert_array_equal(out[:, 0], segments[:, 0])
+        bound = 0.2 * (segments[:, 2] - segments[:, 1])[:, None]
+        assert (np.abs(out[:, 1:] - np.clip(segments[:, 1:], 0, 20.0)) <= bound + 1e-12).all()
+        assert (out[:, 1:] >= 0).all() and (out[:, 1:] <= 20.0).all()
+        moved.append(out[:, 1:] - segments[:, 1:])
+    assert np.abs(np.array(moved)).max() > 0.5  # it does move them
+
+
+@pytest.mark.parametrize("option, value", [("label_drop", 1.5), ("label_drop", -0.1), ("label_jitter", -1.0)])
+def test_annotation_noise_rejects_bad_values(tmp_path, option, value):
+    with pytest.raises(ValueError, match=option):
+        generate(tmp_path / "bad.h5", **{**SYNTHETIC_SMALL, option: value})
+    assert not (tmp_path / "bad.h5").exists()
