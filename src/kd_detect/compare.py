@@ -8,6 +8,12 @@ a run whose ``metrics.json`` exists is not repeated, so an interrupted compariso
 Writes ``runs/compare/report.md`` (mean ± std of the test frame mAP per row, and the
 share of the teacher–RGB gap each student closes: ``(row − rgb) / (teacher − rgb)``),
 ``report.json`` and the bar chart ``compare.png``.
+
+Variants of the method (another weight, τ, window...) are compared against the same
+references with ``--reference``: ``python -m kd_detect.compare --out runs/lambda0.3
+--reference runs/compare --only synthetic_kd -- --model.init_args.distill.atomic.init_args.weight=0.3``
+takes the RGB-only and teacher runs (and the teachers' checkpoints) of ``runs/compare``,
+training them there only when missing.
 """
 
 from __future__ import annotations
@@ -46,12 +52,16 @@ ROWS: list[tuple[str, str, str]] = [
 METRIC = "test/frame_map"
 
 
-def run_dir(root: Path, seed: int, exp: str) -> Path:
+def run_dir(root: Path, seed: int, exp: str, reference: Path | None = None) -> Path:
+    """Where run ``exp`` of ``seed`` lives: the references (RGB-only, teacher) under
+    ``reference`` when given, everything else under ``root``."""
+    if reference is not None and exp in (RGB, TEACHER):
+        root = reference
     return root / f"seed{seed}" / exp
 
 
-def fit(exp: str, seed: int, root: Path, extra: list[str], log: Path) -> dict:
-    out = run_dir(root, seed, exp)
+def fit(exp: str, seed: int, root: Path, extra: list[str], log: Path, reference: Path | None = None) -> dict:
+    out = run_dir(root, seed, exp, reference)
     metrics = out / "metrics.json"
     if metrics.is_file():
         return json.loads(metrics.read_text())
@@ -61,7 +71,7 @@ def fit(exp: str, seed: int, root: Path, extra: list[str], log: Path) -> dict:
         "--trainer.enable_progress_bar=false", "--trainer.logger=kd_detect.loggers.CSVLogger", *extra,
     ]
     if exp != RGB and exp != TEACHER:
-        cmd.append(f"--model.init_args.teachers.teacher={run_dir(root, seed, TEACHER) / 'best.ckpt'}")
+        cmd.append(f"--model.init_args.teachers.teacher={run_dir(root, seed, TEACHER, reference) / 'best.ckpt'}")
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     with open(log, "a") as fh:
@@ -74,12 +84,14 @@ def fit(exp: str, seed: int, root: Path, extra: list[str], log: Path) -> dict:
     return json.loads(metrics.read_text())
 
 
-def collect(root: Path) -> dict[str, list[float]]:
-    """Test figure of every finished run ``root/seed<s>/<exp>/metrics.json``, per experiment."""
+def collect(root: Path, reference: Path | None = None) -> dict[str, list[float]]:
+    """Test figure of every finished run ``root/seed<s>/<exp>/metrics.json``, per experiment
+    (the RGB-only and teacher rows from ``reference`` when given, for the seeds of ``root``)."""
     results: dict[str, list[float]] = {exp: [] for _, exp, _ in ROWS}
     for seed_dir in sorted(root.glob("seed*")):
+        seed = int(seed_dir.name[len("seed"):])
         for _, exp, _ in ROWS:
-            metrics = seed_dir / exp / "metrics.json"
+            metrics = run_dir(root, seed, exp, reference) / "metrics.json"
             if metrics.is_file():
                 results[exp].append(json.loads(metrics.read_text())[METRIC])
     return results
@@ -105,13 +117,13 @@ def summarise(results: dict[str, list[float]]) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict], seeds: list[int], extra: list[str]) -> str:
+def markdown(rows: list[dict], seeds: list[int], extra: list[str], command: str | None = None) -> str:
     lines = [
         "# Synthetic benchmark: RGB-only vs teacher vs cross-modal KD",
         "",
         "Test frame mAP (%, mean ± std over the row's runs, one per seed; std 0 with one run); "
         "gap closed = (row − RGB) / (teacher − RGB), from the means.",
-        f"Command: `make compare SEEDS={len(seeds)}`" + (f" (extra args: `{' '.join(extra)}`)" if extra else ""),
+        f"Command: `{command or f'make compare SEEDS={len(seeds)}'}`" + (f" (extra args: `{' '.join(extra)}`)" if extra else ""),
         "",
         "| method | group | runs | test frame mAP | gap closed |",
         "|---|---|---:|---:|---:|",
@@ -128,28 +140,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (each single-threaded)")
     parser.add_argument("--out", default="runs/compare")
     parser.add_argument("--only", nargs="*", default=None, help="experiments to run (default: every row)")
+    parser.add_argument("--reference", default=None,
+                        help="take the RGB-only and teacher runs from this compare directory (e.g. runs/compare)")
     parser.add_argument("extra", nargs="*", help="extra CLI overrides for every run (after --)")
     args = parser.parse_args(argv)
     root = Path(args.out)
+    reference = Path(args.reference) if args.reference else None
     seeds = list(range(args.seeds))
     chosen = [exp for _, exp, _ in ROWS if args.only is None or exp in args.only or exp in (RGB, TEACHER)]
     log = root / "compare.log"
     results: dict[str, list[float]] = {exp: [] for exp in chosen}
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         # teachers (and the RGB baseline) first: every student of seed s needs teacher s
-        first = {(exp, s): pool.submit(fit, exp, s, root, args.extra, log) for exp in (TEACHER, RGB) for s in seeds}
+        first = {(exp, s): pool.submit(fit, exp, s, root, args.extra, log, reference)
+                 for exp in (TEACHER, RGB) for s in seeds}
         for (exp, s), fut in first.items():
             if exp == TEACHER:
                 fut.result()
-        rest = {(exp, s): pool.submit(fit, exp, s, root, args.extra, log)
+        rest = {(exp, s): pool.submit(fit, exp, s, root, args.extra, log, reference)
                 for exp in chosen if exp not in (RGB, TEACHER) for s in seeds}
         for (exp, s), fut in {**first, **rest}.items():
             results[exp].append(fut.result()[METRIC])
     # the report covers every finished run under the output directory (all seeds, also
     # those of earlier invocations with other --seeds/--only), each row saying its count
-    results = collect(root)
+    for s in seeds:  # the seed directory marks the seeds of this comparison (collect)
+        (root / f"seed{s}").mkdir(parents=True, exist_ok=True)
+    results = collect(root, reference)
     rows = summarise(results)
-    report = markdown(rows, seeds, args.extra)
+    command = None
+    if args.out != "runs/compare" or reference is not None or args.only is not None:
+        command = " ".join(["python -m kd_detect.compare", f"--seeds {args.seeds}", f"--out {args.out}"]
+                           + ([f"--reference {args.reference}"] if reference else [])
+                           + (["--only", *args.only] if args.only is not None else []))
+    report = markdown(rows, seeds, args.extra, command)
     (root / "report.md").write_text(report)
     (root / "report.json").write_text(json.dumps({"seeds": seeds, "metric": METRIC, "rows": rows}, indent=2))
     try:
