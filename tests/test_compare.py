@@ -7,18 +7,28 @@ import pytest
 from kd_detect.compare import OURS, RGB, ROWS, TEACHER, markdown, summarise
 
 
-def test_gap_closed_and_std():
-    results = {RGB: [0.50, 0.52], TEACHER: [0.80, 0.82], OURS: [0.65, 0.69],
-               "baselines/synthetic_logit_kd": [0.49, 0.51]}
+def test_gap_closed_std_and_paired_difference():
+    results = {RGB: {0: 0.50, 1: 0.52}, TEACHER: {0: 0.80, 1: 0.82}, OURS: {0: 0.65, 1: 0.69},
+               "baselines/synthetic_logit_kd": {0: 0.49, 1: 0.51},
+               "baselines/synthetic_fitnets": {1: 0.60}}
     rows = {r["experiment"]: r for r in summarise(results)}
     assert rows[OURS]["mean"] == pytest.approx(0.67)
     assert rows[OURS]["gap_closed"] == pytest.approx((0.67 - 0.51) / (0.81 - 0.51))
     assert rows["baselines/synthetic_logit_kd"]["gap_closed"] == pytest.approx((0.50 - 0.51) / 0.30)
     assert rows[RGB]["gap_closed"] is None and rows[TEACHER]["gap_closed"] is None
     assert rows[OURS]["std"] == pytest.approx(0.028284, abs=1e-6)
+    # paired by seed: ours - rgb = +0.15, +0.17
+    assert rows[OURS]["paired"]["mean"] == pytest.approx(0.16)
+    assert rows[OURS]["paired"]["std"] == pytest.approx(0.014142, abs=1e-6)
+    assert rows[OURS]["paired"]["above"] == 2
+    assert rows["baselines/synthetic_logit_kd"]["paired"]["above"] == 0
+    # a row with fewer seeds is paired on the seeds it has
+    assert rows["baselines/synthetic_fitnets"]["paired"] == {"mean": pytest.approx(0.08), "std": 0.0, "runs": 1, "above": 1}
+    assert rows[RGB]["paired"] is None
     table = markdown(list(rows.values()), [0, 1], [])
-    assert "| Ours: atomic + global + boundary (λ=0.1) | ours | 2 | 67.00 ± 2.83 | +53% |" in table
-    assert "| logit KD | baseline | 2 | 50.00 ± 1.41 | -3% |" in table
+    assert "| Ours: atomic + global + boundary (λ=0.1) | ours | 2 | 67.00 ± 2.83 | +53% | +16.00 ± 1.41 | 2/2 |" in table
+    assert "| logit KD | baseline | 2 | 50.00 ± 1.41 | -3% | -1.00 ± 0.00 | 0/2 |" in table
+    assert "| RGB only | reference | 2 | 51.00 ± 1.41 |  |  |  |" in table
 
 
 def test_every_row_is_an_experiment_file():

@@ -84,36 +84,52 @@ def fit(exp: str, seed: int, root: Path, extra: list[str], log: Path, reference:
     return json.loads(metrics.read_text())
 
 
-def collect(root: Path, reference: Path | None = None) -> dict[str, list[float]]:
+def collect(root: Path, reference: Path | None = None) -> dict[str, dict[int, float]]:
     """Test figure of every finished run ``root/seed<s>/<exp>/metrics.json``, per experiment
-    (the RGB-only and teacher rows from ``reference`` when given, for the seeds of ``root``)."""
-    results: dict[str, list[float]] = {exp: [] for _, exp, _ in ROWS}
+    and seed (the RGB-only and teacher rows from ``reference`` when given, for the seeds of
+    ``root``)."""
+    results: dict[str, dict[int, float]] = {exp: {} for _, exp, _ in ROWS}
     for seed_dir in sorted(root.glob("seed*")):
         seed = int(seed_dir.name[len("seed"):])
         for _, exp, _ in ROWS:
             metrics = run_dir(root, seed, exp, reference) / "metrics.json"
             if metrics.is_file():
-                results[exp].append(json.loads(metrics.read_text())[METRIC])
+                results[exp][seed] = json.loads(metrics.read_text())[METRIC]
     return results
 
 
-def summarise(results: dict[str, list[float]]) -> list[dict]:
+def summarise(results: dict[str, dict[int, float]]) -> list[dict]:
+    """One row per experiment with runs: mean ± std over seeds, the share of the teacher–RGB
+    gap closed (from the means), and the difference to RGB-only paired by seed (the same
+    data, teacher and seed on both sides, so most of the seed-to-seed spread cancels)."""
+
     def mean(xs: list[float]) -> float:
         return statistics.fmean(xs) if xs else float("nan")
 
-    rgb, teacher = mean(results[RGB]), mean(results[TEACHER])
+    def std(xs: list[float]) -> float:
+        return statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+    rgb_runs = results.get(RGB, {})
+    rgb, teacher = mean(list(rgb_runs.values())), mean(list(results.get(TEACHER, {}).values()))
     rows = []
     for label, exp, group in ROWS:
-        xs = results.get(exp, [])
-        if not xs:
+        runs = results.get(exp, {})
+        if not runs:
             continue
+        xs = [runs[s] for s in sorted(runs)]
         m = mean(xs)
-        rows.append({
+        row = {
             "name": label, "experiment": exp, "group": group, "runs": len(xs),
-            "mean": m, "std": statistics.stdev(xs) if len(xs) > 1 else 0.0,
+            "mean": m, "std": std(xs),
             "gap_closed": (m - rgb) / (teacher - rgb) if exp not in (RGB, TEACHER) and teacher != rgb else None,
-            "values": xs,
-        })
+            "values": xs, "seeds": sorted(runs),
+            "paired": None,
+        }
+        paired = [runs[s] - rgb_runs[s] for s in sorted(runs) if s in rgb_runs]
+        if exp != RGB and paired:
+            row["paired"] = {"mean": mean(paired), "std": std(paired), "runs": len(paired),
+                             "above": sum(d > 0 for d in paired)}
+        rows.append(row)
     return rows
 
 
@@ -122,15 +138,21 @@ def markdown(rows: list[dict], seeds: list[int], extra: list[str], command: str 
         "# Synthetic benchmark: RGB-only vs teacher vs cross-modal KD",
         "",
         "Test frame mAP (%, mean ± std over the row's runs, one per seed; std 0 with one run); "
-        "gap closed = (row − RGB) / (teacher − RGB), from the means.",
+        "gap closed = (row − RGB) / (teacher − RGB), from the means; "
+        "Δ RGB = row − RGB-only of the same seed, mean ± std over seeds, "
+        "and on how many seeds the row is above RGB-only.",
         f"Command: `{command or f'make compare SEEDS={len(seeds)}'}`" + (f" (extra args: `{' '.join(extra)}`)" if extra else ""),
         "",
-        "| method | group | runs | test frame mAP | gap closed |",
-        "|---|---|---:|---:|---:|",
+        "| method | group | runs | test frame mAP | gap closed | Δ RGB (paired) | above RGB |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         gap = "" if r["gap_closed"] is None else f"{100 * r['gap_closed']:+.0f}%"
-        lines.append(f"| {r['name']} | {r['group']} | {r['runs']} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} | {gap} |")
+        p = r.get("paired")
+        delta = "" if p is None else f"{100 * p['mean']:+.2f} ± {100 * p['std']:.2f}"
+        above = "" if p is None else f"{p['above']}/{p['runs']}"
+        lines.append(f"| {r['name']} | {r['group']} | {r['runs']} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} "
+                     f"| {gap} | {delta} | {above} |")
     return "\n".join(lines) + "\n"
 
 
@@ -149,7 +171,6 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(range(args.seeds))
     chosen = [exp for _, exp, _ in ROWS if args.only is None or exp in args.only or exp in (RGB, TEACHER)]
     log = root / "compare.log"
-    results: dict[str, list[float]] = {exp: [] for exp in chosen}
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         # teachers (and the RGB baseline) first: every student of seed s needs teacher s
         first = {(exp, s): pool.submit(fit, exp, s, root, args.extra, log, reference)
@@ -159,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
                 fut.result()
         rest = {(exp, s): pool.submit(fit, exp, s, root, args.extra, log, reference)
                 for exp in chosen if exp not in (RGB, TEACHER) for s in seeds}
-        for (exp, s), fut in {**first, **rest}.items():
-            results[exp].append(fut.result()[METRIC])
+        for fut in {**first, **rest}.values():
+            fut.result()  # re-raise a failed run
     # the report covers every finished run under the output directory (all seeds, also
     # those of earlier invocations with other --seeds/--only), each row saying its count
     for s in seeds:  # the seed directory marks the seeds of this comparison (collect)
