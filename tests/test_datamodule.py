@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import h5py
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from kd_detect.data.batch import modalities_in
-from kd_detect.data.datamodule import FeatureDataModule
+from kd_detect.data.datamodule import FeatureDataModule, fixed_share
 from kd_detect.data.dataset import UnrepeatedDistributedSampler, crop_offset
 from kd_detect.data.format import FeatureFile, FeatureFileError
 
@@ -267,3 +268,31 @@ def test_package_exports_lazily():
     assert data.UnrepeatedDistributedSampler is UnrepeatedDistributedSampler
     with pytest.raises(AttributeError):
         data.NoSuchThing
+
+
+def test_train_fraction_is_a_fixed_nested_share(make_synthetic_h5):
+    """``train_fraction`` keeps ceil(f * n) training videos, the same whatever the seed,
+    nested across fractions, and leaves validation / test untouched."""
+    path = str(make_synthetic_h5(videos=40))
+    full = FeatureDataModule(path, val_subset="validation")
+    train_ids = full.dataset("train").video_ids
+    shares = {}
+    for fraction in (0.25, 0.5, 1.0):
+        dm = FeatureDataModule(path, val_subset="validation", train_fraction=fraction, seed=3)
+        ids = dm.dataset("train").video_ids
+        assert len(ids) == math.ceil(fraction * len(train_ids))
+        assert ids == [v for v in train_ids if v in set(ids)]  # original order kept
+        assert dm.dataset("val").video_ids == full.dataset("val").video_ids
+        assert dm.dataset("test").video_ids == full.dataset("test").video_ids
+        assert FeatureDataModule(path, train_fraction=fraction, seed=9).dataset("train").video_ids == ids
+        shares[fraction] = set(ids)
+        seen = {vid for batch in dm.train_dataloader() for vid in batch["meta"]["video_id"]}
+        assert seen == set(ids)  # the loader serves exactly the share
+    assert shares[0.25] < shares[0.5] < shares[1.0]
+    assert len(fixed_share(["only"], 0.01)) == 1
+
+
+@pytest.mark.parametrize("fraction", [0.0, -0.5, 1.5])
+def test_train_fraction_out_of_range_is_refused(synthetic_h5, fraction):
+    with pytest.raises(ValueError, match="train_fraction must be in"):
+        FeatureDataModule(str(synthetic_h5), train_fraction=fraction)

@@ -10,12 +10,17 @@
   longest first** within the subset (less padding; a memory problem shows on the first
   batch; the metrics do not depend on order), split over ranks without padding so every
   video is evaluated exactly once (DESIGN.md §5).
+* ``train_fraction < 1`` trains on a fixed share of the training videos (data-efficiency
+  studies): the videos whose SHA-1 of the id ranks lowest, so the choice is the same for
+  every seed, process and run, and a smaller share is a subset of a larger one.
 * h5py handles are opened lazily per process; ``preload=True`` reads the needed subsets
   into RAM once and gives the same batches as lazy reading.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -32,6 +37,16 @@ def _subset_name(subset: Subset | None) -> str:
     if subset is None:
         return "<all videos>"
     return repr(subset) if isinstance(subset, str) else repr(list(subset))
+
+
+def fixed_share(video_ids: list[str], fraction: float) -> list[str]:
+    """``ceil(fraction * n)`` of ``video_ids`` (at least one), in their original order: those
+    whose SHA-1 of the id ranks lowest. Independent of seeds and processes, and nested: the
+    share for a smaller fraction is contained in the share for a larger one."""
+    count = max(1, math.ceil(fraction * len(video_ids) - 1e-9))
+    ranked = sorted(video_ids, key=lambda v: hashlib.sha1(v.encode()).hexdigest())
+    chosen = set(ranked[:count])
+    return [v for v in video_ids if v in chosen]
 
 
 class FeatureDataModule(pl.LightningDataModule):
@@ -60,6 +75,7 @@ class FeatureDataModule(pl.LightningDataModule):
         require_labels: bool = True,
         pin_memory: bool = False,
         seed: int = 0,
+        train_fraction: float = 1.0,
     ) -> None:
         super().__init__()
         # No save_hyperparameters(): Lightning refuses to log when a key (seed, modalities...)
@@ -77,6 +93,8 @@ class FeatureDataModule(pl.LightningDataModule):
                 raise ValueError(f"FeatureDataModule: {name} must be >= 1, got {value}")
         if num_workers < 0:
             raise ValueError(f"FeatureDataModule: num_workers must be >= 0, got {num_workers}")
+        if not 0.0 < float(train_fraction) <= 1.0:
+            raise ValueError(f"FeatureDataModule: train_fraction must be in (0, 1], got {train_fraction}")
         self.feature_file = FeatureFile(file_path)
         ff = self.feature_file
         if modalities is not None and len(modalities) == 0:
@@ -123,7 +141,10 @@ class FeatureDataModule(pl.LightningDataModule):
                 if require_labels or stage == "predict":
                     raise error
                 self._empty[stage] = error
+            if stage == "train" and train_fraction < 1.0 and ids:
+                ids = fixed_share(ids, train_fraction)
             self._ids[stage] = ids
+        self.train_fraction = float(train_fraction)
         self._datasets: dict[str, FeatureDataset] = {}
 
     # ------------------------------------------------------------------ helpers
