@@ -1,0 +1,70 @@
+"""``python -m kd_detect.diagnose``: atomic-contrast retrieval rates of a trained student."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from kd_detect.data.format import VideoRecord, write_feature_file
+from kd_detect.diagnose import main, retrieval_rates
+from kd_detect.modules import StudentModule, TeacherModule, instantiate
+
+
+def test_retrieval_rates_hand_computed():
+    # 4 atoms, videos [0, 0, 1, 1]; similarity rows decide the retrievals
+    q = torch.eye(4)
+    k = torch.tensor([[1.0, 0, 0, 0],    # atom 0 -> 0 (right)
+                      [0, 0, 1.0, 0],    # atom 1's key looks like atom 2's query...
+                      [0, 0.9, 0, 0],    # atom 2 -> key 1 over the batch (wrong video)
+                      [0, 0, 0, 1.0]])   # atom 3 -> 3 (right)
+    # sim = q @ k.T = k.T: row i = column i of k
+    r = retrieval_rates(q, k, torch.tensor([0, 0, 1, 1]))
+    # top over batch: row0 -> 0, row1 -> 2, row2 -> 1, row3 -> 3
+    assert r["n"] == 4 and r["top1_batch"] == 2
+    assert r["top1_video"] == 2  # rows 1 and 2 land in the other video
+    # within video: row1 among {0,1}: sims (0, 0) -> argmax 0 (wrong); row2 among {2,3}: (0, 0) -> 2 (right)
+    assert r["top1_within"] == 3
+    assert r["chance_within"] == pytest.approx(4 * 0.5)
+
+
+def test_identical_embeddings_retrieve_perfectly():
+    q = torch.nn.functional.normalize(torch.randn(12, 5, generator=torch.Generator().manual_seed(0)), dim=1)
+    r = retrieval_rates(q, q.clone(), torch.arange(12) // 4)
+    assert r["top1_batch"] == r["top1_video"] == r["top1_within"] == 12
+
+
+def test_cli_on_a_student_run(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    dims = {"rgb": 8, "flow": 4}
+    videos = [VideoRecord(f"v{i}", "testing", 30.0, {m: rng.standard_normal((30, d)).astype(np.float32)
+                                                      for m, d in dims.items()}, np.array([[0, 2.0, 9.0]]))
+              for i in range(3)]
+    data = write_feature_file(tmp_path / "d.h5", ["a", "b"], list(dims), videos, dtype="float32")
+    common = {"head": {"class_path": "kd_detect.models.heads.TCN", "init_args": {"hidden": 8}},
+              "num_classes": 2, "classes": ["a", "b"], "modality_dims": dims}
+    import pytorch_lightning as pl
+
+    def save(module, path):
+        trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+        trainer.strategy.connect(module)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(path)
+
+    save(instantiate(TeacherModule, modalities=["rgb", "flow"], **common), tmp_path / "t" / "best.ckpt")
+    student = instantiate(StudentModule, modalities=["rgb"], teachers={"teacher": str(tmp_path / "t" / "best.ckpt")},
+                          distill={"atomic": {"class_path": "kd_detect.distill.AtomicContrastive",
+                                              "init_args": {"window": 3}}}, **common)
+    run = tmp_path / "kd"
+    save(student, run / "best.ckpt")
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"path": str(data)}}))
+    assert main([str(run), "--batch-size", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["atoms"] == 3 * 10
+    assert 0 <= out["top1_batch"] <= out["top1_video"] <= 1 and 0 <= out["top1_within"] <= 1
+    assert out["chance_within"] == pytest.approx(0.1)
+    assert main([str(run), "--plugin", "global"]) == 1
+    assert "no plugin teacher/global" in capsys.readouterr().err
