@@ -10,7 +10,9 @@ import torch
 import yaml
 
 from kd_detect.data.format import VideoRecord, write_feature_file
-from kd_detect.diagnose import main, retrieval_rates
+from kd_detect.diagnose import atomic_retrieval, main, retrieval_rates
+from kd_detect.distill import AtomicContrastive
+from kd_detect.models.heads.base import HeadOutput
 from kd_detect.modules import StudentModule, TeacherModule, instantiate
 
 
@@ -68,3 +70,44 @@ def test_cli_on_a_student_run(tmp_path, capsys):
     assert out["chance_within"] == pytest.approx(0.1)
     assert main([str(run), "--plugin", "global"]) == 1
     assert "no plugin teacher/global" in capsys.readouterr().err
+
+
+class _Features(torch.nn.Module):
+    """Per-step one-hot features (distinct for every valid step of the batch)."""
+
+    def forward(self, batch):
+        B, T = batch["mask"].shape
+        feats = torch.eye(B * T).reshape(B, T, B * T).transpose(1, 2)  # (B, F=B*T, T)
+        return HeadOutput(features=feats, logits=torch.zeros(B, 1, T))
+
+
+class _Student(_Features):
+    def __init__(self, plugin, teachers):
+        super().__init__()
+        self.distill = torch.nn.ModuleDict({"teacher": torch.nn.ModuleDict({"atomic": plugin})})
+        self.teachers = teachers
+
+
+class _Data:
+    def test_dataloader(self):
+        return [{"mask": torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]], dtype=torch.bool)}]
+
+
+def test_per_step_atoms_retrieve_perfectly_when_student_equals_teacher():
+    """window=1: atoms are the 5 valid steps, their videos come from the mask; with equal
+    features and identical projections every atom retrieves itself."""
+    plugin = AtomicContrastive(window=1, embed_dim=8)
+    plugin.build(8, 8, 1)
+    plugin.proj_t.load_state_dict(plugin.proj_s.state_dict())
+    out = atomic_retrieval(_Student(plugin, {"teacher": _Features()}), _Data())
+    assert out["atoms"] == 5
+    assert out["top1_batch"] == out["top1_video"] == out["top1_within"] == 1.0
+    assert out["chance_within"] == pytest.approx((3 * (1 / 3) + 2 * (1 / 2)) / 5)
+    assert plugin.max_atoms == 1024  # the plugin's sampling cap is restored
+
+
+def test_student_without_the_teacher_loaded_is_refused():
+    plugin = AtomicContrastive(window=2)
+    plugin.build(8, 8, 1)
+    with pytest.raises(ValueError, match="teacher 'teacher' is not loaded"):
+        atomic_retrieval(_Student(plugin, {}), _Data())

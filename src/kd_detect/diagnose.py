@@ -57,6 +57,9 @@ def atomic_retrieval(
     module = student.distill[teacher][plugin]
     if not isinstance(module, InBatchContrastive):
         raise TypeError(f"plugin {teacher}/{plugin} is a {type(module).__name__}, not an in-batch contrastive loss")
+    if teacher not in student.teachers:
+        raise ValueError(f"teacher {teacher!r} is not loaded (a student trained from a teacher cache names its "
+                         f"checkpoint with --model.init_args.teachers.{teacher}=PATH); loaded: {sorted(student.teachers)}")
     net = student.teachers[teacher].eval()
     student.eval()
     totals: dict[str, float] = {}
@@ -66,8 +69,6 @@ def atomic_retrieval(
         ids, n = atom_index(mask, module.window)
         step_video = torch.arange(mask.shape[0])[:, None].expand_as(mask)[mask]
         video = torch.zeros(n, dtype=torch.long).index_put_((ids,), step_video)
-        if module.window == 1:
-            video = step_video
         keep = module.max_atoms
         module.max_atoms = 0  # every atom of the batch
         try:
