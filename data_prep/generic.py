@@ -366,6 +366,7 @@ def convert(
         names = read_class_names(Path(classes)) if classes else None
         split_map = read_splits(Path(splits)) if splits else None
         specs, names = build_specs(read_rows(Path(annotations)), names, split_map, scale)
+        annotated = {s.video_id for s in specs}
         if split_map is not None:
             listed = []
             for spec in specs:
@@ -374,7 +375,6 @@ def convert(
                     listed.append(spec)
                 else:
                     summary.skip(spec.video_id, "annotated but not in the split file")
-            annotated = {s.video_id for s in specs}
             for vid in split_map:
                 if vid not in annotated:
                     summary.skip(vid, "in the split file but without an annotation row")
@@ -385,7 +385,6 @@ def convert(
                 f"{no_subset.source}: video {no_subset.video_id!r}: no subset; add a 'subset' column "
                 "(training/testing) or give --splits FILE"
             )
-        annotated = {s.video_id for s in specs}
         for vid in files[reference]:
             if vid not in annotated and (split_map is None or vid not in split_map):
                 summary.skip(vid, "feature file without an annotation row (ignored)")
