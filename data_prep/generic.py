@@ -147,13 +147,17 @@ def parse_strides(values: Sequence[str], modalities: Sequence[str]) -> dict[str,
     return out
 
 
+def _read_text(path: Path, what: str) -> str:
+    require_file(path, what)
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConversionError(f"{path}: unreadable {what} ({err})") from err
+
+
 def read_rows(path: Path) -> list[Row]:
     """Annotation rows of a CSV (header required) or a JSON list of objects."""
-    require_file(path, "annotation file")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConversionError(f"{path}: unreadable annotation file ({err})") from err
+    text = _read_text(path, "annotation file")
     if path.suffix.lower() == ".json":
         return _json_rows(path, text)
     return _csv_rows(path, text)
@@ -229,9 +233,8 @@ def _time(value: str, where: str, name: str, scale: float) -> float:
 
 def read_splits(path: Path) -> dict[str, str]:
     """``<video_id> <subset>`` (space, tab or comma separated) lines → ``{video: subset}``."""
-    require_file(path, "split file")
     out: dict[str, str] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+    for lineno, line in enumerate(_read_text(path, "split file").splitlines(), start=1):
         parts = line.replace(",", " ").split()
         if not parts:
             continue
@@ -249,8 +252,7 @@ def read_splits(path: Path) -> dict[str, str]:
 
 def read_metadata(path: Path, scale: float) -> dict[str, float]:
     """A CSV with columns ``video,duration`` (others ignored) → ``{video: seconds}``."""
-    require_file(path, "metadata table")
-    reader = csv.reader(path.read_text(encoding="utf-8-sig").splitlines())
+    reader = csv.reader(_read_text(path, "metadata table").splitlines())
     header = [h.strip().lower() for h in next(reader, [])]
     if "video" not in header or "duration" not in header:
         raise ConversionError(f"{path}:1: header must name columns video and duration, got {','.join(header)}")

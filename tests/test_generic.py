@@ -425,3 +425,29 @@ def test_unlabelled_writer_refuses_segments_and_training_reader_names_missing_la
     f = FeatureFile(path)
     with pytest.raises(FeatureFileError, match=r"u\.h5: video 'v': field 'labels' missing"):
         FeatureDataset(f, ["v"], ["rgb"])[0]
+
+
+def test_split_and_metadata_file_refusals(tmp_path):
+    root, _ = make_folders(tmp_path, flow_extra=0)
+    rows = [(v, lab, s, e) for v, lab, s, e, _ in ROWS]
+    ann = write_csv(tmp_path / "ann.csv", rows, "video,label,start,end")
+    split = tmp_path / "split.txt"
+    cases = [
+        ("a training\na testing\n", r"split\.txt:2: video 'a' listed twice"),
+        ("a training\nb validation\n", r"split\.txt:2: video 'b': subset 'validation', expected one of"),
+        ("a training extra\n", r"split\.txt:1: expected '<video_id> <subset>'"),
+    ]
+    for text, pattern in cases:
+        split.write_text(text)
+        with pytest.raises(ConversionError, match=pattern):
+            convert(tmp_path, root, annotations=ann, splits=split)
+    split.write_text("a training\nb testing\nc testing\n")
+    meta = tmp_path / "meta.csv"
+    meta.write_text("id,length\na,3\n")
+    with pytest.raises(ConversionError, match=r"meta\.csv:1: header must name columns video and duration"):
+        convert(tmp_path, root, annotations=ann, splits=split, metadata=meta)
+    meta.write_text("video,duration\na,three\n")
+    with pytest.raises(ConversionError, match=r"meta\.csv:2: video 'a': field 'duration' is 'three'"):
+        convert(tmp_path, root, annotations=ann, splits=split, metadata=meta)
+    with pytest.raises(ConversionError, match=r"nope\.csv: split file not found"):
+        convert(tmp_path, root, annotations=ann, splits=tmp_path / "nope.csv")
