@@ -54,7 +54,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -259,6 +259,40 @@ def resample_nearest(features: np.ndarray, num_steps: int) -> np.ndarray:
     return features[index]
 
 
+def resample_to_reference(
+    features: dict[str, np.ndarray],
+    reference: str,
+    rates: Mapping[str, float | None],
+    max_length_mismatch: int,
+) -> dict[str, np.ndarray]:
+    """The shared rule for modalities sampled at another rate than ``reference``.
+
+    ``rates[m]`` is modality ``m``'s step rate relative to the reference (steps of ``m``
+    per reference step, e.g. ``stride_ref / stride_m``), or ``None`` when unknown. Every
+    modality named in ``rates`` is resampled to the reference's ``T`` by
+    :func:`resample_nearest` (step ``i`` takes row ``floor(i * T' / T)``, the row whose
+    window holds ``t_i``; identity when ``T' == T``). With a known rate ``r``, ``T'`` must
+    match ``r * T`` within ``max_length_mismatch`` steps of the coarser stream, i.e.
+    ``|T' - r*T| <= max_length_mismatch * max(1, r)``; otherwise :class:`SkipVideo`
+    ("modality lengths differ ..."), as for same-rate streams. Modalities not in ``rates``
+    are returned unchanged (the same-rate truncation rule of :func:`write_videos` applies).
+    """
+    steps = len(features[reference])
+    out = dict(features)
+    for m, rate in rates.items():
+        if m == reference or m not in features:
+            continue
+        src = len(features[m])
+        if rate is not None and abs(src - rate * steps) > max_length_mismatch * max(1.0, rate):
+            raise SkipVideo(
+                f"modality lengths differ by more than {max_length_mismatch} steps "
+                f"({m} has {src} steps, expected about {rate:g} x {steps} {reference} steps)"
+            )
+        if src and steps:
+            out[m] = resample_nearest(features[m], steps)
+    return out
+
+
 def _check_features(
     spec: VideoSpec,
     features: dict[str, np.ndarray],
@@ -316,6 +350,7 @@ def write_videos(
     options: ConversionOptions,
     attrs: dict | None = None,
     expected_steps: Callable[[VideoSpec], int] | None = None,
+    labelled: bool = True,
 ) -> ConversionSummary:
     """Load, check, clean and write every spec atomically to ``out``.
 
@@ -324,6 +359,8 @@ def write_videos(
     ``spec.duration`` (checked after loading) when the duration comes from the data. When
     ``expected_steps`` is given, a written video whose ``T`` is off by more than
     ``max(3, 10%)`` gets a summary note (kept: the format places steps by duration).
+    ``labelled=False`` writes an unlabelled file (features only, for prediction; the
+    specs must then carry no segments).
     """
     out = Path(out)
     check_unique_ids(specs)
@@ -339,7 +376,8 @@ def write_videos(
     root_attrs.update(attrs or {})
     dims: dict[str, int] = {}
     with FeatureFileWriter(
-        out, classes, modalities, dtype=options.dtype, attrs=root_attrs, compression=options.compression
+        out, classes, modalities, dtype=options.dtype, attrs=root_attrs, compression=options.compression,
+        labelled=labelled,
     ) as writer:
         for spec in progress_iter(specs, f"{summary.dataset}: converting", options.progress):
             try:
@@ -519,10 +557,16 @@ def parse_modalities(value: str | Sequence[str], available: Sequence[str], datas
 
 # ----------------------------------------------------------------------------- CLI
 
-def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """The common CLI: ``--raw``, ``--out`` and the cleaning/output options."""
+def make_parser(prog: str, description: str, raw_help: str | None = None) -> argparse.ArgumentParser:
+    """The common CLI: ``--raw``, ``--out`` and the cleaning/output options.
+
+    ``raw_help`` (given by converters whose inputs all have their own flags) makes
+    ``--raw`` optional with that help text.
+    """
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--raw", type=Path, required=True, help="directory holding the public release")
+    parser.add_argument(
+        "--raw", type=Path, required=raw_help is None, help=raw_help or "directory holding the public release"
+    )
     parser.add_argument("--out", type=Path, required=True, help="output feature file (format v1, .h5)")
     parser.add_argument("--dtype", choices=FEATURE_DTYPES, default="float16", help="feature dtype (default float16)")
     parser.add_argument(

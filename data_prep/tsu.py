@@ -36,7 +36,7 @@ from data_prep._common import (
     parse_json_annotations,
     parse_modalities,
     read_class_names,
-    resample_nearest,
+    resample_to_reference,
     require_dir,
     run_cli,
     write_videos,
@@ -81,8 +81,8 @@ def convert(
 
     def load(spec: VideoSpec) -> dict:
         feats = {m: load_npy(dirs[m] / f"{spec.video_id}.npy", m, flatten=(m == "pose")) for m in mods}
-        if "pose" in feats and "rgb" in feats and len(feats["pose"]) and len(feats["rgb"]):
-            feats["pose"] = resample_nearest(feats["pose"], len(feats["rgb"]))
+        if "pose" in feats and "rgb" in feats:  # the shared rule, any pose length accepted
+            feats = resample_to_reference(feats, "rgb", {"pose": None}, options.max_length_mismatch)
         return feats
 
     summary = ConversionSummary(DATASET)

@@ -9,7 +9,12 @@ Layout::
         segments           float64 (N, 3) [class_id, start_s, end_s]
 
 Step ``i`` sits at ``t_i = i * duration / T``; ``labels[i, c] = 1`` iff a segment of
-class ``c`` has ``start < t_i < end`` (strict). This module is the only place that knows
+class ``c`` has ``start < t_i < end`` (strict).
+
+An **unlabelled** file (``FeatureFileWriter(..., labelled=False)``, root attr
+``labelled = 0``) holds features only, no ``labels`` and no ``segments``: it is valid for
+prediction (``kd-detect check --no-labels``, ``kd-detect predict``), never for training or
+evaluation, whose readers refuse the missing ``labels`` by name. This module is the only place that knows
 the layout; converters, the synthetic generator, the DataModule, the teacher cache and
 ``kd-detect check`` all go through it.
 """
@@ -106,6 +111,7 @@ class FeatureFileWriter:
         dtype: str = "float16",
         attrs: Mapping[str, object] | None = None,
         compression: str | None = None,
+        labelled: bool = True,
     ) -> None:
         if dtype not in FEATURE_DTYPES:
             raise ValueError(f"feature dtype must be one of {FEATURE_DTYPES}, got {dtype!r}")
@@ -119,6 +125,7 @@ class FeatureFileWriter:
         self.modalities = list(modalities)
         self.dtype = np.dtype(dtype)
         self.compression = compression
+        self.labelled = bool(labelled)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         os.close(fd)
@@ -129,6 +136,8 @@ class FeatureFileWriter:
         self._h5.attrs["modalities"] = self.modalities
         for key, value in (attrs or {}).items():
             self._h5.attrs[key] = value
+        if not self.labelled:
+            self._h5.attrs["labelled"] = 0
         self._videos = self._h5.create_group(VIDEOS_GROUP)
         self._dims: dict[str, int] = {}
         self.num_videos = 0
@@ -154,6 +163,8 @@ class FeatureFileWriter:
         if not (np.isfinite(video.duration) and video.duration > 0):
             raise FeatureFileError(f"{where}: field 'duration' must be a positive number, got {video.duration}")
         segments = np.asarray(video.segments, dtype=np.float64)
+        if not self.labelled and (segments.size or video.labels is not None):
+            raise FeatureFileError(f"{where}: an unlabelled file takes no 'segments' or 'labels'")
         if segments.size == 0:
             segments = segments.reshape(0, 3)
         if segments.ndim != 2 or segments.shape[1] != 3:
@@ -174,7 +185,7 @@ class FeatureFileWriter:
         if labels is None:
             labels = labels_from_segments(segments, num_steps, video.duration, len(self.classes))
         labels = np.asarray(labels)
-        if labels.shape != (num_steps, len(self.classes)):
+        if self.labelled and labels.shape != (num_steps, len(self.classes)):
             raise FeatureFileError(
                 f"{where}: field 'labels' has shape {labels.shape}, expected ({num_steps}, {len(self.classes)})"
             )
@@ -197,8 +208,9 @@ class FeatureFileWriter:
         for m, arr in arrays.items():
             self._dims.setdefault(m, arr.shape[1])
             group.create_dataset(m, data=arr.astype(self.dtype, copy=False), compression=self.compression)
-        group.create_dataset(LABELS, data=labels.astype(np.uint8, copy=False))
-        group.create_dataset(SEGMENTS, data=segments)
+        if self.labelled:
+            group.create_dataset(LABELS, data=labels.astype(np.uint8, copy=False))
+            group.create_dataset(SEGMENTS, data=segments)
         self.num_videos += 1
 
     def close(self) -> Path:

@@ -211,6 +211,8 @@ class _Checker:
 
     def check_segments(self, where: str, group: h5py.Group) -> np.ndarray | None:
         if SEGMENTS not in group:
+            if not self.require_labels:  # an unlabelled (prediction) file has neither field
+                return None
             self.problem(where, "field 'segments' missing (expected float64 (N, 3) [class_id, start_s, end_s])")
             return None
         ds = group[SEGMENTS]
