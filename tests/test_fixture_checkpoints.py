@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from kd_detect.predict import load_predictor
+from kd_detect.modules.inference import load_for_inference
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -15,7 +15,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 def test_old_checkpoints_load_and_predict_as_before():
     expected = torch.load(FIXTURES / "expected.pt", weights_only=True)
     for name, kind in (("student", "StudentModule"), ("teacher", "TeacherModule")):
-        predictor = load_predictor(FIXTURES / f"{name}.ckpt")
+        predictor = load_for_inference(FIXTURES / f"{name}.ckpt")
         assert predictor.kind == kind
         assert predictor.classes == ["a", "b", "c"]
         got = predictor(expected["batch"])

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kd_detect.cli import lightning_main
-from kd_detect.sweep import render_command
+from kd_detect.apps.lightning import lightning_main
+from kd_detect.lab.sweep import render_command
 
 from test_experiments import TINY, ParseOnly, tiny_teacher  # noqa: F401  (fixture)
 

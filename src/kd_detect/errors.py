@@ -10,6 +10,10 @@ in callers still catches them.
 
 from __future__ import annotations
 
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
 
 class KdDetectError(Exception):
     """Base class of every user-facing error of kd_detect."""
@@ -56,3 +60,17 @@ def find_user_error(err: BaseException | None) -> KdDetectError | None:
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None
+
+
+@contextmanager
+def user_errors(prog: str) -> Iterator[None]:
+    """Print a :class:`KdDetectError` (also one wrapped by jsonargparse) as
+    ``prog: error: message`` and exit with status 1; every other exception propagates."""
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 - re-raised unless it is one of ours
+        found = find_user_error(err)
+        if found is None:
+            raise
+        print(f"{prog}: error: {found}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -23,8 +23,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """``torch.save`` through :func:`kd_detect.io.atomic_write` (temporary file, fsync, rename)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
-        with atomic_write(path) as tmp:
-            torch.save(checkpoint, tmp)
+        with atomic_write(path) as tmp, open(tmp, "wb") as fh:
+            torch.save(checkpoint, fh)
 
 
 class RunCheckpoint(ModelCheckpoint):
