@@ -21,7 +21,7 @@ QUICK   ?=
 
 export WANDB_SILENT ?= true
 
-.PHONY: help install test train data compare sweep bench clean-runs
+.PHONY: help install lint test train data compare sweep bench clean-runs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -36,7 +36,11 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP) ## create .venv/ and install the package with its dev tools (torch pinned here only)
 
-test: $(STAMP) ## run the test suite (what CI runs)
+lint: $(STAMP) ## ruff + the import contracts of docs/architecture.md (lint-imports)
+	$(VENV)/bin/ruff check src tests benchmarks data_prep
+	$(VENV)/bin/lint-imports
+
+test: $(STAMP) lint ## lint, then run the test suite (what CI runs)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # ---------------------------------------------------------------- training

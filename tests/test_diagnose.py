@@ -9,10 +9,10 @@ import pytest
 import torch
 import yaml
 
-from kd_detect.data.format import VideoRecord, write_feature_file
 from kd_detect.apps.diagnose import atomic_retrieval, main, retrieval_rates
-from kd_detect.errors import UsageError
+from kd_detect.data.format import VideoRecord, write_feature_file
 from kd_detect.distill import AtomicContrastive
+from kd_detect.errors import UsageError
 from kd_detect.models.heads.base import HeadOutput
 from kd_detect.modules import StudentModule, TeacherModule, instantiate
 

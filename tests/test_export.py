@@ -7,8 +7,8 @@ import pytorch_lightning as pl
 import torch
 
 from kd_detect.apps.export import main
-from kd_detect.modules.deploy import load_state, state_path
 from kd_detect.modules import DetectorModule, StudentModule, TeacherModule, instantiate
+from kd_detect.modules.deploy import load_state, state_path
 
 DIMS = {"rgb": 12, "flow": 6}
 CLASSES = ["walk", "sit", "drink", "read"]

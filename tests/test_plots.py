@@ -11,11 +11,11 @@ import pytorch_lightning as pl
 import torch
 import yaml
 
+from kd_detect.apps.plot import main
 from kd_detect.data.format import FeatureFile, VideoRecord, write_feature_file
 from kd_detect.distill import BoundarySaliency, GlobalContextualRelation
 from kd_detect.models.heads.base import HeadOutput
 from kd_detect.modules import DetectorModule, StudentModule, TeacherModule, instantiate
-from kd_detect.apps.plot import main
 from kd_detect.plots import boundary_saliency, compare_bar_chart, log_to_wandb, plot_ap_gain, relation_matrix
 from kd_detect.plots.runs import choose_video
 from kd_detect.runs import RunDir

@@ -37,7 +37,9 @@ DESCRIPTION = (
 )
 
 
-def iter_scores(predictor: Any, loader: Any, durations: dict[str, float] | None = None) -> Iterator[tuple[str, float, np.ndarray]]:
+def iter_scores(
+    predictor: Any, loader: Any, durations: dict[str, float] | None = None
+) -> Iterator[tuple[str, float, np.ndarray]]:
     """``(video_id, duration, scores (T, C) float32)`` per video of ``loader``'s batches;
     ``durations`` (the file's float64 values) override the batch's float32 ones."""
     from kd_detect.modules.inference import iter_videos

@@ -6,4 +6,13 @@ from kd_detect.callbacks.rng import EpochSeed
 from kd_detect.callbacks.schedule import DistillationWarmup, StopDistillation
 from kd_detect.callbacks.teachers import TeacherMetrics
 
-__all__ = ["AtomicCheckpointIO", "EpochSeed", "LearningRateLogger", "DistillationWarmup", "RunCheckpoint", "RunReport", "StopDistillation", "TeacherMetrics"]
+__all__ = [
+    "AtomicCheckpointIO",
+    "DistillationWarmup",
+    "EpochSeed",
+    "LearningRateLogger",
+    "RunCheckpoint",
+    "RunReport",
+    "StopDistillation",
+    "TeacherMetrics",
+]

@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         # teachers (and the RGB baseline) first: every student of seed s needs teacher s
         first = {(exp, s): pool.submit(fit, exp, s, root, args.extra, log, reference)
                  for exp in (TEACHER, RGB) for s in seeds}
-        for (exp, s), fut in first.items():
+        for (exp, _), fut in first.items():
             if exp == TEACHER:
                 fut.result()
         rest = {(exp, s): pool.submit(fit, exp, s, root, args.extra, log, reference)

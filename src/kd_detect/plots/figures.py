@@ -285,7 +285,10 @@ def plot_ap_gain(
     ax.invert_yaxis()
     ax.axvline(0, color="black", linewidth=0.8)
     mean = float(np.mean(diff[keep]))
-    ax.set_xlabel(f"AP({student_label}) − AP({rgb_label}), percentage points   (bar labels: gain (AP {rgb_label} → {student_label}))")
+    ax.set_xlabel(
+        f"AP({student_label}) − AP({rgb_label}), percentage points   "
+        f"(bar labels: gain (AP {rgb_label} → {student_label}))"
+    )
     ax.set_title(
         f"per-class test AP, {student_label} vs {rgb_label}{title_extra}\n"
         f"mean over {len(keep)} classes with positives: {mean:+.2f} points",
