@@ -11,6 +11,8 @@ import argparse
 import sys
 
 from kd_detect.apps import main as run_app
+from kd_detect.errors import UsageError
+from kd_detect.io import refuse_inputs
 
 DESCRIPTION = (
     "Run a frozen teacher once over every video and store its features and logits (DESIGN.md §4), "
@@ -30,8 +32,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from kd_detect.data.datamodule import FeatureDataModule
     from kd_detect.data.teacher_cache import write_teacher_cache
-    from kd_detect.errors import UsageError
-    from kd_detect.io import refuse_inputs
     from kd_detect.modules.loading import file_sha256, load_detector
 
     refuse_inputs(args.out, (args.data, args.ckpt))

@@ -28,6 +28,7 @@ from kd_detect.apps import main as run_app
 from kd_detect.data.batch import MASK
 from kd_detect.distill.atomic import InBatchContrastive, atom_index
 from kd_detect.errors import UsageError
+from kd_detect.runs import RunDir, section
 
 DESCRIPTION = "Atomic-contrast retrieval rates of a trained student (right atom / right video / right atom within its video)."
 
@@ -94,7 +95,6 @@ def run(args: argparse.Namespace) -> int:
     from kd_detect.data.datamodule import FeatureDataModule
     from kd_detect.modules.loading import load_detector
     from kd_detect.modules.student import StudentModule
-    from kd_detect.runs import RunDir, section
 
     run_dir = RunDir(args.run)
     config = run_dir.config()

@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 from kd_detect.apps import main as run_app
-from kd_detect.io import atomic_write
+from kd_detect.errors import CheckpointError
+from kd_detect.io import atomic_write, refuse_inputs
 
 DESCRIPTION = (
     "Export the RGB-only detector of a kd_detect checkpoint (a StudentModule without its "
@@ -30,8 +31,6 @@ def export(ckpt: str | os.PathLike, out: str | os.PathLike) -> tuple[Path, Path]
     :func:`state_path` (``out``) (plain state dict + config). Returns both paths."""
     import torch
 
-    from kd_detect.errors import CheckpointError
-    from kd_detect.io import refuse_inputs
     from kd_detect.modules.deploy import build_from_config, check_same_outputs, deployable, state_path
     from kd_detect.modules.inference import load_without_teachers
     from kd_detect.modules.loading import read_checkpoint

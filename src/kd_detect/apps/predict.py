@@ -29,7 +29,7 @@ import numpy as np
 
 from kd_detect.apps import main as run_app
 from kd_detect.errors import UsageError
-from kd_detect.io import atomic_write
+from kd_detect.io import atomic_write, refuse_inputs
 
 DESCRIPTION = (
     "Per-step action probabilities of every video of a feature file, from a kd_detect "
@@ -110,7 +110,6 @@ def predict(
 ) -> tuple[int, int]:
     """Predict every video of ``subset`` (all with ``None``) of ``data``; see module docstring."""
     from kd_detect.data.datamodule import FeatureDataModule
-    from kd_detect.io import refuse_inputs
     from kd_detect.modules.inference import check_data, load_for_inference
 
     for target in (out, segments):

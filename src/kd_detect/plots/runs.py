@@ -20,8 +20,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from kd_detect.data.datamodule import FeatureDataModule
+from kd_detect.data.format import FeatureFile
 from kd_detect.distill import BoundarySaliency, GlobalContextualRelation
 from kd_detect.errors import UsageError
+from kd_detect.metrics.common import per_class_ap
 from kd_detect.modules.inference import iter_videos, load_without_teachers, module_predictor
 from kd_detect.modules.student import StudentModule
 from kd_detect.modules.teacher import TeacherModule
@@ -76,8 +79,6 @@ def choose_video(feature_file: Any, ids: Sequence[str]) -> str:
 
 def _run_models(models: list[RunModel], data: Path, subset: str, video: str | None, batch_size: int) -> tuple[Any, str]:
     """Score every video of ``subset`` with every model; keep the chosen video's features."""
-    from kd_detect.data.datamodule import FeatureDataModule
-
     modalities = sorted({m for rm in models for m in rm.module.modalities})
     dm = FeatureDataModule(
         str(data), modalities=modalities, train_subset=subset, val_subset=subset, test_subset=subset,
@@ -118,9 +119,6 @@ def make_plots(
     batch_size: int = 8,
 ) -> list[Path]:
     """Draw every picture of the module docstring into ``RUN_DIR/plots``; returns the PNGs."""
-    from kd_detect.data.format import FeatureFile
-    from kd_detect.metrics.common import per_class_ap
-
     run = RunDir(run_dir)
     run_dir = run.path
     ckpt = run.checkpoint()
