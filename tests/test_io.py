@@ -75,8 +75,20 @@ def test_abort_and_signal_handlers_restored(tmp_path):
     handle = AtomicFile(tmp_path / "x")
     assert signal.getsignal(signal.SIGTERM) is not before
     handle.abort()
+    handle.abort()  # twice is harmless
     assert signal.getsignal(signal.SIGTERM) is before
     assert leftovers(tmp_path) == [] and not (tmp_path / "x").exists()
+
+
+def test_overlapping_files_closed_in_any_order_restore_the_handlers(tmp_path):
+    before = signal.getsignal(signal.SIGTERM)
+    first, second = AtomicFile(tmp_path / "a"), AtomicFile(tmp_path / "b")
+    first.tmp.write_text("a")
+    first.commit()  # not the last open file: the handler stays until `second` is done
+    assert signal.getsignal(signal.SIGTERM) is not before
+    second.abort()
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert (tmp_path / "a").read_text() == "a" and not (tmp_path / "b").exists()
 
 
 def test_sigterm_while_writing_removes_the_temp_file(tmp_path):

@@ -61,10 +61,35 @@ def _raise_on_signal(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_open_files = 0  # AtomicFiles not yet committed or aborted (main thread)
+_previous_handlers: dict[int, Any] = {}
+
+
+def _install_handlers() -> bool:
+    """Make SIGTERM/SIGINT raise while the first open AtomicFile lives (main thread only)."""
+    global _open_files
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    if _open_files == 0:
+        for sig in SIGNALS:
+            _previous_handlers[sig] = signal.signal(sig, _raise_on_signal)
+    _open_files += 1
+    return True
+
+
+def _restore_handlers() -> None:
+    """Put the previous handlers back when the last open AtomicFile is done (any order)."""
+    global _open_files
+    _open_files -= 1
+    if _open_files == 0:
+        for sig, handler in _previous_handlers.items():
+            signal.signal(sig, handler)
+        _previous_handlers.clear()
+
+
 class AtomicFile:
     """A temporary file next to ``path`` that becomes ``path`` on :meth:`commit`."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self, path: PathLike, *, inputs: Iterable[PathLike | None] = ()) -> None:
         self.path = Path(path)
@@ -76,15 +101,12 @@ class AtomicFile:
             raise UsageError(f"{self.path}: cannot write here ({err.strerror or err})") from err
         os.close(fd)
         self.tmp = Path(tmp)
-        self._previous: dict[int, Any] = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, _raise_on_signal)
+        self._handlers = _install_handlers()
 
     def _restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
+        if self._handlers:
+            self._handlers = False
+            _restore_handlers()
 
     def commit(self) -> Path:
         """fsync, set the umask mode, rename over ``path``, fsync the folder."""
