@@ -66,6 +66,7 @@ def test_a_subcommand_help_imports_nothing_heavy():
     assert status == 0 and heavy <= {"torch"}
 
 
+@pytest.mark.slow  # three fresh interpreters importing Lightning; the fast tests above cover the dispatch
 def test_export_and_predict_of_an_export_skip_wandb(rgb_file, tmp_path):
     """Lightning (and the torchmetrics it imports) are still loaded here: by the checkpoint's
     module class for export, by ``FeatureDataModule`` (a LightningDataModule) for predict."""

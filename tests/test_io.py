@@ -14,6 +14,18 @@ from kd_detect.errors import KdDetectError, OutputIsInputError
 from kd_detect.io import AtomicFile, atomic_write
 
 
+@pytest.fixture
+def fresh_handlers(monkeypatch):
+    """No AtomicFile open and the default SIGTERM handler, whatever earlier tests left."""
+    import kd_detect.io as kio
+
+    monkeypatch.setattr(kio, "_open_files", 0)
+    monkeypatch.setattr(kio, "_previous_handlers", {})
+    old = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    signal.signal(signal.SIGTERM, old)
+
+
 def leftovers(folder):
     return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
 
@@ -70,7 +82,7 @@ def test_refuses_an_input_also_through_a_symlink_or_hard_link(tmp_path):
         tmp.write_text("ok")
 
 
-def test_abort_and_signal_handlers_restored(tmp_path):
+def test_abort_and_signal_handlers_restored(tmp_path, fresh_handlers):
     before = signal.getsignal(signal.SIGTERM)
     handle = AtomicFile(tmp_path / "x")
     assert signal.getsignal(signal.SIGTERM) is not before
@@ -80,7 +92,7 @@ def test_abort_and_signal_handlers_restored(tmp_path):
     assert leftovers(tmp_path) == [] and not (tmp_path / "x").exists()
 
 
-def test_overlapping_files_closed_in_any_order_restore_the_handlers(tmp_path):
+def test_overlapping_files_closed_in_any_order_restore_the_handlers(tmp_path, fresh_handlers):
     before = signal.getsignal(signal.SIGTERM)
     first, second = AtomicFile(tmp_path / "a"), AtomicFile(tmp_path / "b")
     first.tmp.write_text("a")
@@ -106,3 +118,10 @@ def test_sigterm_while_writing_removes_the_temp_file(tmp_path):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 128 + signal.SIGTERM
     assert leftovers(tmp_path) == [] and not (tmp_path / "out").exists()
+
+
+def test_a_dropped_writer_cleans_up(tmp_path, fresh_handlers):
+    handle = AtomicFile(tmp_path / "x")
+    handle.tmp.write_text("half")
+    del handle
+    assert leftovers(tmp_path) == [] and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

@@ -142,6 +142,15 @@ class AtomicFile:
         finally:
             self._restore()
 
+    def __del__(self) -> None:
+        # a writer dropped without commit/abort (an exception its caller did not handle):
+        # remove its temporary file and give the signal handlers back
+        if getattr(self, "_handlers", False) or getattr(self, "tmp", None) is not None and self.tmp.exists():
+            try:
+                self.abort()
+            except Exception:  # noqa: BLE001 - never raise from a finaliser
+                pass
+
 
 @contextmanager
 def atomic_write(path: PathLike, *, inputs: Iterable[PathLike | None] = ()) -> Iterator[Path]:
