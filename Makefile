@@ -21,7 +21,7 @@ QUICK   ?=
 
 export WANDB_SILENT ?= true
 
-.PHONY: help install test train data compare sweep bench clean-runs
+.PHONY: help install lint test train data compare sweep bench clean-runs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -36,7 +36,11 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP) ## create .venv/ and install the package with its dev tools (torch pinned here only)
 
-test: $(STAMP) ## run the test suite (what CI runs)
+lint: $(STAMP) ## ruff + the import contracts of docs/architecture.md (lint-imports)
+	$(VENV)/bin/ruff check src tests benchmarks data_prep
+	$(VENV)/bin/lint-imports
+
+test: $(STAMP) lint ## lint, then run the test suite (what CI runs)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # ---------------------------------------------------------------- training
@@ -49,10 +53,10 @@ ifeq ($(strip $(EXP)),)
 	@$(MAKE) --no-print-directory runs/synthetic_rgb/metrics.json
 	@$(MAKE) --no-print-directory train EXP=synthetic_kd
 	@echo; echo "Synthetic benchmark (test split):"
-	@$(PY) -m kd_detect.runner table synthetic_rgb synthetic_teacher synthetic_kd
+	@$(PY) -m kd_detect.lab.runner table synthetic_rgb synthetic_teacher synthetic_kd
 	@$(KD) plot runs/synthetic_kd
 else
-	@deps="$$($(PY) -m kd_detect.runner deps $(EXP) $(ARGS))" || exit 1; \
+	@deps="$$($(PY) -m kd_detect.lab.runner deps $(EXP) $(ARGS))" || exit 1; \
 	  if [ -n "$$deps" ]; then $(MAKE) --no-print-directory $$deps || exit 1; fi
 	$(KD) fit --config experiments/$(EXP).yaml --trainer.default_root_dir=runs/$(EXP) \
 	  --test_after_fit=true $(RESUME_ARG) $(ARGS)
@@ -60,10 +64,10 @@ endif
 
 # A teacher checkpoint / a finished run is made by training its experiment, only when missing.
 runs/%/best.ckpt:
-	@$(MAKE) --no-print-directory train EXP=$* ARGS="$$($(PY) -m kd_detect.runner teacher-args $(ARGS))"
+	@$(MAKE) --no-print-directory train EXP=$* ARGS="$$($(PY) -m kd_detect.lab.runner teacher-args $(ARGS))"
 runs/%/teacher_cache.h5: runs/%/best.ckpt
 	$(KD) cache-teacher --ckpt $< --out $@ \
-	  --data "$$($(PY) -m kd_detect.runner deps $* $(ARGS) | cut -d' ' -f1)"
+	  --data "$$($(PY) -m kd_detect.lab.runner deps $* $(ARGS) | cut -d' ' -f1)"
 runs/%/metrics.json:
 	@$(MAKE) --no-print-directory train EXP=$*
 
@@ -86,10 +90,10 @@ endif
 
 JOBS ?= 2
 compare: $(STAMP) data/synthetic.h5 ## RGB vs teacher vs KD (+ ablations, baselines) over SEEDS seeds -> runs/compare/report.md
-	$(PY) -m kd_detect.compare --seeds $(SEEDS) --jobs $(JOBS) $(if $(ARGS),-- $(ARGS),)
+	$(PY) -m kd_detect.lab.compare --seeds $(SEEDS) --jobs $(JOBS) $(if $(ARGS),-- $(ARGS),)
 
 sweep: $(STAMP) ## wandb sweep over loss weights (EXP=name, COUNT=20; needs wandb login)
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m kd_detect.sweep $(or $(EXP),synthetic_kd) --count $(COUNT)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m kd_detect.lab.sweep $(or $(EXP),synthetic_kd) --count $(COUNT)
 
 bench: $(STAMP) ## performance report (runs/bench/report.md, .json); QUICK=1 for a short version
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) benchmarks/bench.py $(if $(QUICK),--quick,)

@@ -62,8 +62,8 @@ from data_prep._common import (
     make_parser,
     parse_modalities,
     read_class_names,
-    require_file,
     require_dir,
+    require_file,
     run_cli,
     write_videos,
 )

@@ -38,6 +38,7 @@ from data_prep._common import (
     read_class_names,
     resample_to_reference,
     require_dir,
+    resample_nearest,
     run_cli,
     write_videos,
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kd_detect.compare import OURS, RGB, ROWS, TEACHER, markdown, summarise
+from kd_detect.lab.compare import OURS, RGB, ROWS, TEACHER, markdown, summarise
 
 
 def test_gap_closed_std_and_paired_difference():
@@ -44,7 +44,7 @@ def test_reference_runs_come_from_the_reference_directory(tmp_path, monkeypatch)
     students distil from) come from the reference comparison; finished runs are not redone."""
     import json
 
-    from kd_detect import compare
+    from kd_detect.lab import compare
 
     ref, out = tmp_path / "compare", tmp_path / "variant"
     for seed, (rgb, teacher) in enumerate([(0.60, 0.90), (0.62, 0.94)]):

@@ -16,7 +16,7 @@ import pytest
 from data_prep import _common, charades, multithumos, pku_mmd, tsu
 from data_prep._common import ConversionError, ConversionSummary
 from kd_detect.data.format import FeatureFile
-from tests.fixtures_release import (
+from tests.helpers.fixtures_release import (
     CHARADES_COLUMNS,
     FixtureVideo,
     charades_plan,

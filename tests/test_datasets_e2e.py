@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-import fixtures_release
-from kd_detect.cli import lightning_main, main
+from kd_detect.apps.lightning import lightning_main
+from kd_detect.cli import main
+from tests.helpers import fixtures_release
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ["WANDB_MODE"] = "disabled"

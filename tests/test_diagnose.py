@@ -1,4 +1,4 @@
-"""``python -m kd_detect.diagnose``: atomic-contrast retrieval rates of a trained student."""
+"""``kd-detect diagnose``: atomic-contrast retrieval rates of a trained student."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import pytest
 import torch
 import yaml
 
+from kd_detect.apps.diagnose import atomic_retrieval, main, retrieval_rates
 from kd_detect.data.format import VideoRecord, write_feature_file
-from kd_detect.diagnose import atomic_retrieval, main, retrieval_rates
 from kd_detect.distill import AtomicContrastive
+from kd_detect.errors import UsageError
 from kd_detect.models.heads.base import HeadOutput
 from kd_detect.modules import StudentModule, TeacherModule, instantiate
 
@@ -68,8 +69,11 @@ def test_cli_on_a_student_run(tmp_path, capsys):
     assert out["atoms"] == 3 * 10
     assert 0 <= out["top1_batch"] <= out["top1_video"] <= 1 and 0 <= out["top1_within"] <= 1
     assert out["chance_within"] == pytest.approx(0.1)
-    assert main([str(run), "--plugin", "global"]) == 1
-    assert "no plugin teacher/global" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main([str(run), "--plugin", "global"])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("kd-detect diagnose: error: ") and "no plugin teacher/global" in err
 
 
 class _Features(torch.nn.Module):
@@ -103,11 +107,11 @@ def test_per_step_atoms_retrieve_perfectly_when_student_equals_teacher():
     assert out["atoms"] == 5
     assert out["top1_batch"] == out["top1_video"] == out["top1_within"] == 1.0
     assert out["chance_within"] == pytest.approx((3 * (1 / 3) + 2 * (1 / 2)) / 5)
-    assert plugin.max_atoms == 1024  # the plugin's sampling cap is restored
+    assert plugin.max_atoms == 1024  # the plugin is not changed (a copy samples every atom)
 
 
 def test_student_without_the_teacher_loaded_is_refused():
     plugin = AtomicContrastive(window=2)
     plugin.build(8, 8, 1)
-    with pytest.raises(ValueError, match="teacher 'teacher' is not loaded"):
+    with pytest.raises(UsageError, match="teacher .teacher. is not loaded"):
         atomic_retrieval(_Student(plugin, {}), _Data())

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from kd_detect.cli import KDCLI, lightning_main, main
+from kd_detect.apps.lightning import KDCLI, lightning_main
+from kd_detect.cli import main
 from kd_detect.config import load_config
-from kd_detect.runner import dependencies, teacher_args
+from kd_detect.lab.runner import dependencies, teacher_args
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAGMENTS = {"base.yaml", "kd_losses.yaml"}  # included by experiments, not run on their own

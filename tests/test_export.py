@@ -6,8 +6,9 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from kd_detect.export import load_state, main, state_path
+from kd_detect.apps.export import main
 from kd_detect.modules import DetectorModule, StudentModule, TeacherModule, instantiate
+from kd_detect.modules.deploy import load_state, state_path
 
 DIMS = {"rgb": 12, "flow": 6}
 CLASSES = ["walk", "sit", "drink", "read"]

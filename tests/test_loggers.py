@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kd_detect.cli import lightning_main
+from kd_detect.apps.lightning import lightning_main
 from kd_detect.loggers import has_wandb_credentials, resolve_mode
 
 ROOT = Path(__file__).resolve().parents[1]

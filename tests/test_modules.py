@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from kd_detect.modules import CheckpointError, DetectorModule, TeacherModule, instantiate, load_detector, masked_bce
+from tests.helpers import TINY_HEAD
 
-TINY_HEAD = {"class_path": "kd_detect.models.heads.PDAN", "init_args": {"hidden": 16, "num_layers": 2}}
 DIMS = {"rgb": 12, "flow": 6, "pose": 5}
 
 

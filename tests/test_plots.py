@@ -11,20 +11,14 @@ import pytorch_lightning as pl
 import torch
 import yaml
 
+from kd_detect.apps.plot import main
 from kd_detect.data.format import FeatureFile, VideoRecord, write_feature_file
 from kd_detect.distill import BoundarySaliency, GlobalContextualRelation
 from kd_detect.models.heads.base import HeadOutput
 from kd_detect.modules import DetectorModule, StudentModule, TeacherModule, instantiate
-from kd_detect.plots import (
-    boundary_saliency,
-    choose_video,
-    compare_bar_chart,
-    default_rgb_run,
-    log_to_wandb,
-    main,
-    plot_ap_gain,
-    relation_matrix,
-)
+from kd_detect.plots import boundary_saliency, compare_bar_chart, log_to_wandb, plot_ap_gain, relation_matrix
+from kd_detect.plots.runs import choose_video
+from kd_detect.runs import RunDir
 
 PNG = b"\x89PNG\r\n\x1a\n"
 CLASSES = ["pour water", "cut bread", "wipe table", "take pills"]
@@ -128,7 +122,7 @@ def runs(tmp_path_factory):
 
 
 def test_plot_command_draws_every_picture(runs, capsys):
-    assert default_rgb_run(runs["kd"]) == runs["kd"].parent / "tiny_rgb"
+    assert RunDir(runs["kd"]).rgb_sibling().path == runs["kd"].parent / "tiny_rgb"
     assert main([str(runs["kd"])]) == 0
     out = capsys.readouterr().out
     plots = runs["kd"] / "plots"

@@ -10,12 +10,12 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from kd_detect.apps.export import main as export_main
+from kd_detect.apps.predict import main
 from kd_detect.cli import main as cli_main
 from kd_detect.data.format import VideoRecord, write_feature_file
-from kd_detect.export import main as export_main
 from kd_detect.metrics import extract_segments
 from kd_detect.modules import StudentModule, TeacherModule, instantiate
-from kd_detect.predict import main
 
 CLASSES = ["open door", "sit down", "drink"]
 DIMS = {"rgb": 10, "flow": 4}

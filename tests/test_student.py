@@ -8,15 +8,14 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from kd_detect.apps.cache_teacher import main as cache_teacher
 from kd_detect.callbacks import DistillationWarmup, StopDistillation
 from kd_detect.data.datamodule import FeatureDataModule
 from kd_detect.data.format import FeatureFileError, VideoRecord, write_feature_file
 from kd_detect.distill.base import DistillationLoss
 from kd_detect.models.heads.base import HeadOutput
 from kd_detect.modules import StudentModule, TeacherCompatibilityError, TeacherModule, instantiate
-from kd_detect.tools import cache_teacher
-
-TINY_HEAD = {"class_path": "kd_detect.models.heads.PDAN", "init_args": {"hidden": 16, "num_layers": 2}}
+from tests.helpers import TINY_HEAD
 
 
 class ProjectedMSE(DistillationLoss):

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from kd_detect.cli import lightning_main
-from kd_detect.sweep import render_command
-
 from test_experiments import TINY, ParseOnly, tiny_teacher  # noqa: F401  (fixture)
+
+from kd_detect.apps.lightning import lightning_main
+from kd_detect.lab.sweep import render_command
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((ROOT / "experiments" / "sweeps").glob("*.yaml"))

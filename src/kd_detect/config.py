@@ -15,11 +15,11 @@ from typing import Any
 
 import yaml
 
+from kd_detect.errors import ConfigError
+
+__all__ = ["ConfigError", "expand_config_includes", "load_config", "merge"]
+
 INCLUDE_KEY = "config"
-
-
-class ConfigError(ValueError):
-    """An experiment file cannot be read or composed (names the file)."""
 
 
 def load_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:

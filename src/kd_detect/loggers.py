@@ -58,7 +58,9 @@ def resolve_mode(mode: str | None) -> tuple[str, str | None]:
         return env, None
     if has_wandb_credentials():
         return "online", None
-    return "offline", "wandb: no credentials configured, logging offline (sync later with `wandb sync <run dir>/wandb/offline-run-*`)"
+    return "offline", (
+        "wandb: no credentials configured, logging offline (sync later with `wandb sync <run dir>/wandb/offline-run-*`)"
+    )
 
 
 class WandbLogger(_LightningWandbLogger):

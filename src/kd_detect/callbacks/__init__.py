@@ -4,5 +4,15 @@ from kd_detect.callbacks.checkpoint import AtomicCheckpointIO, RunCheckpoint
 from kd_detect.callbacks.report import LearningRateLogger, RunReport
 from kd_detect.callbacks.rng import EpochSeed
 from kd_detect.callbacks.schedule import DistillationWarmup, StopDistillation
+from kd_detect.callbacks.teachers import TeacherMetrics
 
-__all__ = ["AtomicCheckpointIO", "EpochSeed", "LearningRateLogger", "DistillationWarmup", "RunCheckpoint", "RunReport", "StopDistillation"]
+__all__ = [
+    "AtomicCheckpointIO",
+    "DistillationWarmup",
+    "EpochSeed",
+    "LearningRateLogger",
+    "RunCheckpoint",
+    "RunReport",
+    "StopDistillation",
+    "TeacherMetrics",
+]

@@ -10,29 +10,21 @@ mid-write leaves the previous valid checkpoint, never a truncated one.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from kd_detect.io import atomic_write
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` to ``.<name>.tmp`` then ``os.replace`` (atomic on POSIX)."""
+    """``torch.save`` through :func:`kd_detect.io.atomic_write` (temporary file, fsync, rename)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as fh:
-                torch.save(checkpoint, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_write(path) as tmp, open(tmp, "wb") as fh:
+            torch.save(checkpoint, fh)
 
 
 class RunCheckpoint(ModelCheckpoint):

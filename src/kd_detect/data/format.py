@@ -22,13 +22,15 @@ the layout; converters, the synthetic generator, the DataModule, the teacher cac
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import h5py
 import numpy as np
+
+from kd_detect.errors import FeatureFileError
+from kd_detect.io import AtomicFile
 
 FORMAT_ATTR = "kd_detect_format"
 FORMAT_VERSION = 1
@@ -40,11 +42,6 @@ RESERVED_NAMES = frozenset({LABELS, SEGMENTS, "mask", "meta"})
 FEATURE_DTYPES = ("float16", "float32")
 
 
-class FeatureFileError(ValueError):
-    """A feature file (or a video/field in it) is not what format v1 promises.
-
-    The message always names the file and, where relevant, the video and field.
-    """
 
 
 def labels_from_segments(
@@ -126,11 +123,13 @@ class FeatureFileWriter:
         self.dtype = np.dtype(dtype)
         self.compression = compression
         self.labelled = bool(labelled)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.close(fd)
-        self._tmp = Path(tmp)
-        self._h5 = h5py.File(self._tmp, "w")
+        self._file = AtomicFile(self.path)
+        self._tmp = self._file.tmp
+        try:
+            self._h5 = h5py.File(self._tmp, "w")
+        except BaseException:
+            self._file.abort()
+            raise
         self._h5.attrs[FORMAT_ATTR] = FORMAT_VERSION
         self._h5.attrs["classes"] = self.classes
         self._h5.attrs["modalities"] = self.modalities
@@ -215,20 +214,19 @@ class FeatureFileWriter:
 
     def close(self) -> Path:
         """Finish the file and move it into place atomically."""
-        self._h5.close()
-        # mkstemp creates the file 0600; give the final file the usual umask-based mode.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self._tmp, 0o666 & ~umask)
-        os.replace(self._tmp, self.path)
-        return self.path
+        try:
+            self._h5.close()
+        except BaseException:
+            self._file.abort()
+            raise
+        return self._file.commit()
 
     def abort(self) -> None:
         """Drop everything written so far; the final path is left untouched."""
         try:
             self._h5.close()
         finally:
-            self._tmp.unlink(missing_ok=True)
+            self._file.abort()
 
     def __enter__(self) -> "FeatureFileWriter":
         return self

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from kd_detect.data.dataset import Layout, read_rows, transpose_into
 from kd_detect.data.format import FeatureFileError, _as_str_list
+from kd_detect.io import atomic_write
 from kd_detect.models.heads.base import HeadOutput
 
 CACHE_ATTR = "kd_detect_teacher_cache"
@@ -45,10 +46,8 @@ def write_teacher_cache(
     """Run ``teacher`` (a DetectorModule) in eval mode over whole videos from ``loader``
     (evaluation batches: no crops) and write its outputs atomically to ``out``."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     teacher = teacher.to(device).eval()
-    try:
+    with atomic_write(out) as tmp:
         with h5py.File(tmp, "w") as h5:
             h5.attrs[CACHE_ATTR] = CACHE_VERSION
             h5.attrs["teacher_sha256"] = teacher_sha256
@@ -67,9 +66,6 @@ def write_teacher_cache(
                         n = lengths[i]
                         g.create_dataset("features", data=result.features[i, :, :n].T.float().cpu().numpy().astype(feature_dtype))
                         g.create_dataset("logits", data=result.logits[i, :, :n].T.float().cpu().numpy())
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out
 
 

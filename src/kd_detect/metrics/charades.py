@@ -24,7 +24,6 @@ official script for the exact published protocol.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,6 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+
+from kd_detect.io import atomic_write
 
 from .common import cat_state, check_segments, check_video_batch, decode_ids, encode_ids, per_class_ap, synced
 
@@ -186,15 +187,8 @@ def write_charades_submission(
         num_classes = arr.shape[1]
         if not np.isfinite(arr).all():
             raise ValueError(f"{path}: video {vid!r}: frame scores contain non-finite values")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        line = "%s %d " + " ".join(["%.7g"] * (num_classes or 0)) + "\n"
-        with os.fdopen(fd, "w") as fh:
-            for vid, arr in zip(video_ids, arrays):
-                fh.writelines(line % (vid, j + 1, *row) for j, row in enumerate(arr.tolist()))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    line = "%s %d " + " ".join(["%.7g"] * (num_classes or 0)) + "\n"
+    with atomic_write(path) as tmp, open(tmp, "w") as fh:
+        for vid, arr in zip(video_ids, arrays):
+            fh.writelines(line % (vid, j + 1, *row) for j, row in enumerate(arr.tolist()))
     return path

@@ -13,15 +13,14 @@ from typing import Any, TypeVar
 
 import torch
 
+from kd_detect.errors import CheckpointError, find_user_error
 from kd_detect.modules.detector import DetectorModule
+
+__all__ = ["CheckpointError", "checkpoint_class", "file_sha256", "instantiate", "load_detector", "read_checkpoint"]
 
 M = TypeVar("M", bound=DetectorModule)
 
 INSTANTIATOR = "pytorch_lightning.cli.instantiate_module"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable or of the wrong kind (the message names the file)."""
 
 
 def instantiate(class_path: str | type, **init_args: Any) -> DetectorModule:
@@ -37,9 +36,7 @@ def instantiate(class_path: str | type, **init_args: Any) -> DetectorModule:
         try:
             return instantiate_module(DetectorModule, config)
         except Exception as err:
-            from kd_detect.tools import known_error
-
-            ours = known_error(err)
+            ours = find_user_error(err)
             if ours is not None:  # unwrap jsonargparse's "does not validate" wrapper
                 raise ours from None
             raise

@@ -26,13 +26,10 @@ from torch import Tensor, nn
 
 from kd_detect.data.batch import MASK, META
 from kd_detect.distill.base import DistillationLoss
+from kd_detect.errors import TeacherCompatibilityError
 from kd_detect.models.heads.base import HeadOutput
 from kd_detect.modules.detector import DetectorModule
 from kd_detect.modules.loading import file_sha256, load_detector
-
-
-class TeacherCompatibilityError(ValueError):
-    """A teacher (checkpoint or cache) does not fit the student or the data."""
 
 
 class StudentModule(DetectorModule):
@@ -145,24 +142,6 @@ class StudentModule(DetectorModule):
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and stage in ("fit", "validate") and self._teachers:
             self.check_data(dm.modality_dims)
-
-    def on_fit_start(self) -> None:
-        """Log each teacher's own test figures once, for reference (from the
-        ``metrics.json`` that ``make train`` wrote next to its checkpoint)."""
-        import json
-        from pathlib import Path
-
-        paths = dict(self.hparams.get("teachers") or {})
-        figures = {}
-        for name, path in paths.items():
-            metrics = Path(path).with_name("metrics.json")
-            if metrics.is_file():
-                data = json.loads(metrics.read_text())
-                for key in ("test/frame_map", "test/charades_map"):
-                    if key in data:
-                        figures[f"teacher/{name}/{key.split('/', 1)[1]}"] = float(data[key])
-        if figures and self.logger is not None and self.trainer.is_global_zero:
-            self.logger.log_metrics(figures, step=0)
 
     def teacher_outputs(self, name: str, batch: dict[str, Any]) -> HeadOutput:
         """One teacher's outputs for this batch, with no autograd graph."""

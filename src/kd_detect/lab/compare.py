@@ -10,7 +10,7 @@ share of the teacher–RGB gap each student closes: ``(row − rgb) / (teacher �
 ``report.json`` and the bar chart ``compare.png``.
 
 Variants of the method (another weight, τ, window...) are compared against the same
-references with ``--reference``: ``python -m kd_detect.compare --out runs/lambda0.3
+references with ``--reference``: ``python -m kd_detect.lab.compare --out runs/lambda0.3
 --reference runs/compare --only synthetic_kd -- --model.init_args.distill.atomic.init_args.weight=0.3``
 takes the RGB-only and teacher runs (and the teachers' checkpoints) of ``runs/compare``,
 training them there only when missing.
@@ -26,6 +26,10 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from kd_detect.io import atomic_write
+from kd_detect.plots.figures import compare_bar_chart
+from kd_detect.runs import RunDir
 
 RGB, TEACHER, OURS = "synthetic_rgb", "synthetic_teacher", "synthetic_kd"
 ROWS: list[tuple[str, str, str]] = [
@@ -92,9 +96,9 @@ def collect(root: Path, reference: Path | None = None) -> dict[str, dict[int, fl
     for seed_dir in sorted(root.glob("seed*")):
         seed = int(seed_dir.name[len("seed"):])
         for _, exp, _ in ROWS:
-            metrics = run_dir(root, seed, exp, reference) / "metrics.json"
-            if metrics.is_file():
-                results[exp][seed] = json.loads(metrics.read_text())[METRIC]
+            metrics = RunDir(run_dir(root, seed, exp, reference)).metrics()
+            if metrics is not None:
+                results[exp][seed] = metrics[METRIC]
     return results
 
 
@@ -175,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         # teachers (and the RGB baseline) first: every student of seed s needs teacher s
         first = {(exp, s): pool.submit(fit, exp, s, root, args.extra, log, reference)
                  for exp in (TEACHER, RGB) for s in seeds}
-        for (exp, s), fut in first.items():
+        for (exp, _), fut in first.items():
             if exp == TEACHER:
                 fut.result()
         rest = {(exp, s): pool.submit(fit, exp, s, root, args.extra, log, reference)
@@ -190,18 +194,15 @@ def main(argv: list[str] | None = None) -> int:
     rows = summarise(results)
     command = None
     if args.out != "runs/compare" or reference is not None or args.only is not None:
-        command = " ".join(["python -m kd_detect.compare", f"--seeds {args.seeds}", f"--out {args.out}"]
+        command = " ".join(["python -m kd_detect.lab.compare", f"--seeds {args.seeds}", f"--out {args.out}"]
                            + ([f"--reference {args.reference}"] if reference else [])
                            + (["--only", *args.only] if args.only is not None else []))
     report = markdown(rows, seeds, args.extra, command)
-    (root / "report.md").write_text(report)
-    (root / "report.json").write_text(json.dumps({"seeds": seeds, "metric": METRIC, "rows": rows}, indent=2))
-    try:
-        from kd_detect.plots import compare_bar_chart
-
-        compare_bar_chart([{"name": r["name"], "mean": r["mean"], "std": r["std"]} for r in rows], root / "compare.png")
-    except ImportError:  # pragma: no cover - plots are part of the package
-        pass
+    with atomic_write(root / "report.md") as tmp:
+        tmp.write_text(report)
+    with atomic_write(root / "report.json") as tmp:
+        tmp.write_text(json.dumps({"seeds": seeds, "metric": METRIC, "rows": rows}, indent=2))
+    compare_bar_chart([{"name": r["name"], "mean": r["mean"], "std": r["std"]} for r in rows], root / "compare.png")
     print(report)
     return 0
 

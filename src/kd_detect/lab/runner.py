@@ -1,30 +1,25 @@
 """Helpers behind ``make train`` / ``make compare`` (not part of the library API).
 
-``python -m kd_detect.runner deps EXP [ARGS...]`` prints what experiment ``EXP`` needs on
+``python -m kd_detect.lab.runner deps EXP [ARGS...]`` prints what experiment ``EXP`` needs on
 disk before it can run -- its data file and the teacher checkpoints it names -- so the
 Makefile can build them first (data generated, teachers trained by their own experiment,
 found from ``runs/<teacher exp>/best.ckpt``).
 
-``python -m kd_detect.runner table EXP...`` prints the test figures of finished runs.
+``python -m kd_detect.lab.runner table EXP...`` prints the test figures of finished runs.
 """
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
 
-from kd_detect.config import ConfigError, load_config
+from kd_detect.config import load_config
+from kd_detect.errors import KdDetectError
+from kd_detect.runs import RunDir, section
 
 EXPERIMENTS = Path("experiments")
 RUNS = Path("runs")
-
-
-def _section(cfg: dict[str, Any], name: str) -> dict[str, Any]:
-    sec = cfg.get(name) or {}
-    return sec.get("init_args", sec) if isinstance(sec, dict) else {}
 
 
 def _overrides(args: list[str]) -> dict[str, str]:
@@ -47,9 +42,9 @@ def dependencies(exp: str, args: list[str]) -> list[str]:
     """Files experiment ``exp`` needs: its data file, then its teachers' checkpoints."""
     cfg = load_config(EXPERIMENTS / f"{exp}.yaml")
     over = _overrides(args)
-    data_path = over.get("data.path") or over.get("data.init_args.path") or _section(cfg, "data").get("path")
+    data_path = over.get("data.path") or over.get("data.init_args.path") or section(cfg, "data").get("path")
     deps = [str(data_path)] if data_path else []
-    model = _section(cfg, "model")
+    model = section(cfg, "model")
     teachers = dict(model.get("teachers") or {})
     for key, value in over.items():
         for prefix in ("model.init_args.teachers.", "model.teachers."):
@@ -79,11 +74,10 @@ def teacher_args(args: list[str]) -> str:
 def table(exps: list[str]) -> str:
     rows = []
     for exp in exps:
-        path = RUNS / exp / "metrics.json"
-        if not path.is_file():
+        m = RunDir(RUNS / exp).metrics()
+        if m is None:
             rows.append((exp, None, None))
             continue
-        m = json.loads(path.read_text())
         rows.append((exp, m.get("test/frame_map"), m.get("test/charades_map")))
     lines = ["| run | test frame mAP | test Charades mAP |", "|---|---:|---:|"]
     for exp, fmap, cmap in rows:
@@ -108,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"unknown runner command {cmd!r}", file=sys.stderr)
             return 2
-    except ConfigError as err:
+    except KdDetectError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

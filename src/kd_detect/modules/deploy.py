@@ -1,6 +1,6 @@
-"""RGB-only deployment: ``kd-detect export --ckpt student.ckpt --out student.pt`` (DESIGN.md §7).
+"""The deployable RGB-only detector behind ``kd-detect export`` (DESIGN.md §7).
 
-Writes two files:
+``kd-detect export`` (:mod:`kd_detect.apps.export`) writes two files:
 
 * ``student.pt`` -- a TorchScript module (``torch.jit.script``; no kd_detect, Lightning or
   teacher needed to run it)::
@@ -27,15 +27,17 @@ batch of random features; a difference above 1e-5 aborts the export.
 """
 
 # No `from __future__ import annotations`: TorchScript reads DeployedDetector's annotations.
-import argparse
+import functools
 import importlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
 from torch import Tensor, nn
+
+from kd_detect.errors import CheckpointError
+from kd_detect.models.heads.base import DetectionHead
 
 RGB = "rgb"
 STATE_FORMAT = 1
@@ -78,11 +80,6 @@ class DeployedDetector(nn.Module):
 def _head_config(head: Any, path: Path) -> Dict[str, Any]:
     """``{"class_path", "init_args"}`` of a module's ``head`` hyperparameter: the config dict
     a checkpoint stores, or the ``functools.partial`` jsonargparse instantiated from it."""
-    import functools
-
-    from kd_detect.models.heads.base import DetectionHead
-    from kd_detect.modules.loading import CheckpointError
-
     if head is None:  # DetectorModule's default: PDAN with the authors' defaults
         return {"class_path": "kd_detect.models.heads.PDAN", "init_args": {}}
     if isinstance(head, dict) and "class_path" in head:
@@ -103,8 +100,8 @@ def deployable(module: Any, path: str | os.PathLike, head_config: Any = None) ->
     Raises :class:`~kd_detect.modules.CheckpointError` (naming ``path``) for a module that
     cannot run on RGB alone.
     """
-    from kd_detect.modules import StudentModule, TeacherModule
-    from kd_detect.modules.loading import CheckpointError
+    from kd_detect.modules.student import StudentModule
+    from kd_detect.modules.teacher import TeacherModule
 
     path = Path(path)
     kind = type(module).__name__
@@ -160,17 +157,15 @@ def build_from_config(config: Dict[str, Any]) -> DeployedDetector:
 
 def load_state(path: str | os.PathLike) -> DeployedDetector:
     """Rebuild the exported detector from ``<name>.state.pt`` (eval mode)."""
-    from kd_detect.tools import UsageError
-
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"{path}: state file not found")
+        raise CheckpointError(f"{path}: state file not found")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)  # plain data: no pickled code
     except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a state file"
-        raise UsageError(f"{path}: not a readable kd_detect state file ({type(err).__name__}: {err})") from err
+        raise CheckpointError(f"{path}: not a readable kd_detect state file ({type(err).__name__}: {err})") from err
     if not isinstance(payload, dict) or payload.get("kd_detect_export") != STATE_FORMAT:
-        raise UsageError(f"{path}: not a kd_detect export state file (key 'kd_detect_export'={STATE_FORMAT} missing)")
+        raise CheckpointError(f"{path}: not a kd_detect export state file (key 'kd_detect_export'={STATE_FORMAT} missing)")
     model = build_from_config(payload)
     model.load_state_dict(payload["state_dict"])
     return model.eval()
@@ -186,8 +181,6 @@ def state_path(out: str | os.PathLike) -> Path:
 def check_same_outputs(module: Any, exported: nn.Module, where: str, in_dim: int) -> float:
     """Max |difference| of probabilities of ``exported(rgb, mask)`` and the Lightning module on a
     random padded batch (lengths 9, 4, 1); raises if above :data:`TOLERANCE`."""
-    from kd_detect.modules.loading import CheckpointError
-
     g = torch.Generator().manual_seed(0)
     lengths = (9, 4, 1)
     mask = torch.zeros(len(lengths), max(lengths), dtype=torch.bool)
@@ -201,77 +194,3 @@ def check_same_outputs(module: Any, exported: nn.Module, where: str, in_dim: int
     if not diff <= TOLERANCE:
         raise CheckpointError(f"{where}: the exported model differs from the checkpoint's by {diff:.3g} (> {TOLERANCE})")
     return diff
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    from kd_detect.tools import UsageError
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as err:
-        raise UsageError(f"{path}: cannot write here ({err.strerror or err})") from err
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def export(ckpt: str | os.PathLike, out: str | os.PathLike) -> tuple[Path, Path]:
-    """Export the RGB-only detector of checkpoint ``ckpt`` to ``out`` (TorchScript) and
-    :func:`state_path` (``out``) (plain state dict + config). Returns both paths."""
-    from kd_detect.modules import StudentModule
-    from kd_detect.modules.loading import CheckpointError, checkpoint_class, load_detector, read_checkpoint
-
-    ckpt, out = Path(ckpt), Path(out)
-    raw = read_checkpoint(ckpt)
-    cls = checkpoint_class(raw, ckpt)
-    head_config = (raw.get("hyper_parameters") or {}).get("head")
-    del raw
-    # a student's teachers are not needed (nor loaded) to export it
-    overrides = {"teachers": {}, "teacher_caches": {}} if issubclass(cls, StudentModule) else {}
-    module = load_detector(ckpt, **overrides)
-    deployed, config = deployable(module, ckpt, head_config)
-    try:
-        scripted = torch.jit.script(deployed)
-    except Exception as err:  # noqa: BLE001 - a head TorchScript cannot compile
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
-            f"{ckpt}: head {config['head']['class_path']} cannot be compiled by torch.jit.script ({first})"
-        ) from err
-    check_same_outputs(module, scripted, str(ckpt), config["in_dim"])
-    state = {**config, "state_dict": {k: v.detach().cpu().clone() for k, v in deployed.state_dict().items()}}
-    rebuilt = build_from_config(config)
-    rebuilt.load_state_dict(state["state_dict"])
-    check_same_outputs(module, rebuilt.eval(), f"{ckpt} (state file)", config["in_dim"])
-    _atomic_write(out, lambda tmp: torch.jit.save(scripted, tmp))
-    state_file = state_path(out)
-    _atomic_write(state_file, lambda tmp: torch.save(state, tmp))
-    return out, state_file
-
-
-def main(argv: List[str]) -> int:
-    """``kd-detect export --ckpt CKPT --out student.pt``."""
-    from kd_detect.tools import user_errors
-
-    parser = argparse.ArgumentParser(
-        prog="kd-detect export",
-        description="Export the RGB-only detector of a kd_detect checkpoint (a StudentModule without its "
-        "teachers and projection heads, or an RGB-only DetectorModule/TeacherModule) as TorchScript "
-        "(model(rgb[, mask]) -> probabilities (B, C, T); model.classes, model.in_dim) plus a plain "
-        "<name>.state.pt (state dict + rebuild config).",
-    )
-    parser.add_argument("--ckpt", required=True, help="kd_detect checkpoint (.ckpt)")
-    parser.add_argument("--out", required=True, help="TorchScript file to write, e.g. student.pt")
-    args = parser.parse_args(argv)
-    with user_errors(parser.prog, also=()):
-        script_file, state_file = export(args.ckpt, args.out)
-        model = torch.jit.load(str(script_file))
-        print(f"wrote {script_file} (TorchScript: rgb (B, {model.in_dim}, T) -> probabilities "
-              f"(B, {len(model.classes)}, T)) and {state_file}")
-    return 0

@@ -1,0 +1,108 @@
+"""The LightningCLI behind ``kd-detect fit | validate | test | predict`` (DESIGN.md §7).
+
+Imported by :mod:`kd_detect.cli` only for those subcommands (it imports Lightning, the
+DataModule and every module class). Adds the data→model links, ``--test_after_fit``, the
+run-directory conventions (config.yaml, sweep run directories, logger save_dir), a rich
+progress bar on a terminal and the :class:`~kd_detect.callbacks.TeacherMetrics` callback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
+
+from kd_detect.callbacks.teachers import TeacherMetrics
+from kd_detect.config import expand_config_includes
+from kd_detect.data.datamodule import FeatureDataModule
+from kd_detect.errors import ConfigError
+from kd_detect.modules.detector import DetectorModule
+
+
+class RunConfigSaver(SaveConfigCallback):
+    """Writes the resolved config to ``<run dir>/config.yaml`` (overwriting: a rerun of the
+    same experiment replaces it) and attaches it to the wandb run when wandb logs."""
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if self.already_saved:
+            return
+        if trainer.is_global_zero:
+            path = os.path.join(trainer.default_root_dir, self.config_filename)
+            os.makedirs(trainer.default_root_dir, exist_ok=True)
+            self.parser.save(self.config, path, skip_none=False, overwrite=True, multifile=False)
+            for logger in trainer.loggers:
+                if hasattr(logger, "log_resolved_config"):
+                    logger.log_resolved_config(self.config.as_dict())
+        self.already_saved = True
+        self.already_saved = trainer.strategy.broadcast(self.already_saved)
+
+
+class KDCLI(LightningCLI):
+    """LightningCLI with the data→model links and kd_detect's run conventions."""
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.classes", "model.init_args.classes", apply_on="instantiate")
+        parser.link_arguments("data.modality_dims", "model.init_args.modality_dims", apply_on="instantiate")
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=False,
+            help="fit only: test the best checkpoint afterwards and write metrics.json",
+        )
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        root = cfg.trainer.get("default_root_dir") or "."
+        if os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID"):
+            # runs of a sweep share the command line: give each its own run directory
+            root = os.path.join(root, os.environ["WANDB_RUN_ID"])
+            cfg.trainer.default_root_dir = root
+        loggers = cfg.trainer.get("logger")
+        items = loggers if isinstance(loggers, list) else [loggers]
+        for item in items:
+            init = getattr(item, "init_args", None)
+            if init is not None and "save_dir" in init and init.save_dir in (None, "", "."):
+                init.save_dir = root
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
+        if config.get("enable_progress_bar") is not False and sys.stdout.isatty():
+            from pytorch_lightning.callbacks import ProgressBar, RichProgressBar
+
+            if not any(isinstance(c, ProgressBar) for c in list(callbacks) + list(config.get("callbacks") or [])):
+                callbacks.append(RichProgressBar())
+        if not any(isinstance(c, TeacherMetrics) for c in list(callbacks) + list(config.get("callbacks") or [])):
+            callbacks.append(TeacherMetrics())
+        return super()._instantiate_trainer(config, callbacks)
+
+    def after_fit(self) -> None:
+        if self.config[self.subcommand].get("test_after_fit"):
+            ckpt = "best" if self.trainer.checkpoint_callback and self.trainer.checkpoint_callback.best_model_path else None
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+
+
+def lightning_main(args: list[str] | None = None, run: bool = True, cli_class: type[KDCLI] = KDCLI) -> KDCLI:
+    import warnings
+
+    # kd-detect always hands LightningCLI its (include-expanded) argv explicitly, and the
+    # run directory holds config.yaml before the first checkpoint by design.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    if args is None:
+        args = sys.argv[1:]
+    try:
+        args = expand_config_includes(args)
+    except ConfigError as err:
+        raise SystemExit(f"kd-detect: error: {err}") from None
+    return cli_class(
+        DetectorModule,
+        FeatureDataModule,
+        subclass_mode_model=True,
+        save_config_callback=RunConfigSaver,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+        auto_configure_optimizers=False,
+    )

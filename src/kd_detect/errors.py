@@ -1,0 +1,76 @@
+"""Every error a user can fix, in one place (the bottom layer: imports nothing of kd_detect).
+
+The command line prints a :class:`KdDetectError` as one line, ``kd-detect <cmd>: error: msg``,
+and exits with status 1; any other exception is a bug and keeps its traceback. Messages name
+the file (and the video and field when relevant) and what was expected.
+
+The classes that were ``ValueError`` before keep that base too, so ``except ValueError``
+in callers still catches them.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+
+class KdDetectError(Exception):
+    """Base class of every user-facing error of kd_detect."""
+
+
+class UsageError(KdDetectError):
+    """Bad command-line input (an option value, a missing run directory, ...)."""
+
+
+class ConfigError(KdDetectError, ValueError):
+    """An experiment file cannot be read or composed (names the file)."""
+
+
+class FeatureFileError(KdDetectError, ValueError):
+    """A feature file (or a video/field in it) is not what format v1 promises.
+
+    The message always names the file and, where relevant, the video and field.
+    """
+
+
+class StaleCacheError(FeatureFileError):
+    """A teacher cache does not belong to the teacher checkpoint or data it is used with."""
+
+
+class CheckpointError(KdDetectError, ValueError):
+    """A checkpoint is missing, unreadable or of the wrong kind (the message names the file)."""
+
+
+class TeacherCompatibilityError(KdDetectError, ValueError):
+    """A teacher (checkpoint or cache) does not fit the student or the data."""
+
+
+class OutputIsInputError(KdDetectError):
+    """A command was asked to write its output over one of its own inputs."""
+
+
+def find_user_error(err: BaseException | None) -> KdDetectError | None:
+    """The :class:`KdDetectError` behind ``err`` (jsonargparse wraps errors raised while
+    instantiating classes in its own), or ``None`` when there is none: a bug."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KdDetectError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+@contextmanager
+def user_errors(prog: str) -> Iterator[None]:
+    """Print a :class:`KdDetectError` (also one wrapped by jsonargparse) as
+    ``prog: error: message`` and exit with status 1; every other exception propagates."""
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 - re-raised unless it is one of ours
+        found = find_user_error(err)
+        if found is None:
+            raise
+        print(f"{prog}: error: {found}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -1,0 +1,164 @@
+"""The one atomic writer: ``with atomic_write(path, inputs=(...)) as tmp: <write tmp>``.
+
+What it guarantees, whatever writes the file (``open``, h5py, ``torch.save``, matplotlib):
+
+* the data goes to a temporary file ``.<name>.<random>.tmp`` in the target's own folder
+  (same file system, so the final ``os.replace`` is atomic on POSIX);
+* on success the temporary file is fsynced, given the mode ``0o666 & ~umask`` (what a plain
+  ``open`` would give, not mkstemp's 0600), renamed over ``path`` and the folder fsynced:
+  readers see the old file or the complete new one, never a truncated one;
+* on any exception, and on SIGTERM/SIGINT while writing (a handler that raises is
+  installed in the main thread and the previous one restored afterwards), the temporary
+  file is removed and ``path`` is left as it was;
+* a ``path`` that resolves (``os.path.realpath``, or ``os.path.samefile`` for hard links) to
+  one of ``inputs`` is refused before anything is written, with
+  :class:`~kd_detect.errors.OutputIsInputError` naming both.
+
+:class:`AtomicFile` is the same thing as an object (``commit()`` / ``abort()``), for writers
+that live across calls (``FeatureFileWriter``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from kd_detect.errors import OutputIsInputError, UsageError
+
+PathLike = str | os.PathLike
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _same(a: Path, b: Path) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return False
+
+
+def refuse_inputs(path: PathLike, inputs: Iterable[PathLike | None]) -> None:
+    """Raise :class:`OutputIsInputError` when ``path`` is one of ``inputs`` (``None`` skipped)."""
+    for inp in inputs:
+        if inp is not None and _same(Path(path), Path(inp)):
+            raise OutputIsInputError(f"{path}: refusing to write the output over the input {inp}")
+
+
+def _raise_on_signal(signum: int, frame: Any) -> None:
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise SystemExit(128 + signum)
+
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_open_files = 0  # AtomicFiles not yet committed or aborted (main thread)
+_previous_handlers: dict[int, Any] = {}
+
+
+def _install_handlers() -> bool:
+    """Make SIGTERM/SIGINT raise while the first open AtomicFile lives (main thread only)."""
+    global _open_files
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    if _open_files == 0:
+        for sig in SIGNALS:
+            _previous_handlers[sig] = signal.signal(sig, _raise_on_signal)
+    _open_files += 1
+    return True
+
+
+def _restore_handlers() -> None:
+    """Put the previous handlers back when the last open AtomicFile is done (any order)."""
+    global _open_files
+    _open_files -= 1
+    if _open_files == 0:
+        for sig, handler in _previous_handlers.items():
+            signal.signal(sig, handler)
+        _previous_handlers.clear()
+
+
+class AtomicFile:
+    """A temporary file next to ``path`` that becomes ``path`` on :meth:`commit`."""
+
+    def __init__(self, path: PathLike, *, inputs: Iterable[PathLike | None] = ()) -> None:
+        self.path = Path(path)
+        refuse_inputs(self.path, inputs)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        except OSError as err:
+            raise UsageError(f"{self.path}: cannot write here ({err.strerror or err})") from err
+        os.close(fd)
+        self.tmp = Path(tmp)
+        self._handlers = _install_handlers()
+
+    def _restore(self) -> None:
+        if self._handlers:
+            self._handlers = False
+            _restore_handlers()
+
+    def commit(self) -> Path:
+        """fsync, set the umask mode, rename over ``path``, fsync the folder."""
+        try:
+            fd = os.open(self.tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.chmod(self.tmp, 0o666 & ~_umask())
+            os.replace(self.tmp, self.path)
+            try:
+                dir_fd = os.open(self.path.parent, os.O_RDONLY)
+            except OSError:  # pragma: no cover - folders that cannot be opened (some platforms)
+                return self.path
+            try:
+                os.fsync(dir_fd)
+            except OSError:  # pragma: no cover - file systems without directory fsync
+                pass
+            finally:
+                os.close(dir_fd)
+            return self.path
+        except BaseException:
+            self.tmp.unlink(missing_ok=True)
+            raise
+        finally:
+            self._restore()
+
+    def abort(self) -> None:
+        """Remove the temporary file; ``path`` is left untouched."""
+        try:
+            self.tmp.unlink(missing_ok=True)
+        finally:
+            self._restore()
+
+    def __del__(self) -> None:
+        # a writer dropped without commit/abort (an exception its caller did not handle):
+        # remove its temporary file and give the signal handlers back
+        if getattr(self, "_handlers", False) or getattr(self, "tmp", None) is not None and self.tmp.exists():
+            try:
+                self.abort()
+            except Exception:  # noqa: BLE001 - never raise from a finaliser
+                pass
+
+
+@contextmanager
+def atomic_write(path: PathLike, *, inputs: Iterable[PathLike | None] = ()) -> Iterator[Path]:
+    """Yield a temporary path to write; on a clean exit it replaces ``path`` (see module doc)."""
+    handle = AtomicFile(path, inputs=inputs)
+    try:
+        yield handle.tmp
+    except BaseException:
+        handle.abort()
+        raise
+    handle.commit()

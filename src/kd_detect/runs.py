@@ -1,0 +1,112 @@
+"""The run directory ``runs/<EXP>/`` written by ``make train``, read by everything else.
+
+Layout (DESIGN.md §7)::
+
+    runs/<EXP>/best.ckpt        best val/frame_map (RunCheckpoint)
+    runs/<EXP>/last.ckpt        latest epoch (what RESUME=1 continues)
+    runs/<EXP>/config.yaml      the resolved config (RunConfigSaver)
+    runs/<EXP>/metrics.json     test figures (RunReport)
+    runs/<EXP>/plots/           pictures (kd-detect plot)
+
+:class:`RunDir` is the one place that knows these names. Paths inside a config are read
+as given (relative to the working directory) or, failing that, relative to the folder that
+holds ``runs/`` (so a run can be read from another working directory).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kd_detect.errors import UsageError
+
+CHECKPOINTS = ("best.ckpt", "last.ckpt")
+CONFIG = "config.yaml"
+METRICS = "metrics.json"
+
+
+def section(cfg: dict[str, Any], name: str) -> dict[str, Any]:
+    """``cfg[name]``'s arguments: its ``init_args`` when it is a ``class_path`` entry."""
+    sec = cfg.get(name) or {}
+    if isinstance(sec, dict) and isinstance(sec.get("init_args"), dict):
+        return sec["init_args"]
+    return sec if isinstance(sec, dict) else {}
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """One run directory (it need not exist yet: :meth:`checkpoint` says so when needed)."""
+
+    path: Path
+
+    def __init__(self, path: str | Path) -> None:
+        object.__setattr__(self, "path", Path(path))
+
+    @property
+    def name(self) -> str:
+        return self.path.resolve().name
+
+    def has_checkpoint(self) -> bool:
+        return any((self.path / n).is_file() for n in CHECKPOINTS)
+
+    def checkpoint(self) -> Path:
+        """``best.ckpt`` (``last.ckpt`` when there is no best)."""
+        if not self.path.is_dir():
+            raise UsageError(f"{self.path}: run directory not found (runs are written by `make train` to runs/<EXP>/)")
+        for name in CHECKPOINTS:
+            if (self.path / name).is_file():
+                return self.path / name
+        raise UsageError(f"{self.path}: no best.ckpt or last.ckpt in the run directory (did training finish?)")
+
+    def config(self) -> dict[str, Any]:
+        """The resolved config (``config.yaml``), ``{}`` when absent."""
+        import yaml
+
+        path = self.path / CONFIG
+        if not path.is_file():
+            return {}
+        try:
+            cfg = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise UsageError(f"{path}: invalid YAML ({err})") from None
+        return cfg if isinstance(cfg, dict) else {}
+
+    def metrics(self) -> dict[str, Any] | None:
+        """The test figures (``metrics.json``), ``None`` when the run has none yet."""
+        path = self.path / METRICS
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise UsageError(f"{path}: invalid JSON ({err})") from None
+
+    def resolve(self, path: str | Path) -> Path:
+        """A path named in this run's config (see the module docstring)."""
+        p = Path(path)
+        if p.is_absolute() or p.exists():
+            return p
+        root = self.path.resolve().parent.parent
+        return root / p if (root / p).exists() else p
+
+    def data_path(self) -> Path | None:
+        """The config's ``data.path``, resolved; ``None`` when it names none."""
+        data = section(self.config(), "data").get("path")
+        return self.resolve(data) if data else None
+
+    def rgb_sibling(self) -> RunDir | None:
+        """The sibling RGB-only run: ``<prefix>_rgb`` for the longest ``_``-prefix of the run
+        name that has one (``synthetic_kd`` → ``synthetic_rgb``, ``pku_mmd_kd`` → ``pku_mmd_rgb``)."""
+        parts = self.name.split("_")
+        for n in range(len(parts), 0, -1):
+            candidate = self.path.parent / ("_".join(parts[:n]) + "_rgb")
+            if candidate.resolve() != self.path.resolve() and candidate.is_dir():
+                return RunDir(candidate)
+        return None
+
+    @staticmethod
+    def of_checkpoint(ckpt: str | Path) -> RunDir:
+        """The run a checkpoint file belongs to (its folder)."""
+        return RunDir(Path(ckpt).parent)

@@ -1,0 +1,57 @@
+"""RunDir (the runs/<EXP>/ layout) and the TeacherMetrics callback that reads it."""
+
+from __future__ import annotations
+
+import json
+import types
+
+import pytest
+
+from kd_detect.callbacks.teachers import TeacherMetrics, teacher_figures
+from kd_detect.errors import UsageError
+from kd_detect.runs import RunDir
+
+
+def test_checkpoint_config_metrics_and_siblings(tmp_path):
+    runs = tmp_path / "runs"
+    kd, rgb = runs / "pku_mmd_kd", runs / "pku_mmd_rgb"
+    with pytest.raises(UsageError, match="run directory not found"):
+        RunDir(kd).checkpoint()
+    kd.mkdir(parents=True)
+    rgb.mkdir()
+    with pytest.raises(UsageError, match="no best.ckpt or last.ckpt"):
+        RunDir(kd).checkpoint()
+    (kd / "last.ckpt").write_bytes(b"x")
+    assert RunDir(kd).checkpoint() == kd / "last.ckpt"
+    (kd / "best.ckpt").write_bytes(b"x")
+    assert RunDir(kd).checkpoint() == kd / "best.ckpt"  # best wins over last
+    assert RunDir(kd).config() == {} and RunDir(kd).metrics() is None and RunDir(kd).data_path() is None
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "f.h5").write_bytes(b"")
+    (kd / "config.yaml").write_text("data:\n  path: data/f.h5\n")
+    assert RunDir(kd).data_path() == tmp_path / "data" / "f.h5"  # relative to the folder holding runs/
+    (kd / "metrics.json").write_text(json.dumps({"test/frame_map": 0.5}))
+    assert RunDir(kd).metrics() == {"test/frame_map": 0.5}
+    assert RunDir(kd).rgb_sibling() == RunDir(rgb)  # longest prefix: pku_mmd_rgb, not pku_rgb
+    assert RunDir(rgb).rgb_sibling() is None
+    (kd / "config.yaml").write_text("data: [unclosed\n")
+    with pytest.raises(UsageError, match="invalid YAML"):
+        RunDir(kd).config()
+
+
+def test_teacher_metrics_logs_each_teachers_test_figures_once(tmp_path):
+    t1, t2 = tmp_path / "t1", tmp_path / "t2"
+    t1.mkdir()
+    t2.mkdir()
+    (t1 / "metrics.json").write_text(json.dumps({"test/frame_map": 0.25, "test/charades_map": 0.5, "params": {}}))
+    teachers = {"a": str(t1 / "best.ckpt"), "b": str(t2 / "best.ckpt")}  # b has no metrics yet
+    assert teacher_figures(teachers) == {"teacher/a/frame_map": 0.25, "teacher/a/charades_map": 0.5}
+    logged = []
+    logger = types.SimpleNamespace(log_metrics=lambda m, step: logged.append((m, step)))
+    trainer = types.SimpleNamespace(logger=logger, is_global_zero=True)
+    TeacherMetrics().on_fit_start(trainer, types.SimpleNamespace(hparams={"teachers": teachers}))
+    assert logged == [({"teacher/a/frame_map": 0.25, "teacher/a/charades_map": 0.5}, 0)]
+    TeacherMetrics().on_fit_start(trainer, types.SimpleNamespace(hparams={}))  # a model without teachers
+    trainer.is_global_zero = False
+    TeacherMetrics().on_fit_start(trainer, types.SimpleNamespace(hparams={"teachers": teachers}))
+    assert len(logged) == 1
