@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from kd_detect.distill import AtomicContrastive
-from kd_detect.distill._common import info_nce
+from kd_detect.distill._contrastive import info_nce
 
 WORKER = textwrap.dedent(
     """
