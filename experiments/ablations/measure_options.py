@@ -25,7 +25,7 @@ import pytorch_lightning as pl
 import torch
 
 from kd_detect.data.datamodule import FeatureDataModule
-from kd_detect.distill import AtomicContrastive, BoundarySaliency, GlobalContextualRelation
+from kd_detect.distill import BoundarySaliency, GlobalContextualRelation
 from kd_detect.distill._contrastive import atom_index, window_average
 from kd_detect.distill._common import masked, valid_rows
 from kd_detect.modules import StudentModule, instantiate
