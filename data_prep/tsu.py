@@ -38,7 +38,6 @@ from data_prep._common import (
     read_class_names,
     resample_to_reference,
     require_dir,
-    resample_nearest,
     run_cli,
     write_videos,
 )

@@ -15,7 +15,6 @@ import kd_detect.distill as D
 from kd_detect.distill import (
     CRD,
     PKT,
-    REGISTRY,
     RKD,
     AtomicContrastive,
     AttentionTransfer,
@@ -605,22 +604,38 @@ def test_bf16_autocast_is_finite(name):
         assert x is None or torch.isfinite(x).all()
 
 
-# ------------------------------------------------------------------ registry & config
-EXPECTED_NAMES = {"atomic", "global", "boundary", "logit_kd", "fitnets", "mars", "at", "sp", "rkd", "pkt", "crd"}
+# ------------------------------------------------------------------ naming & config
+PLUGINS = {  # the one naming system: class_path; short names here are only test ids
+    "atomic": AtomicContrastive, "global": GlobalContextualRelation, "boundary": BoundarySaliency,
+    "logit_kd": LogitKD, "fitnets": FitNets, "mars": FeatureMSE, "at": AttentionTransfer,
+    "sp": SimilarityPreserving, "rkd": RKD, "pkt": PKT, "crd": CRD,
+}
+MODULE_OF = {"atomic": "atomic", "global": "global_relation", "boundary": "boundary", "logit_kd": "logit_kd",
+             "fitnets": "feature_kd", "mars": "feature_kd", "at": "feature_kd", "sp": "relational",
+             "rkd": "relational", "pkt": "relational", "crd": "crd"}
 
 
-def test_registry_holds_every_plugin():
-    assert set(REGISTRY) == EXPECTED_NAMES
-    for name, cls in REGISTRY.items():
-        assert cls.registry_name == name and issubclass(cls, DistillationLoss)
-        assert getattr(D, cls.__name__) is cls and cls.__name__ in D.__all__
-        assert cls.__doc__ and "DESIGN.md §3" in cls.__doc__
+def test_every_public_plugin_is_exported_and_listed():
+    exported = {n for n in D.__all__ if isinstance(getattr(D, n), type) and issubclass(getattr(D, n), DistillationLoss)}
+    concrete = {n for n in exported if n not in ("DistillationLoss", "InBatchContrastive")}
+    assert concrete == {cls.__name__ for cls in PLUGINS.values()}
+    for cls in PLUGINS.values():
+        assert getattr(D, cls.__name__) is cls and cls.__doc__ and "DESIGN.md §3" in cls.__doc__
+    assert not hasattr(D, "REGISTRY") and not hasattr(D, "register")  # one naming system
+
+
+def test_crd_does_not_import_the_methods_atomic_module():
+    import kd_detect.distill.crd as crd_module
+
+    source = open(crd_module.__file__).read()
+    assert "distill.atomic" not in source and CRD.__mro__[1].__module__ == "kd_detect.distill._contrastive"
 
 
 KNOBS = {
-    "atomic": {"window": 2, "projector": "mlp", "symmetric": True, "max_atoms": 10},
-    "global": {"mode": "gram", "tau_r": 0.05, "chunk_size": 64},
-    "boundary": {"strides": [1, 2, 4], "mode": "l2", "tau_b": 0.2},
+    "atomic": {"window": 2, "projector": "mlp", "symmetric": True, "max_atoms": 10, "exclude_same_label": True,
+               "negatives": "video"},
+    "global": {"mode": "gram", "tau_r": 0.05, "chunk_size": 64, "center": True},
+    "boundary": {"strides": [1, 2, 4], "mode": "l2", "tau_b": 0.2, "center": True},
     "logit_kd": {"tau": 4.0},
     "sp": {"chunk_size": 8},
     "rkd": {"max_samples": 16, "angle_weight": 0.0},
@@ -629,22 +644,34 @@ KNOBS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED_NAMES))
-def test_instantiates_from_class_path_config(name):
-    cls = REGISTRY[name]
+def _from_yaml(class_path: str, init_args: dict):
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(DistillationLoss, "p")
-    init_args = {"weight": 0.25, **KNOBS.get(name, {})}
-    cfg = parser.parse_object({"p": {"class_path": f"kd_detect.distill.{cls.__name__}", "init_args": init_args}})
+    cfg = parser.parse_object({"p": {"class_path": class_path, "init_args": init_args}})
     instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
-    obj = instantiate(cfg).p
-    assert type(obj) is cls and obj.weight == 0.25
-    for k, v in KNOBS.get(name, {}).items():
-        got = getattr(obj, k)
-        assert got == (tuple(v) if isinstance(v, list) else v), k
-    obj.setup(8, 6, C)
-    s, t, mask = make_inputs(2, 9, 8, 6, "ragged", dtype=torch.float32)
-    assert torch.isfinite(obj(s, t, mask))
+    return instantiate(cfg).p
+
+
+@pytest.mark.parametrize("name", sorted(PLUGINS))
+def test_instantiates_from_class_path_config(name):
+    cls = PLUGINS[name]
+    init_args = {"weight": 0.25, **KNOBS.get(name, {})}
+    for path in (f"kd_detect.distill.{cls.__name__}", f"kd_detect.distill.{MODULE_OF[name]}.{cls.__name__}"):
+        obj = _from_yaml(path, init_args)
+        assert type(obj) is cls and obj.weight == 0.25
+        for k, v in KNOBS.get(name, {}).items():
+            got = getattr(obj, k)
+            assert got == (tuple(v) if isinstance(v, list) else v), k
+        obj.setup(8, 6, C)
+        s, t, mask = make_inputs(2, 9, 8, 6, "ragged", dtype=torch.float32)
+        labels = (torch.rand(2, C, 9) > 0.5).float()
+        assert torch.isfinite(obj(s, t, mask, labels))
+
+
+@pytest.mark.parametrize("name", sorted(PLUGINS))
+def test_weight_auto_parses_for_every_plugin(name):
+    obj = _from_yaml(f"kd_detect.distill.{PLUGINS[name].__name__}", {"weight": "auto"})
+    assert obj.auto and obj.is_active and math.isnan(obj.weight) and "auto_state" in obj.state_dict()
 
 
 def test_bad_options_are_rejected():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import math
+
 import numpy as np
 import pytest
 import pytorch_lightning as pl
@@ -221,3 +224,103 @@ def test_schedules_compose(files):
     assert student.distill_scale == 0.0 and student.active_plugins() == {}
     with pytest.raises(ValueError, match="exactly one"):
         DistillationWarmup()
+
+
+# ------------------------------------------------------------ distill_from & weight: auto
+class Recording(ProjectedMSE):
+    """ProjectedMSE that keeps the student features it was given."""
+
+    def loss(self, student: HeadOutput, teacher: HeadOutput, mask: Tensor) -> Tensor:
+        self.seen = student.features.detach().clone()
+        return super().loss(student, teacher, mask)
+
+
+def _first_batch(dm, stage="fit"):
+    dm.setup(stage)
+    return next(iter(dm.train_dataloader()))
+
+
+def test_clean_mode_plugins_see_the_eval_features_with_gradients(files):
+    dm = FeatureDataModule(str(files["data"]), batch_size=4)
+    rec = {"mse": {"class_path": f"{__name__}.Recording", "init_args": {"weight": 1.0}}}
+    batch = _first_batch(dm)
+    seen = {}
+    for mode in ("dropout", "clean"):
+        torch.manual_seed(0)
+        student = _student(files, dm, distill=rec, distill_from=mode).train()
+        loss = student.training_step(batch, 0)
+        loss.backward()
+        seen[mode] = student.distill["t"]["mse"].seen
+        assert student.head.input_conv.weight.grad is not None
+        assert all(m.training for m in student.modules())  # dropout switched back on
+        with torch.no_grad():
+            student.eval()
+            clean = student(batch).features
+    torch.testing.assert_close(seen["clean"], clean)  # same weights: both students start from seed 0
+    assert not torch.allclose(seen["dropout"], clean, atol=1e-3)
+    with pytest.raises((ValueError, argparse.ArgumentError), match="distill_from"):
+        _student(files, dm, distill_from="noisy")
+
+
+def test_fixed_weight_total_is_bce_plus_weighted_term(files):
+    dm = FeatureDataModule(str(files["data"]), batch_size=4)
+    student = _student(files, dm).train()
+    batch = _first_batch(dm)
+    torch.manual_seed(3)
+    total = student.training_step(batch, 0)
+    torch.manual_seed(3)
+    out = student(batch)
+    want = student.detection_loss(out, batch) + student.distill["t"]["mse"](out, student.teacher_outputs("t", batch), batch["mask"])
+    torch.testing.assert_close(total, want)
+    assert not student.distill["t"]["mse"].auto
+
+
+def _auto_student(files, dm, **kw):
+    auto = {"mse": {"class_path": f"{__name__}.ProjectedMSE", "init_args": {"weight": "auto"}}}
+    return _student(files, dm, distill=auto, **kw)
+
+
+def test_auto_weight_is_the_hand_computed_gradient_ratio(files):
+    dm = FeatureDataModule(str(files["data"]), batch_size=4)
+    student = _auto_student(files, dm, auto_share=0.5, auto_warmup=2)
+    plugin = student.distill["t"]["mse"]
+    ratios = []
+    for seed in (0, 1):
+        g = torch.Generator().manual_seed(seed)
+        S = torch.randn(2, 16, 5, generator=g, requires_grad=True)
+        v = torch.randn(2, 16, 5, generator=g)
+        out = HeadOutput(S, S[:, :3])
+        bce = 1.5 * (S**2).sum()  # ∂/∂S = 3 S
+        term = (S * v).sum()  # ∂/∂S = v
+        student.observe_auto_weights(bce, out, out, {("t", "mse"): term})
+        ratios.append((3 * S.detach().norm().item(), v.norm().item()))
+    want = 0.5 * (ratios[0][0] + ratios[1][0]) / (ratios[0][1] + ratios[1][1])  # ρ · mean‖∇BCE‖ / mean‖∇L‖
+    assert plugin.auto_resolved and plugin.weight == pytest.approx(want, rel=1e-6)
+
+
+class WeightWatch(pl.Callback):
+    def __init__(self) -> None:
+        self.weights: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.weights.append(pl_module.distill["t"]["mse"].weight)
+
+
+def test_auto_weight_fixed_after_warmup_and_kept_by_checkpoints(files, tmp_path):
+    dm = FeatureDataModule(str(files["data"]), batch_size=2)
+    student = _auto_student(files, dm, auto_share=0.3, auto_warmup=2)
+    watch = WeightWatch()
+    trainer = _trainer(max_epochs=3, max_steps=5, callbacks=[watch])
+    trainer.fit(student, datamodule=dm)
+    w = watch.weights
+    assert len(w) == 5 and all(x > 0 and math.isfinite(x) for x in w)
+    assert w[1] == w[2] == w[3] == w[4] and w[0] != w[1]  # running mean over 2 steps, then fixed
+    plugin = student.distill["t"]["mse"]
+    assert int(plugin.auto_state[0]) == 2 and plugin.auto_resolved
+    path = tmp_path / "auto.ckpt"
+    trainer.save_checkpoint(path)
+    from kd_detect.modules import load_detector
+
+    back = load_detector(path, expect=StudentModule, teachers={"t": str(files["ckpt"])})
+    again = back.distill["t"]["mse"]
+    assert again.auto and again.auto_resolved and again.weight == pytest.approx(w[-1], rel=1e-12)

@@ -1,6 +1,6 @@
 """Helpers shared by the distillation plugins (DESIGN.md §3): fp32 regions, masking,
-channel normalisation, projection heads, step sampling, and the in-batch InfoNCE used by
-:class:`~kd_detect.distill.atomic.AtomicContrastive` and :class:`~kd_detect.distill.crd.CRD`.
+channel normalisation, per-video centring, projection heads, step sampling. The
+contrastive machinery (InfoNCE, DDP gather) is in :mod:`kd_detect.distill._contrastive`.
 
 Layout conventions: features ``(B, F, T)``, mask ``(B, T)`` bool; "rows" are ``(N, F)``
 matrices of selected steps/atoms (row-major over ``(b, t)``).
@@ -85,90 +85,14 @@ def zero_loss(*tensors: Tensor) -> Tensor:
     return out
 
 
-# ----------------------------------------------------------------------------- distributed
-class _GatherWithGrad(torch.autograd.Function):
-    """All-gather equal-shaped tensors; backward sums every rank's gradient for the local
-    chunk (all-reduce, then take the local slice), so with DDP's gradient averaging the
-    result is the gradient of the mean of the per-rank losses."""
+def center(x: Tensor, mask: Tensor) -> Tensor:
+    """Per-video centring over time: ``x (B, F, T)`` minus each video's masked temporal mean
+    ``μ_b = Σ_t m_bt x_bt / Σ_t m_bt`` (padding excluded), 0 again on padding.
 
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
-        import torch.distributed as dist
-
-        ws, rank = dist.get_world_size(), dist.get_rank()
-        ctx.rank, ctx.n = rank, x.shape[0]
-        out = [torch.empty_like(x) for _ in range(ws)]
-        dist.all_gather(out, x.contiguous())
-        return torch.cat(out, 0)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
-        import torch.distributed as dist
-
-        grad = grad.contiguous()
-        dist.all_reduce(grad)
-        return grad[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n]
-
-
-def distributed_world() -> tuple[int, int]:
-    """``(world_size, rank)``; ``(1, 0)`` when torch.distributed is not initialised."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
-
-
-def gather_rows(xs: list[Tensor]) -> tuple[list[Tensor], int, int]:
-    """Gather several ``(n_local, E)`` tensors (same ``n_local``) from all ranks, keeping
-    the gradient of the local chunk. Ranks may hold different ``n_local``: sizes are
-    gathered first and chunks padded to the largest. Returns the concatenated tensors
-    ``(N_total, E)``, the local offset (``Σ`` sizes of lower ranks) and ``N_total``."""
-    import torch.distributed as dist
-
-    ws, rank = dist.get_world_size(), dist.get_rank()
-    n = xs[0].shape[0]
-    size = torch.tensor([n], device=xs[0].device, dtype=torch.long)
-    sizes_l = [torch.zeros_like(size) for _ in range(ws)]
-    dist.all_gather(sizes_l, size)
-    sizes = [int(s.item()) for s in sizes_l]
-    offset, total, n_max = sum(sizes[:rank]), sum(sizes), max(sizes)
-    if total == 0:
-        return xs, 0, 0
-    keep = torch.cat([torch.arange(r * n_max, r * n_max + s, device=xs[0].device) for r, s in enumerate(sizes)])
-    out = []
-    for x in xs:
-        padded = F.pad(x, (0, 0, 0, n_max - n))
-        out.append(_GatherWithGrad.apply(padded).index_select(0, keep))
-    return out, offset, total
-
-
-# ----------------------------------------------------------------------------- InfoNCE
-def info_nce(q: Tensor, k: Tensor, tau: float, symmetric: bool = False, gather: bool = False) -> Tensor:
-    """In-batch InfoNCE between L2-normalised ``q (N, E)`` (student) and ``k (N, E)``
-    (teacher): row ``i``'s positive is ``k[i]``, its negatives all other ``k`` rows,
-
-        L = −1/N Σ_i log( exp(q_i·k_i/τ) / Σ_j exp(q_i·k_j/τ) ),
-
-    plus, if ``symmetric``, the teacher→student term (the two averaged). With ``gather``
-    and an initialised process group of world size > 1, the keys (and for the symmetric
-    term the queries) come from all ranks, so negatives grow with the world size; the
-    local chunk keeps its gradient. Empty inputs give an attached 0."""
-    ws, _ = distributed_world()
-    if gather and ws > 1:
-        ks, offset, total = gather_rows([k, q] if symmetric else [k])
-        if total == 0 or q.shape[0] == 0:
-            return zero_loss(q, k, *ks)
-        target = torch.arange(q.shape[0], device=q.device) + offset
-        loss = F.cross_entropy(q @ ks[0].T / tau, target)
-        if symmetric:
-            loss = 0.5 * (loss + F.cross_entropy(k @ ks[1].T / tau, target))
-        return loss
-    if q.shape[0] == 0:
-        return zero_loss(q, k)
-    logits = q @ k.T / tau
-    target = torch.arange(q.shape[0], device=q.device)
-    loss = F.cross_entropy(logits, target)
-    if symmetric:
-        loss = 0.5 * (loss + F.cross_entropy(logits.T, target))
-    return loss
+    Subtracting ``μ_b`` removes what every step of a video shares (scene, appearance drift),
+    so normalised steps are compared by how they *differ* within the video. A video with no
+    valid step is left 0."""
+    x = masked(x, mask)
+    n = mask.sum(1).to(x.dtype).clamp_min(1.0)
+    mu = x.sum(-1, keepdim=True) / n.view(-1, *([1] * (x.dim() - 1)))
+    return masked(x - mu, mask)

@@ -3,126 +3,32 @@
 Atoms are masked averages over consecutive non-overlapping windows of ``w`` *valid*
 steps; with ``z = normalise(g(atom))`` the loss is the in-batch InfoNCE
 
-    L = −1/N Σ_k log( exp(z^S_k·z^F_k/τ) / Σ_j exp(z^S_k·z^F_j/τ) ).
+    L = −1/N Σ_k log( exp(z^S_k·z^F_k/τ) / Σ_{j ∈ {k} ∪ A_k} exp(z^S_k·z^F_j/τ) ),
+
+``A_k`` the negatives of atom ``k`` (all other atoms of the batch by default). The machinery
+(shared with the CRD baseline) is in :mod:`kd_detect.distill._contrastive`.
 """
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from kd_detect.distill._common import ProjectorKind
+from kd_detect.distill._contrastive import InBatchContrastive, NegativesKind, atom_index, window_average
+from kd_detect.distill.base import Weight
 
-from kd_detect.distill._common import (
-    ProjectorKind,
-    fp32_region,
-    info_nce,
-    l2n,
-    make_projector,
-    masked,
-    sample_rows,
-    valid_rows,
-)
-from kd_detect.distill.base import DistillationLoss, register
-from kd_detect.models.heads.base import HeadOutput
+__all__ = ["AtomicContrastive", "InBatchContrastive", "atom_index", "window_average"]
 
 
-def atom_index(mask: Tensor, window: int) -> tuple[Tensor, int]:
-    """Atom id of every valid step, row-major over ``(b, t)``, and the atom count ``N``.
-
-    Valid step number ``r`` (0-based, counted over the video's valid steps only) belongs to
-    window ``r // window``; a trailing partial window is an atom of its own. Ids are
-    consecutive: video ``b``'s atoms follow those of videos ``< b``."""
-    mask = mask.bool()
-    counts = mask.sum(1)
-    rank = mask.long().cumsum(1) - 1
-    n_atoms = torch.div(counts + window - 1, window, rounding_mode="floor")
-    offsets = n_atoms.cumsum(0) - n_atoms
-    ids = (offsets[:, None] + torch.div(rank, window, rounding_mode="floor"))[mask]
-    return ids, int(n_atoms.sum().item())
-
-
-def window_average(rows: Tensor, ids: Tensor, n: int) -> Tensor:
-    """Average ``rows (M, F)`` (the valid steps) into ``n`` atoms by their atom ``ids (M,)``."""
-    sums = rows.new_zeros(n, rows.shape[1]).index_add_(0, ids, rows)
-    cnt = torch.bincount(ids, minlength=n).clamp_min(1).to(rows.dtype)
-    return sums / cnt[:, None]
-
-
-class InBatchContrastive(DistillationLoss):
-    """Shared machinery of :class:`AtomicContrastive` and :class:`~kd_detect.distill.crd.CRD`:
-    window-average valid steps into atoms, sample at most ``max_atoms`` (student and teacher
-    atoms paired), project with ``g_s``/``g_t``, L2-normalise, in-batch InfoNCE."""
-
-    def __init__(
-        self,
-        weight: float = 1.0,
-        window: int = 4,
-        embed_dim: int = 128,
-        projector: ProjectorKind = "linear",
-        tau: float = 0.1,
-        symmetric: bool = False,
-        max_atoms: int = 1024,
-        gather_distributed: bool = False,
-    ) -> None:
-        super().__init__(weight)
-        if window < 1:
-            raise ValueError(f"window must be >= 1, got {window}")
-        if tau <= 0:
-            raise ValueError(f"tau must be > 0, got {tau}")
-        if projector not in ("linear", "mlp"):
-            raise ValueError(f"projector must be 'linear' or 'mlp', got {projector!r}")
-        self.window, self.embed_dim, self.projector = int(window), int(embed_dim), projector
-        self.tau, self.symmetric = float(tau), bool(symmetric)
-        self.max_atoms, self.gather_distributed = int(max_atoms), bool(gather_distributed)
-
-    def build(self, student_dim: int, teacher_dim: int, num_classes: int) -> None:
-        self.proj_s = make_projector(student_dim, self.embed_dim, self.projector)
-        self.proj_t = make_projector(teacher_dim, self.embed_dim, self.projector)
-
-    def atoms(self, student: Tensor, teacher: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """Paired (sampled) atoms ``(N, F_s)``, ``(N, F_t)`` in fp32, before projection."""
-        s, t = masked(student, mask), masked(teacher, mask)
-        if self.window == 1:  # atoms are the valid steps: sample first, gather only those
-            s_rows, t_rows = valid_rows(s, mask), valid_rows(t, mask)
-            idx = sample_rows(s_rows.shape[0], self.max_atoms, s.device)
-            if idx is not None:
-                s_rows, t_rows = s_rows.index_select(0, idx), t_rows.index_select(0, idx)
-            return s_rows, t_rows
-        ids, n = atom_index(mask, self.window)
-        s_atoms = window_average(valid_rows(s, mask), ids, n)
-        t_atoms = window_average(valid_rows(t, mask), ids, n)
-        idx = sample_rows(n, self.max_atoms, s.device)
-        if idx is not None:
-            s_atoms, t_atoms = s_atoms.index_select(0, idx), t_atoms.index_select(0, idx)
-        return s_atoms, t_atoms
-
-    def embed(self, s_atoms: Tensor, t_atoms: Tensor) -> tuple[Tensor, Tensor]:
-        """Project and L2-normalise: ``(N, E)`` student and teacher embeddings."""
-        return l2n(self.proj_s(s_atoms), -1), l2n(self.proj_t(t_atoms), -1)
-
-    def loss(self, student: HeadOutput, teacher: HeadOutput, mask: Tensor) -> Tensor:
-        with fp32_region(student.features):
-            q, k = self.embed(*self.atoms(student.features, teacher.features, mask))
-            return info_nce(q, k, self.tau, self.symmetric, self.gather_distributed)
-
-    def extra_repr(self) -> str:
-        return (
-            f"weight={self.weight}, window={self.window}, embed_dim={self.embed_dim}, projector={self.projector!r}, "
-            f"tau={self.tau}, symmetric={self.symmetric}, max_atoms={self.max_atoms}, "
-            f"gather_distributed={self.gather_distributed}"
-        )
-
-
-@register("atomic")
 class AtomicContrastive(InBatchContrastive):
     """Atomic-level contrastive loss (DESIGN.md §3, ``L_atomic``).
 
-    ``L = −1/N Σ_k log softmax_j(z^S_k·z^F_j / τ)[k]``: atoms are masked averages of
-    ``window`` consecutive valid steps, ``z = normalise(g(atom))`` with learned heads
-    ``g_s: F_s→E``, ``g_t: F_t→E``; the positive of a student atom is the teacher atom of
-    the same video and window, all other teacher atoms of the batch are negatives.
+    ``L = −1/N Σ_k log softmax_{j ∈ {k} ∪ A_k}(z^S_k·z^F_j / τ)[k]``: atoms are masked
+    averages of ``window`` consecutive valid steps, ``z = normalise(g(atom))`` with learned
+    heads ``g_s: F_s→E``, ``g_t: F_t→E``; the positive of a student atom is the teacher
+    atom of the same video and window; the negatives ``A_k`` are the other teacher atoms
+    of the batch, restricted by the two options below.
 
     Args:
-        weight: ``λ_a``.
+        weight: ``λ_a`` (a number or ``"auto"``, see :mod:`kd_detect.distill.base`).
         window: steps per atom ``w`` (1 = per step); a trailing partial window is an atom.
         embed_dim: ``E``.
         projector: ``"linear"`` or ``"mlp"`` (Linear–ReLU–Linear).
@@ -133,18 +39,34 @@ class AtomicContrastive(InBatchContrastive):
         gather_distributed: under DDP (world size > 1) gather teacher atoms from all ranks
             as negatives (the local chunk keeps its gradient; ranks may hold different
             atom counts).
+        exclude_same_label: remove false negatives: with ``Y_k ⊆ {1..C}`` the classes whose
+            training label is on at some step of atom ``k``'s window, ``A_k`` drops every
+            ``j`` with ``Y_j = Y_k`` (same action content, so not a negative; background
+            atoms, ``Y = ∅``, are never each other's negatives). Uses the labels the
+            student passes (the plugin's ``needs_labels``). Default ``False`` (the paper).
+        negatives: ``"batch"`` (default, the paper): every other atom of the batch;
+            ``"video"``: only the other atoms of the anchor's own video, so the contrast
+            cannot be won by recognising the video (scene, drift) -- the video-identity
+            shortcut -- and must be won by what changes within a video. Not combinable
+            with ``gather_distributed``.
+
+    YAML::
+
+        atomic:
+          class_path: kd_detect.distill.AtomicContrastive
+          init_args: {weight: 0.1, exclude_same_label: true, negatives: video}
 
     Batch size matters: a student atom is contrasted against the other ``N − 1`` atoms of
     its (per-GPU) batch, ``N ≤ max_atoms``; the loss is bounded by ``log N`` and the task gets
     harder as ``N`` grows, so loss values and the best ``tau`` depend on the per-GPU batch
     size and window. Without ``gather_distributed`` each GPU only sees its own negatives
     (``N`` per GPU); with it there are ``≈ world_size · N`` negatives, as on one big GPU.
-    The cost is ``O(N² E)`` per step.
+    The cost is ``O(N² E)`` per step (``O(N² C)`` more with ``exclude_same_label``).
     """
 
     def __init__(
         self,
-        weight: float = 1.0,
+        weight: Weight = 1.0,
         window: int = 4,
         embed_dim: int = 128,
         projector: ProjectorKind = "linear",
@@ -152,5 +74,10 @@ class AtomicContrastive(InBatchContrastive):
         symmetric: bool = False,
         max_atoms: int = 1024,
         gather_distributed: bool = False,
+        exclude_same_label: bool = False,
+        negatives: NegativesKind = "batch",
     ) -> None:
-        super().__init__(weight, window, embed_dim, projector, tau, symmetric, max_atoms, gather_distributed)
+        super().__init__(
+            weight, window, embed_dim, projector, tau, symmetric, max_atoms, gather_distributed,
+            exclude_same_label, negatives,
+        )

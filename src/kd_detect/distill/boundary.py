@@ -1,7 +1,8 @@
 """Action Boundary Saliency, ``L_boundary`` (DESIGN.md §3).
 
 ``b_t = mean_k ‖x̂_t − x̂_{t−k}‖₁`` over the strides ``k`` defined at ``t`` (both steps valid),
-``p = softmax(b / τ_b)`` over the steps where ``b`` is defined, ``L = mean_videos KL(p_F || p_S)``.
+``p = softmax(b / τ_b)`` over the steps where ``b`` is defined, ``L = mean_videos KL(p_F || p_S)``;
+with ``center`` each video's masked temporal mean is subtracted before normalising.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from kd_detect.distill._common import NEG, fp32_region, l2n, masked, zero_loss
-from kd_detect.distill.base import DistillationLoss, register
+from kd_detect.distill._common import NEG, center, fp32_region, l2n, masked, zero_loss
+from kd_detect.distill.base import DistillationLoss, Weight
 from kd_detect.models.heads.base import HeadOutput
 
 
@@ -38,7 +39,6 @@ def saliency(x: Tensor, mask: Tensor, strides: tuple[int, ...], dim_scale: bool 
     return b, defined
 
 
-@register("boundary")
 class BoundarySaliency(DistillationLoss):
     """Action Boundary Saliency (DESIGN.md §3, ``L_boundary``).
 
@@ -63,17 +63,29 @@ class BoundarySaliency(DistillationLoss):
         dim_scale: divide ``b`` by ``√F`` (the L1 norm of a difference of unit vectors grows
             like ``√F``), so ``τ_b`` means the same for student and teacher when
             ``F_s ≠ F_t``. ``False`` gives the literal ``‖·‖₁``.
+        center: subtract each video's masked temporal mean ``μ`` (padding excluded) before
+            normalising, ``x̂_t = normalise(x_t − μ)``: a large shared per-video component
+            shrinks every normalised change ``‖x̂_t − x̂_{t−k}‖₁``, flattening ``p``; centring
+            removes it. Invariant to adding a per-video constant vector. Default ``False``.
+
+    YAML::
+
+        boundary:
+          class_path: kd_detect.distill.BoundarySaliency
+          init_args: {weight: 0.1, center: true}
     """
 
     def __init__(
         self,
-        weight: float = 1.0,
+        weight: Weight = 1.0,
         strides: tuple[int, ...] = (1,),
         tau_b: float = 0.1,
         mode: Literal["kl", "l2"] = "kl",
         dim_scale: bool = True,
+        center: bool = False,
     ) -> None:
         super().__init__(weight)
+        self.center = bool(center)
         strides = tuple(int(k) for k in strides)
         if not strides or min(strides) < 1:
             raise ValueError(f"strides must be positive ints, got {strides}")
@@ -83,10 +95,14 @@ class BoundarySaliency(DistillationLoss):
             raise ValueError(f"tau_b must be > 0, got {tau_b}")
         self.strides, self.tau_b, self.mode, self.dim_scale = strides, float(tau_b), mode, bool(dim_scale)
 
+    def prepare(self, x: Tensor, mask: Tensor) -> Tensor:
+        """Features before normalising: masked, and centred per video with ``center``."""
+        return center(x, mask) if self.center else masked(x, mask)
+
     def loss(self, student: HeadOutput, teacher: HeadOutput, mask: Tensor) -> Tensor:
         with fp32_region(student.features):
-            s = l2n(masked(student.features, mask), 1)
-            f = l2n(masked(teacher.features, mask), 1)
+            s = l2n(self.prepare(student.features, mask), 1)
+            f = l2n(self.prepare(teacher.features, mask), 1)
             bs, defined = saliency(s, mask, self.strides, self.dim_scale)
             bf, _ = saliency(f, mask, self.strides, self.dim_scale)
             keep = defined.any(1)
@@ -103,8 +119,8 @@ class BoundarySaliency(DistillationLoss):
 
     def extra_repr(self) -> str:
         return (
-            f"weight={self.weight}, strides={self.strides}, tau_b={self.tau_b}, mode={self.mode!r}, "
-            f"dim_scale={self.dim_scale}"
+            f"weight={self.weight_repr}, strides={self.strides}, tau_b={self.tau_b}, mode={self.mode!r}, "
+            f"dim_scale={self.dim_scale}, center={self.center}"
         )
 
 

@@ -7,11 +7,10 @@ ICLR 2020, with in-batch negatives instead of a memory bank).
 from __future__ import annotations
 
 from kd_detect.distill._common import ProjectorKind
-from kd_detect.distill.atomic import InBatchContrastive
-from kd_detect.distill.base import register
+from kd_detect.distill._contrastive import InBatchContrastive
+from kd_detect.distill.base import Weight
 
 
-@register("crd")
 class CRD(InBatchContrastive):
     """CRD-style contrastive baseline (DESIGN.md §3): the atomic machinery with window 1.
 
@@ -35,7 +34,7 @@ class CRD(InBatchContrastive):
 
     def __init__(
         self,
-        weight: float = 1.0,
+        weight: Weight = 1.0,
         embed_dim: int = 128,
         projector: ProjectorKind = "linear",
         tau: float = 0.07,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from kd_detect.distill._common import fp32_region, l2n, masked, zero_loss
-from kd_detect.distill.base import DistillationLoss, register
+from kd_detect.distill.base import DistillationLoss, Weight
 from kd_detect.models.heads.base import HeadOutput
 
 
@@ -18,7 +18,6 @@ def masked_mse(x: Tensor, y: Tensor, mask: Tensor) -> Tensor:
     return (x - y).square().sum() / n
 
 
-@register("fitnets")
 class FitNets(DistillationLoss):
     """FitNets hint loss (Romero et al. 2015; DESIGN.md §3).
 
@@ -36,7 +35,6 @@ class FitNets(DistillationLoss):
             return masked_mse(r, masked(teacher.features, mask), mask)
 
 
-@register("mars")
 class FeatureMSE(DistillationLoss):
     """MARS-style feature regression (Crasto et al. 2019; DESIGN.md §3).
 
@@ -62,7 +60,6 @@ def attention_profile(x: Tensor) -> Tensor:
     return l2n(x.square().mean(1), -1)
 
 
-@register("at")
 class AttentionTransfer(DistillationLoss):
     """Temporal attention transfer (Zagoruyko & Komodakis 2017; DESIGN.md §3).
 

@@ -10,11 +10,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kd_detect.distill._common import fp32_region, masked, zero_loss
-from kd_detect.distill.base import DistillationLoss, register
+from kd_detect.distill.base import DistillationLoss, Weight
 from kd_detect.models.heads.base import HeadOutput
 
 
-@register("logit_kd")
 class LogitKD(DistillationLoss):
     """Logit KD for multi-label outputs (DESIGN.md §3).
 
@@ -31,7 +30,7 @@ class LogitKD(DistillationLoss):
             probability towards 0.5. ``τ²`` keeps the gradient scale comparable across τ.
     """
 
-    def __init__(self, weight: float = 1.0, tau: float = 2.0) -> None:
+    def __init__(self, weight: Weight = 1.0, tau: float = 2.0) -> None:
         super().__init__(weight)
         if tau <= 0:
             raise ValueError(f"tau must be > 0, got {tau}")
@@ -52,4 +51,4 @@ class LogitKD(DistillationLoss):
             return self.tau**2 * kl.sum() / n
 
     def extra_repr(self) -> str:
-        return f"weight={self.weight}, tau={self.tau}"
+        return f"weight={self.weight_repr}, tau={self.tau}"

@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from kd_detect.distill._common import fp32_region, l2n, masked, sample_rows, valid_rows, zero_loss
-from kd_detect.distill.base import DistillationLoss, register
+from kd_detect.distill.base import DistillationLoss, Weight
 from kd_detect.models.heads.base import HeadOutput
 
 
@@ -20,7 +20,6 @@ def _sp_rows(s: Tensor, f: Tensor, c0: int, c1: int) -> Tensor:
     return (gs - gf).square().sum((1, 2))
 
 
-@register("sp")
 class SimilarityPreserving(DistillationLoss):
     """Similarity-preserving KD (Tung & Mori 2019; DESIGN.md §3), per video over time.
 
@@ -35,7 +34,7 @@ class SimilarityPreserving(DistillationLoss):
         chunk_size: Gram rows per chunk.
     """
 
-    def __init__(self, weight: float = 1.0, chunk_size: int = 256) -> None:
+    def __init__(self, weight: Weight = 1.0, chunk_size: int = 256) -> None:
         super().__init__(weight)
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -60,7 +59,7 @@ class SimilarityPreserving(DistillationLoss):
             return (total / n.clamp_min(1).square())[keep].mean()
 
     def extra_repr(self) -> str:
-        return f"weight={self.weight}, chunk_size={self.chunk_size}"
+        return f"weight={self.weight_repr}, chunk_size={self.chunk_size}"
 
 
 def _sampled_rows(student: Tensor, teacher: Tensor, mask: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -85,7 +84,6 @@ def _angles(e: Tensor) -> Tensor:
     return torch.bmm(u, u.transpose(1, 2))
 
 
-@register("rkd")
 class RKD(DistillationLoss):
     """Relational KD (Park et al. 2019; DESIGN.md §3) on sampled valid steps.
 
@@ -103,7 +101,7 @@ class RKD(DistillationLoss):
     """
 
     def __init__(
-        self, weight: float = 1.0, max_samples: int = 64, distance_weight: float = 1.0, angle_weight: float = 2.0
+        self, weight: Weight = 1.0, max_samples: int = 64, distance_weight: float = 1.0, angle_weight: float = 2.0
     ) -> None:
         super().__init__(weight)
         self.max_samples, self.distance_weight, self.angle_weight = int(max_samples), float(distance_weight), float(angle_weight)
@@ -124,7 +122,7 @@ class RKD(DistillationLoss):
 
     def extra_repr(self) -> str:
         return (
-            f"weight={self.weight}, max_samples={self.max_samples}, distance_weight={self.distance_weight}, "
+            f"weight={self.weight_repr}, max_samples={self.max_samples}, distance_weight={self.distance_weight}, "
             f"angle_weight={self.angle_weight}"
         )
 
@@ -136,7 +134,6 @@ def pkt_conditional(x: Tensor) -> Tensor:
     return k / k.sum(1, keepdim=True).clamp_min(1e-12)
 
 
-@register("pkt")
 class PKT(DistillationLoss):
     """Probabilistic knowledge transfer (Passalis & Tefas 2018; DESIGN.md §3).
 
@@ -151,7 +148,7 @@ class PKT(DistillationLoss):
         eps: smoothing ``ε`` inside the log.
     """
 
-    def __init__(self, weight: float = 1.0, max_samples: int = 256, eps: float = 1e-7) -> None:
+    def __init__(self, weight: Weight = 1.0, max_samples: int = 256, eps: float = 1e-7) -> None:
         super().__init__(weight)
         self.max_samples, self.eps = int(max_samples), float(eps)
 
@@ -164,4 +161,4 @@ class PKT(DistillationLoss):
             return (pt * torch.log((pt + self.eps) / (ps + self.eps))).sum(1).mean()
 
     def extra_repr(self) -> str:
-        return f"weight={self.weight}, max_samples={self.max_samples}, eps={self.eps}"
+        return f"weight={self.weight_repr}, max_samples={self.max_samples}, eps={self.eps}"

@@ -14,22 +14,55 @@
 * ``distill_scale`` (1.0) multiplies every distillation term; it is the product of the
   factors the schedule callbacks (warm-up, stop-at-epoch) set in ``distill_factors``. Plugins with weight 0, or scale 0, cost nothing --
   not even the teacher forward.
+* ``distill_from`` chooses the student outputs the plugins see. ``dropout`` (default, the
+  paper's recipe): the training forward, with the head's dropout noise. ``clean``: a second
+  forward of the same batch with every dropout module of the student switched off (still
+  with gradients; nothing else changes: the head has no batch statistics), so the losses
+  measure the student's mismatch with the dropout-free teacher, not its own dropout
+  jitter. BCE still uses the dropout forward. Cost: one more student forward and backward
+  per step (about 2× the head's compute; the teacher forward is unchanged). Dropout
+  applied functionally (``F.dropout``) rather than by an ``nn.Dropout`` module is not
+  switched off.
+* ``weight: auto`` plugins (see :mod:`kd_detect.distill.base`) are balanced here: during
+  the first ``auto_warmup`` steps the module measures ``‖∂L_BCE/∂S‖`` (at the dropout
+  forward's features) and ``‖∂L_k/∂S‖`` (at the features the plugins see) with
+  ``torch.autograd.grad``, averages them over DDP ranks and hands them to the plugin, which
+  fixes ``λ_k = auto_share · mean‖∂L_BCE/∂S‖ / mean‖∂L_k/∂S‖``. The weights in use are
+  logged as ``train/distill_weight/<name>``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from typing import Any
+from typing import Any, Iterator, Literal
 
 import torch
 from torch import Tensor, nn
 
-from kd_detect.data.batch import MASK, META
+from kd_detect.data.batch import LABELS, MASK, META
 from kd_detect.distill.base import DistillationLoss
 from kd_detect.errors import TeacherCompatibilityError
 from kd_detect.models.heads.base import HeadOutput
 from kd_detect.modules.detector import DetectorModule
 from kd_detect.modules.loading import file_sha256, load_detector
+
+
+DistillFrom = Literal["dropout", "clean"]
+
+
+@contextlib.contextmanager
+def dropout_off(module: nn.Module) -> Iterator[None]:
+    """Switch every dropout module inside ``module`` that is in train mode to eval mode for
+    the block (only dropout: any other module keeps its mode), then back."""
+    drops = [m for m in module.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.training]
+    for m in drops:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m in drops:
+            m.train()
 
 
 class StudentModule(DetectorModule):
@@ -44,6 +77,20 @@ class StudentModule(DetectorModule):
         distill: ``{name: plugin}`` -- e.g. ``atomic``, ``global``, ``boundary``.
         teacher_dims: filled in automatically (teacher feature dims) so the student can
             be rebuilt from its checkpoint without the teachers (export, inference).
+        distill_from: ``"dropout"`` (default) or ``"clean"``: which student forward the
+            plugins see (module docstring).
+        auto_share: ``ρ`` of every ``weight: auto`` plugin (its share of the detection
+            loss's gradient norm at the student's features).
+        auto_warmup: steps over which the auto weights are estimated, then fixed.
+
+    YAML::
+
+        model:
+          init_args:
+            distill_from: clean
+            auto_share: 0.3
+            distill:
+              atomic: {class_path: kd_detect.distill.AtomicContrastive, init_args: {weight: auto}}
     """
 
     def __init__(
@@ -52,10 +99,16 @@ class StudentModule(DetectorModule):
         teacher_caches: dict[str, str] | None = None,
         distill: dict[str, DistillationLoss] | None = None,
         teacher_dims: dict[str, int] | None = None,
+        distill_from: DistillFrom = "dropout",
+        auto_share: float = 0.5,
+        auto_warmup: int = 50,
         **kwargs: Any,
     ) -> None:
         """``kwargs``: every :class:`DetectorModule` argument (head, modalities, lr, ...)."""
         super().__init__(**kwargs)
+        if distill_from not in ("dropout", "clean"):
+            raise ValueError(f"distill_from must be 'dropout' or 'clean', got {distill_from!r}")
+        self.distill_from = distill_from
         self.distill_factors: dict[str, float] = {}
         teachers, teacher_caches = dict(teachers or {}), dict(teacher_caches or {})
         # Frozen teachers live outside the module tree (see module docstring).
@@ -85,6 +138,8 @@ class StudentModule(DetectorModule):
                     raise TypeError(f"distill[{pname!r}] must be a DistillationLoss, got {type(plugin).__name__}")
                 p = copy.deepcopy(plugin)
                 p.setup(self.feature_dim, tdim, self.num_classes)
+                if p.auto:
+                    p.configure_auto(auto_share, auto_warmup)
                 per_teacher[pname] = p
             self.distill[tname] = per_teacher
 
@@ -160,7 +215,7 @@ class StudentModule(DetectorModule):
             return {}
         active = {}
         for tname, plugins in self.distill.items():
-            chosen = {p: m for p, m in plugins.items() if m.weight != 0.0}
+            chosen = {p: m for p, m in plugins.items() if m.is_active}
             if chosen:
                 active[tname] = chosen
         return active
@@ -177,10 +232,38 @@ class StudentModule(DetectorModule):
         for tname, plugins in active.items():
             teacher_out = self.teacher_outputs(tname, batch)
             for pname, plugin in plugins.items():
-                losses[(tname, pname)] = plugin(student, teacher_out, batch[MASK])
+                losses[(tname, pname)] = plugin(student, teacher_out, batch[MASK], batch[LABELS])
         return losses
 
     # ------------------------------------------------------------------ steps
+    def distill_forward(self, out: HeadOutput, batch: dict[str, Any]) -> HeadOutput:
+        """The student outputs the plugins see: ``out`` itself (``distill_from: dropout``),
+        or a second forward with dropout off (``clean``)."""
+        if self.distill_from == "dropout" or not self.training:
+            return out
+        with dropout_off(self):
+            return self(batch)
+
+    def observe_auto_weights(self, bce: Tensor, out: HeadOutput, seen: HeadOutput,
+                             losses: dict[tuple[str, str], Tensor]) -> None:
+        """Warm-up of the ``weight: auto`` plugins: hand each the step's gradient norms
+        ``‖∂L_BCE/∂S‖`` (at ``out.features``) and ``‖∂L_k/∂S‖`` (at ``seen.features``),
+        averaged over DDP ranks. Nothing is done once every auto weight is fixed."""
+        pending = [key for key in losses if self.distill[key[0]][key[1]].auto
+                   and not self.distill[key[0]][key[1]].auto_resolved]
+        if not pending or not out.features.requires_grad:
+            return
+        norms = [torch.autograd.grad(bce, out.features, retain_graph=True)[0].norm()]
+        for key in pending:
+            (g,) = torch.autograd.grad(losses[key], seen.features, retain_graph=True, allow_unused=True)
+            norms.append(g.norm() if g is not None else bce.new_zeros(()))
+        stacked = torch.stack([n.detach().float() for n in norms])
+        if self._trainer is not None and self.trainer.world_size > 1:
+            stacked = self.trainer.strategy.reduce(stacked, reduce_op="mean")
+        values = stacked.tolist()
+        for key, g in zip(pending, values[1:]):
+            self.distill[key[0]][key[1]].auto_observe(values[0], g)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         out = self(batch)
         bsz = batch[MASK].shape[0]
@@ -188,12 +271,18 @@ class StudentModule(DetectorModule):
         total = bce
         self.log("train/bce", bce, batch_size=bsz)
         single = len(self.distill) == 1
-        for (tname, pname), value in self.distillation_losses(out, batch).items():
-            weighted = self.distill_scale * self.distill[tname][pname].weight * value
+        seen = self.distill_forward(out, batch) if self.active_plugins() else out
+        losses = self.distillation_losses(seen, batch)
+        self.observe_auto_weights(bce, out, seen, losses)
+        for (tname, pname), value in losses.items():
+            plugin = self.distill[tname][pname]
+            weighted = self.distill_scale * plugin.weight * value
             total = total + weighted
             key = pname if single else f"{tname}/{pname}"
             self.log(f"train/distill/{key}", value, batch_size=bsz)
             self.log(f"train/distill_weighted/{key}", weighted, batch_size=bsz)
+            if plugin.auto:
+                self.log(f"train/distill_weight/{key}", plugin.weight, batch_size=bsz)
         self.log("train/loss", total, prog_bar=True, batch_size=bsz)
         return total
 
