@@ -23,7 +23,7 @@ import torch
 import yaml
 from torch import Tensor
 
-from kd_detect.data.batch import MASK
+from kd_detect.data.batch import MASK, to_model_layout
 from kd_detect.data.datamodule import FeatureDataModule
 from kd_detect.distill.atomic import InBatchContrastive, atom_index
 from kd_detect.modules.loading import load_detector
@@ -63,7 +63,7 @@ def atomic_retrieval(
     net = student.teachers[teacher].eval()
     student.eval()
     totals: dict[str, float] = {}
-    for batch in data.test_dataloader():
+    for batch in map(to_model_layout, data.test_dataloader()):
         s, t = student(batch), net(batch)
         mask = batch[MASK].bool()
         ids, n = atom_index(mask, module.window)

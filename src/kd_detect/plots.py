@@ -32,6 +32,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
+from kd_detect.data.batch import to_model_layout
+
 PROG = "kd-detect plot"
 GT_COLOR = "#2c7fb8"
 ROLE_COLORS = {"teacher": "#d95f02", "KD student": "#1b9e77", "RGB-only": "#7570b3"}
@@ -440,7 +442,7 @@ def _run_models(models: list[RunModel], data: Path, subset: str, video: str | No
             raise UsageError(f"{data}: classes differ from those of {rm.ckpt}")
     dm.setup("test")
     with torch.no_grad():
-        for batch in dm.test_dataloader():
+        for batch in map(to_model_layout, dm.test_dataloader()):
             mask = batch["mask"]
             labels = batch["labels"].transpose(1, 2)[mask]
             for rm in models:

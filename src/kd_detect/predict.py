@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from kd_detect.data.batch import MASK, META
+from kd_detect.data.batch import MASK, META, to_model_layout
 
 RGB = "rgb"
 
@@ -191,7 +191,7 @@ def iter_scores(
     """``(video_id, duration, scores (T, C) float32)`` per video of ``loader``'s batches;
     ``durations`` (the file's float64 values) override the batch's float32 ones."""
     durations = durations or {}
-    for batch in loader:
+    for batch in map(to_model_layout, loader):
         probs = predictor(batch).float().cpu()
         lengths = batch[MASK].sum(1).tolist()
         meta = batch[META]

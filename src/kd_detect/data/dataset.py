@@ -8,8 +8,9 @@ behind :class:`~kd_detect.data.datamodule.FeatureDataModule` (DESIGN.md §2, §4
 * Training crops are derived from ``(seed, epoch, index)`` only: the training sampler
   yields ``(index, epoch)`` keys, so every worker and every rank agrees without any
   global RNG state.
-* :func:`collate_videos` pads to the longest window of the batch and builds the batch
-  of ``kd_detect.data.batch``, transposing each item once into the ``(B, D, T)`` tensor.
+* :func:`collate_videos` pads to the longest window of the batch and builds the host-layout
+  batch of ``kd_detect.data.batch``: one row copy per item into a ``(B, T, D)`` tensor of
+  the stored dtype (no transpose, no cast; those happen on the device, after transfer).
 * :class:`UnrepeatedDistributedSampler` partitions evaluation videos over ranks without
   padding (every video counted exactly once in the metrics, DESIGN.md §5).
 """
@@ -25,7 +26,7 @@ import torch
 from h5py import h5d, h5s
 from torch.utils.data import Dataset, DistributedSampler
 
-from .batch import LABELS, MASK, META
+from .batch import HOST_LAYOUT, LABELS, LAYOUT, MASK, META
 from .format import SEGMENTS, VIDEOS_GROUP, FeatureFile, FeatureFileError
 
 Key = int | tuple[int, int]
@@ -263,29 +264,40 @@ def transpose_into(out: torch.Tensor, index: int, rows: np.ndarray) -> None:
         out[index, :, n:].zero_()
 
 
+def _pad_rows(arrays: list[np.ndarray | None], steps: int, width: int, dtype: np.dtype) -> torch.Tensor:
+    """``(B, steps, width)`` tensor of ``dtype`` with ``arrays[b]`` in rows ``[0, n_b)`` and
+    zeros elsewhere (``None`` gives a zero item): a plain row copy per item, no transpose."""
+    out = torch.empty(len(arrays), steps, width, dtype=torch.from_numpy(np.empty(0, dtype)).dtype)
+    view = out.numpy()
+    for b, rows in enumerate(arrays):
+        n = 0 if rows is None else rows.shape[0]
+        if n:
+            np.copyto(view[b, :n], rows, casting="safe")
+        if n < steps:
+            view[b, n:] = 0
+    return out
+
+
 def collate_videos(items: list[dict], num_classes: int) -> dict:
-    """Pad a list of :class:`FeatureDataset` items into a batch (``kd_detect.data.batch``):
-    modalities ``(B, D_m, T)`` float32, labels ``(B, C, T)`` float32 (zeros when a video
-    has none), mask ``(B, T)`` bool; padding is zero everywhere."""
-    bsz = len(items)
+    """Pad a list of :class:`FeatureDataset` items into a **host-layout** batch
+    (``kd_detect.data.batch``): modalities ``(B, T, D_m)`` in their stored dtype, labels
+    ``(B, T, C)`` in theirs (uint8; zeros when a video has none), mask ``(B, T)`` bool;
+    padding is zero everywhere. When items differ in dtype the batch takes the wider one
+    (``np.result_type``), so no value is rounded.
+    :func:`~kd_detect.data.batch.to_model_layout` gives the ``(B, D, T)`` float32 batch."""
     lengths = [len(next(iter(it["features"].values()))) for it in items]
     steps = max(lengths)
     batch: dict = {}
     for m in items[0]["features"]:
-        dim = items[0]["features"][m].shape[1]
-        buf = torch.empty(bsz, dim, steps, dtype=torch.float32)
-        for b, it in enumerate(items):
-            transpose_into(buf, b, it["features"][m])
-        batch[m] = buf
-    labels = torch.empty(bsz, num_classes, steps, dtype=torch.float32)
-    mask = torch.zeros(bsz, steps, dtype=torch.bool)
-    for b, it in enumerate(items):
-        mask[b, : lengths[b]] = True
-        if it[LABELS] is not None:
-            transpose_into(labels, b, it[LABELS])
-        else:
-            labels[b].zero_()
-    batch[LABELS] = labels
+        arrays = [it["features"][m] for it in items]
+        dtype = np.result_type(*(a.dtype for a in arrays))
+        batch[m] = _pad_rows(arrays, steps, arrays[0].shape[1], dtype)
+    labels = [it[LABELS] for it in items]
+    present = [a.dtype for a in labels if a is not None]
+    batch[LABELS] = _pad_rows(labels, steps, num_classes, np.result_type(*present) if present else np.dtype(np.uint8))
+    mask = torch.zeros(len(items), steps, dtype=torch.bool)
+    for b, n in enumerate(lengths):
+        mask[b, :n] = True
     batch[MASK] = mask
     batch[META] = {
         "video_id": [it["video_id"] for it in items],
@@ -294,6 +306,7 @@ def collate_videos(items: list[dict], num_classes: int) -> dict:
         "offset": torch.tensor([it["offset"] for it in items], dtype=torch.long),
         "segments": [it["segments"] for it in items],
     }
+    batch[LAYOUT] = HOST_LAYOUT
     return batch
 
 
