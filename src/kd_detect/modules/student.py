@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Any
 
@@ -183,7 +184,9 @@ class StudentModule(DetectorModule):
         if teacher.training:  # nobody may flip it back; be loud if someone did
             teacher.eval()
         dtype = reduced_precision(self._trainer.precision if self._trainer is not None else None)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+        # without a mixed-precision trainer, inherit the caller's autocast state (if any)
+        cast = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+        with torch.inference_mode(), cast:
             out = teacher(batch)
         # Inference tensors cannot be saved for the plugins' backward: hand over float32
         # copies (also what the cache path gives, so plugins see one dtype either way).
