@@ -162,3 +162,37 @@ def test_detector_converts_after_transfer(tmp_path):
     got = module.on_after_batch_transfer(host, 0)
     assert_bit_identical(got, to_model_layout(host))
     assert module(got).logits.shape == (len(host["mask"]), len(CLASSES), host["mask"].shape[1])
+
+
+def test_batched_read_lands_in_the_batch_without_a_copy(tmp_path):
+    """The loader's items are read into one array per field and the collate takes it as
+    the batch (the same memory), with the padding rows zeroed; the per-item path gives the
+    same batch."""
+    path = _write(tmp_path / "x.h5", "float16")
+    dm = FeatureDataModule(path, batch_size=5, max_steps=12, seed=2)
+    dataset = dm.dataset("train")
+    keys = [(i, 1) for i in (4, 0, 3, 1, 2)]
+    items = dataset.__getitems__(keys)
+    batch = collate_videos(items, len(CLASSES))
+    for field in ("rgb", "flow"):
+        assert np.shares_memory(batch[field].numpy(), items[0]["features"][field])
+    assert np.shares_memory(batch["labels"].numpy(), items[0]["labels"])
+    one_by_one = collate_videos([dataset[k] for k in keys], len(CLASSES))
+    assert_bit_identical(to_model_layout(batch), to_model_layout(one_by_one))
+    assert_bit_identical(to_model_layout(batch), reference_collate([dataset[k] for k in keys], len(CLASSES)))
+
+
+def test_batched_read_falls_back_for_what_it_does_not_cover(tmp_path):
+    """Chunked/compressed fields and missing labels take the per-item path (same batch)."""
+    path = _write(tmp_path / "x.h5", "float32", unlabeled=("v2",))
+    with h5py.File(path, "a") as h5:
+        data = h5["videos/v0/rgb"][()]
+        del h5["videos/v0/rgb"]
+        h5.create_dataset("videos/v0/rgb", data=data, compression="gzip", chunks=(2, data.shape[1]))
+    dm = FeatureDataModule(path, batch_size=7, require_labels=False)
+    dataset = dm.dataset("predict")
+    keys = list(range(7))
+    items = dataset.__getitems__(keys)
+    batch = collate_videos(items, len(CLASSES))
+    assert not np.shares_memory(batch["rgb"].numpy(), items[0]["features"]["rgb"])
+    assert_bit_identical(to_model_layout(batch), reference_collate([dataset[k] for k in keys], len(CLASSES)))

@@ -211,15 +211,75 @@ class FeatureDataset(Dataset):
         self._cache = cache
 
     # ------------------------------------------------------------------ items
-    def __getitem__(self, key: Key) -> dict:
-        """``{"features": {m: (L, D_m)}, "labels": (L, C) uint8 | None, "video_id", "duration",
-        "length", "offset", "segments"}`` for the window ``[offset, offset + L)``."""
+    def _window(self, key: Key) -> tuple[int, str, int, int, int | None]:
+        """``(index, video_id, length, offset, stop)`` of the window a key selects."""
         index, epoch = key if isinstance(key, tuple) else (key, self.epoch)
         index = int(index)
-        video_id = self.video_ids[index]
         length = self.lengths[index]
         offset = crop_offset(self.seed, int(epoch), index, length, self.max_steps)
         stop = None if self.max_steps is None or length <= self.max_steps else offset + self.max_steps
+        return index, self.video_ids[index], length, offset, stop
+
+    def _item(self, video_id: str, length: int, offset: int, data: dict) -> dict:
+        return {
+            "features": data,
+            LABELS: data.pop(LABELS),
+            "video_id": video_id,
+            "duration": self.file.durations[video_id],
+            "length": length,
+            "offset": offset,
+            "segments": self._read_segments(video_id),
+        }
+
+    def __getitems__(self, keys: Sequence[Key]) -> list[dict]:
+        """The items of one batch (what the DataLoader asks for), each field read straight
+        into a shared ``(B, T_max, ...)`` array of its stored dtype: the items'
+        arrays are row views of it and :func:`collate_videos` takes the array as the batch
+        without copying. Only for what the direct read covers (lazy reads of contiguous
+        datasets of one dtype whose row count is the video's length); anything else, and
+        every error, goes through :meth:`__getitem__` item by item, with the same result."""
+        if self._cache is not None or not keys:
+            return [self[k] for k in keys]
+        windows = [self._window(k) for k in keys]
+        spans = [(offset, length if stop is None else stop) for _, _, length, offset, stop in windows]
+        steps = max(b - a for a, b in spans)
+        h5 = self.file.h5
+        views: list[dict] = [{} for _ in windows]
+        for field in [*self.modalities, LABELS]:
+            layouts = []
+            for _, video_id, length, _, _ in windows:
+                path = f"{VIDEOS_GROUP}/{video_id}/{field}"
+                layout = self._layouts.get(path)
+                if layout is None:
+                    try:
+                        layout = dataset_layout(h5, path)
+                    except (KeyError, OSError, TypeError, ValueError):
+                        layout = None
+                    if layout is not None:
+                        self._layouts[path] = layout
+                if layout is None or layout.offset is None or len(layout.shape) != 2 or layout.shape[0] != length:
+                    return [self[k] for k in keys]
+                layouts.append(layout)
+            if len({(lay.dtype, lay.shape[1]) for lay in layouts}) != 1:
+                return [self[k] for k in keys]
+            width, dtype = layouts[0].shape[1], layouts[0].dtype
+            try:
+                buf = torch.empty(len(windows), steps, width, dtype=_torch_dtype(dtype)).numpy()
+            except TypeError:  # a dtype torch has no tensor for
+                return [self[k] for k in keys]
+            fd = h5.id.get_vfd_handle()
+            for b, ((start, stop), layout) in enumerate(zip(spans, layouts)):
+                n = stop - start
+                if n:
+                    _pread_into(fd, buf[b, :n], layout.offset + start * width * dtype.itemsize)
+                views[b][field] = buf[b, :n]  # padding rows are zeroed by the collate
+        return [self._item(video_id, length, offset, data)
+                for (_, video_id, length, offset, _), data in zip(windows, views)]
+
+    def __getitem__(self, key: Key) -> dict:
+        """``{"features": {m: (L, D_m)}, "labels": (L, C) uint8 | None, "video_id", "duration",
+        "length", "offset", "segments"}`` for the window ``[offset, offset + L)``."""
+        index, video_id, length, offset, stop = self._window(key)
         data = self._read(video_id, offset, stop)
         labels = data.pop(LABELS)
         window = len(next(iter(data.values())))
@@ -234,15 +294,8 @@ class FeatureDataset(Dataset):
                 f"{self.file.path}: video {video_id!r}: field 'labels' has shape {labels.shape}, "
                 f"expected ({window}, C)"
             )
-        return {
-            "features": data,
-            LABELS: labels,
-            "video_id": video_id,
-            "duration": self.file.durations[video_id],
-            "length": length,
-            "offset": offset,
-            "segments": self._read_segments(video_id),
-        }
+        data[LABELS] = labels
+        return self._item(video_id, length, offset, data)
 
 
 def transpose_into(out: torch.Tensor, index: int, rows: np.ndarray) -> None:
@@ -264,10 +317,36 @@ def transpose_into(out: torch.Tensor, index: int, rows: np.ndarray) -> None:
         out[index, :, n:].zero_()
 
 
+def _torch_dtype(dtype: np.dtype) -> torch.dtype:
+    """The torch dtype of a numpy one (TypeError when torch has none)."""
+    return torch.from_numpy(np.empty(0, dtype)).dtype
+
+
+def _shared_rows(arrays: list[np.ndarray | None], steps: int, width: int) -> torch.Tensor | None:
+    """The ``(B, steps, width)`` array the items' arrays are the leading rows of -- what
+    :meth:`FeatureDataset.__getitems__` reads into -- as a tensor (no copy), its padding
+    rows zeroed; ``None`` when the arrays are anything else."""
+    base = arrays[0].base if arrays and arrays[0] is not None else None
+    if not isinstance(base, np.ndarray) or base.shape != (len(arrays), steps, width) or not base.flags.c_contiguous:
+        return None
+    start = base.__array_interface__["data"][0]
+    for b, arr in enumerate(arrays):
+        if (arr is None or arr.base is not base or arr.shape[1:] != (width,)
+                or arr.__array_interface__["data"][0] != start + b * base.strides[0]):
+            return None
+    for b, arr in enumerate(arrays):
+        base[b, arr.shape[0]:] = 0
+    return torch.from_numpy(base)
+
+
 def _pad_rows(arrays: list[np.ndarray | None], steps: int, width: int, dtype: np.dtype) -> torch.Tensor:
     """``(B, steps, width)`` tensor of ``dtype`` with ``arrays[b]`` in rows ``[0, n_b)`` and
-    zeros elsewhere (``None`` gives a zero item): a plain row copy per item, no transpose."""
-    out = torch.empty(len(arrays), steps, width, dtype=torch.from_numpy(np.empty(0, dtype)).dtype)
+    zeros elsewhere (``None`` gives a zero item): a plain row copy per item, no transpose --
+    or no copy at all when the items were read into one batch array (:func:`_shared_rows`)."""
+    shared = _shared_rows(arrays, steps, width)
+    if shared is not None:
+        return shared
+    out = torch.empty(len(arrays), steps, width, dtype=_torch_dtype(dtype))
     view = out.numpy()
     for b, rows in enumerate(arrays):
         n = 0 if rows is None else rows.shape[0]
