@@ -196,3 +196,29 @@ def test_batched_read_falls_back_for_what_it_does_not_cover(tmp_path):
     batch = collate_videos(items, len(CLASSES))
     assert not np.shares_memory(batch["rgb"].numpy(), items[0]["features"]["rgb"])
     assert_bit_identical(to_model_layout(batch), reference_collate([dataset[k] for k in keys], len(CLASSES)))
+
+
+def test_batch_memory_is_reused_only_once_released(tmp_path):
+    """The pool never hands out memory a batch, an item or a view still refers to, and
+    reuses it once they are gone (so memory stays bounded)."""
+    path = _write(tmp_path / "x.h5", "float32")
+    dataset = FeatureDataModule(path, batch_size=3).dataset("train")
+    fields = 3  # rgb, flow, labels
+    held = collate_videos(dataset.__getitems__([0, 1, 2]), len(CLASSES))
+    kept = {k: held[k].clone() for k in ("rgb", "flow", "labels")}
+    items = dataset.__getitems__([3, 4])  # items alone also hold their buffers
+    item_rows = items[0]["features"]["rgb"].copy()
+    for _ in range(5):
+        other = collate_videos(dataset.__getitems__([4, 3, 1]), len(CLASSES))
+        for k in kept:
+            assert not np.shares_memory(other[k].numpy(), held[k].numpy())
+        del other
+    for k, v in kept.items():
+        assert torch.equal(held[k], v)  # never overwritten
+    np.testing.assert_array_equal(items[0]["features"]["rgb"], item_rows)
+    # held batch + held items + one batch in flight, each field once: bounded, reused
+    assert len(dataset._pool) == 3 * fields
+    del held, items
+    for _ in range(5):
+        collate_videos(dataset.__getitems__([0, 1, 2]), len(CLASSES))
+    assert len(dataset._pool) == 3 * fields

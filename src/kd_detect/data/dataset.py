@@ -18,6 +18,7 @@ behind :class:`~kd_detect.data.datamodule.FeatureDataModule` (DESIGN.md §2, §4
 from __future__ import annotations
 
 import os
+import sys
 from typing import Iterator, NamedTuple, Sequence
 
 import h5py
@@ -30,6 +31,7 @@ from .batch import HOST_LAYOUT, LABELS, LAYOUT, MASK, META
 from .format import SEGMENTS, VIDEOS_GROUP, FeatureFile, FeatureFileError
 
 Key = int | tuple[int, int]
+POOL_BUFFERS = 32  # batch buffers a dataset keeps for reuse (a few live batches x fields)
 
 
 # ---------------------------------------------------------------------------- reading
@@ -152,6 +154,7 @@ class FeatureDataset(Dataset):
         self._segments: dict[str, np.ndarray] = {}
         self._layouts: dict[str, Layout] = {}
         self._cache: dict[str, dict[str, np.ndarray | None]] | None = None
+        self._pool: list[np.ndarray] = []  # batch memory for __getitems__, reused once released
         if preload:
             self.preload()
 
@@ -264,9 +267,10 @@ class FeatureDataset(Dataset):
                 return [self[k] for k in keys]
             width, dtype = layouts[0].shape[1], layouts[0].dtype
             try:
-                buf = torch.empty(len(windows), steps, width, dtype=_torch_dtype(dtype)).numpy()
+                _torch_dtype(dtype)
             except TypeError:  # a dtype torch has no tensor for
                 return [self[k] for k in keys]
+            buf = self._batch_array((len(windows), steps, width), dtype)
             fd = h5.id.get_vfd_handle()
             for b, ((start, stop), layout) in enumerate(zip(spans, layouts)):
                 n = stop - start
@@ -275,6 +279,30 @@ class FeatureDataset(Dataset):
                 views[b][field] = buf[b, :n]  # padding rows are zeroed by the collate
         return [self._item(video_id, length, offset, data)
                 for (_, video_id, length, offset, _), data in zip(windows, views)]
+
+    def _batch_array(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """An uninitialised C-contiguous array of ``shape``/``dtype`` whose ``base`` is a
+        flat byte buffer of this dataset's pool, reused once nothing refers to it any more
+        (no batch tensor, item or view): fresh multi-MiB allocations are returned to the
+        kernel on free and page-faulted in again on every batch, which cost more than the
+        reads themselves on the benchmark VM."""
+        need = int(np.prod(shape)) * dtype.itemsize
+        flat = None
+        for candidate in self._pool:
+            # referents: the pool list, `candidate`, getrefcount's argument -- nobody else
+            if candidate.nbytes >= need and sys.getrefcount(candidate) == 3:
+                flat = candidate
+                break
+        if flat is None:
+            flat = np.empty(max(need, 1), np.uint8)
+            if len(self._pool) < POOL_BUFFERS:
+                self._pool.append(flat)
+        return flat[:need].view(dtype).reshape(shape)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_pool"] = []  # batch memory stays with its process
+        return state
 
     def __getitem__(self, key: Key) -> dict:
         """``{"features": {m: (L, D_m)}, "labels": (L, C) uint8 | None, "video_id", "duration",
@@ -324,19 +352,28 @@ def _torch_dtype(dtype: np.dtype) -> torch.dtype:
 
 def _shared_rows(arrays: list[np.ndarray | None], steps: int, width: int) -> torch.Tensor | None:
     """The ``(B, steps, width)`` array the items' arrays are the leading rows of -- what
-    :meth:`FeatureDataset.__getitems__` reads into -- as a tensor (no copy), its padding
-    rows zeroed; ``None`` when the arrays are anything else."""
-    base = arrays[0].base if arrays and arrays[0] is not None else None
-    if not isinstance(base, np.ndarray) or base.shape != (len(arrays), steps, width) or not base.flags.c_contiguous:
+    :meth:`FeatureDataset.__getitems__` reads into: row views of one flat byte buffer,
+    item ``b`` at byte ``b * steps * width * itemsize`` -- as a tensor (no copy), its
+    padding rows zeroed; ``None`` when the arrays are anything else."""
+    first = arrays[0] if arrays else None
+    if first is None or first.ndim != 2 or first.shape[1] != width:
         return None
-    start = base.__array_interface__["data"][0]
+    flat, dtype = first.base, first.dtype
+    if not isinstance(flat, np.ndarray) or flat.ndim != 1 or flat.dtype != np.uint8 or not flat.flags.c_contiguous:
+        return None
+    need = len(arrays) * steps * width * dtype.itemsize
+    start = flat.__array_interface__["data"][0]
+    if flat.nbytes < need:
+        return None
     for b, arr in enumerate(arrays):
-        if (arr is None or arr.base is not base or arr.shape[1:] != (width,)
-                or arr.__array_interface__["data"][0] != start + b * base.strides[0]):
+        if (arr is None or arr.base is not flat or arr.dtype != dtype or arr.ndim != 2 or arr.shape[1] != width
+                or not arr.flags.c_contiguous
+                or arr.__array_interface__["data"][0] != start + b * steps * width * dtype.itemsize):
             return None
+    batch = flat[:need].view(dtype).reshape(len(arrays), steps, width)
     for b, arr in enumerate(arrays):
-        base[b, arr.shape[0]:] = 0
-    return torch.from_numpy(base)
+        batch[b, arr.shape[0]:] = 0
+    return torch.from_numpy(batch)
 
 
 def _pad_rows(arrays: list[np.ndarray | None], steps: int, width: int, dtype: np.dtype) -> torch.Tensor:
