@@ -18,6 +18,7 @@ RAW     ?=
 SEEDS   ?= 3
 COUNT   ?= 20
 QUICK   ?=
+DEVICE  ?=
 
 export WANDB_SILENT ?= true
 
@@ -25,7 +26,7 @@ export WANDB_SILENT ?= true
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
-	@echo "  variables: EXP=name ARGS=\"--key=value ...\" RESUME=1 DATASET=name RAW=dir SEEDS=3 COUNT=20 QUICK=1"
+	@echo "  variables: EXP=name ARGS=\"--key=value ...\" RESUME=1 DATASET=name RAW=dir SEEDS=3 COUNT=20 QUICK=1 DEVICE=cuda"
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -95,8 +96,8 @@ compare: $(STAMP) data/synthetic.h5 ## RGB vs teacher vs KD (+ ablations, baseli
 sweep: $(STAMP) ## wandb sweep over loss weights (EXP=name, COUNT=20; needs wandb login)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m kd_detect.lab.sweep $(or $(EXP),synthetic_kd) --count $(COUNT)
 
-bench: $(STAMP) ## performance report (runs/bench/report.md, .json); QUICK=1 for a short version
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) benchmarks/bench.py $(if $(QUICK),--quick,)
+bench: $(STAMP) ## performance report (runs/bench/report.md, .json); QUICK=1 short, DEVICE=cuda on a GPU
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) benchmarks/bench.py $(if $(QUICK),--quick,) $(if $(DEVICE),--device $(DEVICE),)
 
 clean-runs: ## delete runs/ (checkpoints, metrics, reports)
 	rm -rf runs

@@ -22,9 +22,11 @@ from kd_detect.io import atomic_write
 
 
 # --------------------------------------------------------------------------- timing
-def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1,
+                sync: Callable[[], Any] | None = None) -> dict[str, list[float]]:
     """Seconds per call of every function, run round-robin ``repeats`` times after
-    ``warmup`` untimed rounds."""
+    ``warmup`` untimed rounds; ``sync`` (e.g. ``torch.cuda.synchronize``) is called before
+    each timer stop, so asynchronous device work is counted."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -33,6 +35,8 @@ def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1
         for key, fn in fns.items():
             t0 = time.perf_counter()
             fn()
+            if sync is not None:
+                sync()
             times[key].append(time.perf_counter() - t0)
     return times
 

@@ -3,13 +3,19 @@ and the raw read bandwidth of the same bytes (the ceiling).
 
 Variants (same videos, batch size, workers and collate; page cache warm for all):
 
-* ``h5_<dtype>``: ``FeatureDataModule(...).train_dataloader()`` over the file, lazy reads;
+* ``h5_<dtype>``: ``FeatureDataModule(...).train_dataloader()`` over the file, lazy reads
+  (host-layout batches: the stored rows and dtype, what goes over the bus);
+* ``h5_model_<dtype>``: the same plus :func:`~kd_detect.data.batch.to_model_layout` on the
+  bench device (the widening ``(B, D, T)`` copy; on a CPU-only machine it runs on the CPU,
+  so this is the end-to-end cost of a batch there);
 * ``h5_preload_<dtype>``: the same with ``preload=True`` (RAM, collate only);
 * ``npy_<dtype>``: a plain ``Dataset`` doing ``np.load`` per video and modality, labels
   built in memory at init (as earlier action-detection loaders do), the same collate;
 * ``raw_h5_<dtype>`` / ``raw_npy_<dtype>``: ``readinto`` of the files' bytes, nothing else;
 * ``h5_items_<dtype>`` / ``npy_items_<dtype>``: the datasets' items alone (no collate), to
   split the loader's time into reading and batching.
+
+:func:`bench_workers` times the float16 loader with 0, 1, 2 worker processes.
 
 MB/s counts the stored feature bytes delivered (the file bytes for the raw variants).
 """
@@ -60,11 +66,29 @@ class NpyDataset(Dataset):
         }
 
 
-def _drain(loader: DataLoader) -> int:
+def _drain(loader: DataLoader, convert: Any = None) -> int:
+    """Every batch of one epoch; ``convert`` (e.g. ``to_model_layout``) applied to each."""
     n = 0
     for batch in loader:
+        if convert is not None:
+            batch = convert(batch)
         n += len(batch["meta"]["video_id"])
     return n
+
+
+def _to_device(device: str) -> Any:
+    """``batch -> to_model_layout(batch, device)``, waiting for the device's copy."""
+    from kd_detect.data.batch import to_model_layout
+
+    cuda = torch.device(device).type == "cuda"
+
+    def convert(batch: dict) -> dict:
+        out = to_model_layout(batch, device)
+        if cuda:
+            torch.cuda.synchronize()
+        return out
+
+    return convert
 
 
 def _items(dataset: Dataset, order: list[int]) -> int:
@@ -101,7 +125,8 @@ def payload_bytes(data: GeneratedData, dtype: str) -> int:
 
 
 def bench_loading(data: GeneratedData, batch_size: int, workers: int, repeats: int,
-                  dtypes: tuple[str, ...] = ("float32", "float16"), preload: bool = True) -> dict[str, Any]:
+                  dtypes: tuple[str, ...] = ("float32", "float16"), preload: bool = True,
+                  device: str = "cpu") -> dict[str, Any]:
     """Time one epoch of every variant (interleaved, median of ``repeats``); returns
     per-variant videos/s and MB/s plus the ratios."""
     from kd_detect.data.datamodule import FeatureDataModule
@@ -116,6 +141,7 @@ def bench_loading(data: GeneratedData, batch_size: int, workers: int, repeats: i
         keep.append(dm)
         loader = dm.train_dataloader()
         fns[f"h5_{dt}"] = lambda loader=loader: _drain(loader)
+        fns[f"h5_model_{dt}"] = lambda loader=loader: _drain(loader, _to_device(device))
         if preload:
             dmp = FeatureDataModule(str(data.h5[dt]), modalities=mods, preload=True, **common)
             keep.append(dmp)
@@ -135,7 +161,8 @@ def bench_loading(data: GeneratedData, batch_size: int, workers: int, repeats: i
         npy_files = sorted(data.npy[dt].iterdir())
         fns[f"raw_npy_{dt}"] = _raw_reader(npy_files)
         payload = payload_bytes(data, dt)
-        for key in (f"h5_{dt}", f"h5_preload_{dt}", f"npy_{dt}", f"h5_items_{dt}", f"npy_items_{dt}"):
+        for key in (f"h5_{dt}", f"h5_model_{dt}", f"h5_preload_{dt}", f"npy_{dt}", f"h5_items_{dt}",
+                    f"npy_items_{dt}"):
             bytes_of[key] = payload
         bytes_of[f"raw_h5_{dt}"] = os.path.getsize(data.h5[dt])
         bytes_of[f"raw_npy_{dt}"] = sum(os.path.getsize(p) for p in npy_files)
@@ -152,6 +179,7 @@ def bench_loading(data: GeneratedData, batch_size: int, workers: int, repeats: i
         }
     out: dict[str, Any] = {
         "dataset": data.shape.name, "videos": n_videos, "batch_size": batch_size, "workers": workers,
+        "device": device,
         "repeats": repeats, "variants": variants,
     }
     for dt in dtypes:
@@ -161,6 +189,9 @@ def bench_loading(data: GeneratedData, batch_size: int, workers: int, repeats: i
         out[f"loader_over_raw{tag}"] = v[f"h5_{dt}"]["mb_per_s"] / v[f"raw_h5_{dt}"]["mb_per_s"]
         out[f"npy_loader_over_raw{tag}"] = v[f"npy_{dt}"]["mb_per_s"] / v[f"raw_npy_{dt}"]["mb_per_s"]
         out[f"h5_read_over_npy_read{tag}"] = v[f"h5_items_{dt}"]["videos_per_s"] / v[f"npy_items_{dt}"]["videos_per_s"]
+        # end to end on this machine: the loader plus the model-layout conversion (on `device`)
+        out[f"h5_model_over_npy{tag}"] = v[f"h5_model_{dt}"]["videos_per_s"] / v[f"npy_{dt}"]["videos_per_s"]
+        out[f"model_layout_share{tag}"] = 1.0 - v[f"h5_{dt}"]["seconds_per_epoch"] / v[f"h5_model_{dt}"]["seconds_per_epoch"]
         out[f"h5_read_over_raw{tag}"] = v[f"h5_items_{dt}"]["mb_per_s"] / v[f"raw_h5_{dt}"]["mb_per_s"]
         # share of the loader's time spent batching (collate: pad + transpose + cast)
         out[f"collate_share{tag}"] = 1.0 - v[f"h5_items_{dt}"]["seconds_per_epoch"] / v[f"h5_{dt}"]["seconds_per_epoch"]
@@ -172,3 +203,24 @@ def bench_loading(data: GeneratedData, batch_size: int, workers: int, repeats: i
     for dm in keep:
         dm.teardown("fit")
     return out
+
+
+def bench_workers(data: GeneratedData, batch_size: int, repeats: int, counts: tuple[int, ...] = (0, 1, 2),
+                  dtype: str = "float16") -> dict[str, Any]:
+    """One epoch of the HDF5 loader with each number of worker processes (persistent,
+    interleaved); ``videos_per_s`` per count and the speed-up over 0 workers."""
+    from kd_detect.data.datamodule import FeatureDataModule
+
+    fns, keep = {}, []
+    for n in counts:
+        dm = FeatureDataModule(str(data.h5[dtype]), batch_size=batch_size, num_workers=n,
+                               val_subset="training", test_subset="training")
+        keep.append(dm)
+        fns[str(n)] = lambda loader=dm.train_dataloader(): _drain(loader)
+    times = interleaved(fns, repeats, warmup=1)
+    vps = {k: data.shape.videos / median(ts) for k, ts in times.items()}
+    for dm in keep:
+        dm.teardown("fit")
+    return {"dtype": dtype, "batch_size": batch_size, "cpus": os.cpu_count(), "videos_per_s": vps,
+            "speedup_over_0": {k: v / vps[str(counts[0])] for k, v in vps.items()},
+            "noise": {k: spread(ts) for k, ts in times.items()}}

@@ -8,10 +8,14 @@
 * Compute efficiency: FLOPs of the plain training step (``FlopCounterMode``) per second,
   over the FLOP/s of a dense fp32 matmul timed in the same interleaved run.
 * bf16: every plugin's forward+backward under ``torch.autocast("cpu", bfloat16)``.
+
+With ``device="cuda"`` modules and batches live on the GPU, steps run under the given
+autocast dtype (bf16-mixed where supported) and every timing waits for the device.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from pathlib import Path
 from typing import Any, Callable
@@ -36,22 +40,41 @@ def save_checkpoint(module: Any, path: Path) -> Path:
     return path
 
 
-def batches_of(data: GeneratedData, batch_size: int, n: int, dtype: str = "float16") -> tuple[Any, list[dict]]:
-    """The DataModule (all modalities) and its first ``n`` training batches (whole videos)."""
+def batches_of(data: GeneratedData, batch_size: int, n: int, dtype: str = "float16",
+               device: str = "cpu") -> tuple[Any, list[dict]]:
+    """The DataModule (all modalities) and its first ``n`` training batches (whole videos),
+    on ``device`` in model layout (what the training step sees after the transfer)."""
+    from kd_detect.data.batch import to_model_layout
     from kd_detect.data.datamodule import FeatureDataModule
 
     dm = FeatureDataModule(str(data.h5[dtype]), batch_size=batch_size, val_subset="training",
                            test_subset="training")
-    return dm, list(itertools.islice(iter(dm.train_dataloader()), n))
+    return dm, [to_model_layout(b, device) for b in itertools.islice(iter(dm.train_dataloader()), n)]
 
 
-def _train_step(module: Any, batches: list[dict]) -> Callable[[], None]:
+def device_sync(device: str) -> Callable[[], None] | None:
+    """What a timer must wait for on ``device`` (``None`` on the CPU)."""
+    return torch.cuda.synchronize if torch.device(device).type == "cuda" else None
+
+
+def autocast(device: str, dtype: torch.dtype | None) -> Any:
+    """``torch.autocast`` in ``dtype`` on ``device``'s type, a no-op for ``None``."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def _train_step(module: Any, batches: list[dict], device: str = "cpu",
+                amp: torch.dtype | None = None) -> Callable[[], None]:
+    """One optimiser step per call, the forward (and a live teacher's) under ``amp``
+    autocast as Lightning's mixed-precision plugin runs it."""
     opt = module.configure_optimizers()["optimizer"]
     module.train()
     cycle = itertools.cycle(batches)
 
     def step() -> None:
-        loss = module.training_step(next(cycle), 0)
+        with autocast(device, amp):
+            loss = module.training_step(next(cycle), 0)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -59,7 +82,7 @@ def _train_step(module: Any, batches: list[dict]) -> Callable[[], None]:
     return step
 
 
-def build_modules(dm: Any, root: Path, teacher_fusion: str = "late") -> dict[str, Any]:
+def build_modules(dm: Any, root: Path, teacher_fusion: str = "late", device: str = "cpu") -> dict[str, Any]:
     """Plain RGB PDAN, the flow teacher (checkpoint + cache), KD students (live, cached,
     cached with each plugin alone). Same seed, so every student head starts alike."""
     from kd_detect.data.teacher_cache import write_teacher_cache
@@ -72,7 +95,8 @@ def build_modules(dm: Any, root: Path, teacher_fusion: str = "late") -> dict[str
     teacher = instantiate(TeacherModule, modalities=mods, fusion=teacher_fusion, **common)
     ckpt = save_checkpoint(teacher, root / "teacher.ckpt")
     dm.setup("predict")
-    cache = write_teacher_cache(teacher, dm.predict_dataloader(), root / "teacher_cache.h5", file_sha256(ckpt))
+    cache = write_teacher_cache(teacher, dm.predict_dataloader(), root / "teacher_cache.h5", file_sha256(ckpt),
+                                device=device)
     out: dict[str, Any] = {"teacher": teacher}
 
     def student(**kw: Any) -> Any:
@@ -85,13 +109,13 @@ def build_modules(dm: Any, root: Path, teacher_fusion: str = "late") -> dict[str
     out["kd_cached"] = student(teacher_caches={"flow": str(cache)}, distill=THREE_LOSSES)
     for name, cfg in THREE_LOSSES.items():
         out[f"kd_cached_{name}"] = student(teacher_caches={"flow": str(cache)}, distill={name: cfg})
-    return out
+    return {k: m.to(device) for k, m in out.items()}
 
 
-def dense_matmul(n: int) -> tuple[Callable[[], None], float]:
+def dense_matmul(n: int, device: str = "cpu") -> tuple[Callable[[], None], float]:
     """An ``n×n @ n×n`` fp32 matmul and its FLOPs (the practical ceiling of this machine)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    out = torch.empty(n, n)
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    out = torch.empty(n, n, device=device)
     return (lambda: torch.mm(a, b, out=out)), 2.0 * n**3
 
 
@@ -105,14 +129,15 @@ def count_flops(fn: Callable[[], None]) -> float:
 
 
 def bench_distill(dm: Any, batches: list[dict], root: Path, repeats: int, matmul_n: int = 2048,
-                  teacher_fusion: str = "late") -> dict[str, Any]:
+                  teacher_fusion: str = "late", device: str = "cpu", amp: torch.dtype | None = None) -> dict[str, Any]:
     """Interleaved training steps of every variant + the dense matmul; ratios over plain."""
-    modules = build_modules(dm, root, teacher_fusion)
-    fns = {k: _train_step(modules[k], batches) for k in modules if k != "teacher"}
-    mm, mm_flops = dense_matmul(matmul_n)
+    modules = build_modules(dm, root, teacher_fusion, device)
+    fns = {k: _train_step(modules[k], batches, device, amp) for k in modules if k != "teacher"}
+    mm, mm_flops = dense_matmul(matmul_n, device)
     fns["dense_matmul"] = mm
-    step_flops = count_flops(_train_step(modules["plain"], batches[:1]))
-    times = interleaved(fns, repeats, warmup=1)
+    step_flops = count_flops(_train_step(modules["plain"], batches[:1], device, amp))
+    sync = device_sync(device)
+    times = interleaved(fns, repeats, warmup=1, sync=sync)
     sec = {k: median(v) for k, v in times.items()}
     plain = sec["plain"]
     bsz = int(batches[0]["mask"].shape[0])
@@ -120,7 +145,7 @@ def bench_distill(dm: Any, batches: list[dict], root: Path, repeats: int, matmul
     out = {
         "batch_size": bsz, "batches": len(batches), "padded_steps": steps, "repeats": repeats,
         "teacher": f"TeacherModule rgb+flow, fusion={teacher_fusion}, PDAN default (hidden 512)",
-        "student": "PDAN default (hidden 512), rgb only",
+        "student": "PDAN default (hidden 512), rgb only", "device": device, "amp": str(amp),
         "seconds": sec, "noise": {k: spread(v) for k, v in times.items()},
         "over_plain": {k: sec[k] / plain for k in sec if k not in ("dense_matmul",)},
         "plain_step_gflop": step_flops / 1e9,
@@ -128,29 +153,36 @@ def bench_distill(dm: Any, batches: list[dict], root: Path, repeats: int, matmul
         "matmul_n": matmul_n, "matmul_gflops_per_s": mm_flops / sec["dense_matmul"] / 1e9,
     }
     out["pdan_flops_over_matmul"] = out["pdan_gflops_per_s"] / out["matmul_gflops_per_s"]
-    # the teacher's own forward (what a live teacher adds), for the explanation
+    # the teacher's own forward (what a live teacher adds), as StudentModule runs it
     teacher = modules["teacher"].eval()
     cycle = itertools.cycle(batches)
 
     def teacher_forward() -> None:
-        with torch.no_grad():
+        with torch.inference_mode(), autocast(device, amp):
             teacher(next(cycle))
 
-    t_times = interleaved({"teacher_forward": teacher_forward, "plain": fns["plain"]}, max(2, repeats // 2))
+    t_times = interleaved({"teacher_forward": teacher_forward, "plain": fns["plain"]}, max(2, repeats // 2),
+                          sync=sync)
     out["teacher_forward_over_plain_step"] = median(t_times["teacher_forward"]) / median(t_times["plain"])
     # FLOP floor of the live path: at equal FLOP/s a live teacher costs at least this much
     out["teacher_forward_gflop"] = count_flops(teacher_forward) / 1e9
     out["live_flop_floor_over_plain"] = 1.0 + out["teacher_forward_gflop"] / out["plain_step_gflop"]
+    out["kd_live_over_floor"] = out["over_plain"]["kd_live"] / out["live_flop_floor_over_plain"]
+    # where the live step's time goes, measured: plugins (the cached step) + teacher forward
+    out["kd_live_parts_over_plain"] = out["over_plain"]["kd_cached"] + out["teacher_forward_over_plain_step"]
+    out["teacher_gflops_per_s_over_plain"] = (
+        out["teacher_forward_gflop"] / median(t_times["teacher_forward"])
+        / (out["plain_step_gflop"] / median(t_times["plain"])))
     return out
 
 
-def bench_inference(dm: Any, batches: list[dict], repeats: int) -> dict[str, Any]:
+def bench_inference(dm: Any, batches: list[dict], repeats: int, device: str = "cpu") -> dict[str, Any]:
     """Eval-mode ``no_grad`` forwards of the RGB PDAN at batch 1 and at the batches' size."""
     from kd_detect.modules import DetectorModule, instantiate
 
     torch.manual_seed(0)
     model = instantiate(DetectorModule, modalities=["rgb"], num_classes=dm.num_classes, classes=dm.classes,
-                        modality_dims=dm.modality_dims).eval()
+                        modality_dims=dm.modality_dims).eval().to(device)
     big = batches[0]
     single = {"rgb": big["rgb"][:1, :, : int(big["mask"][0].sum())].contiguous(),
               "mask": big["mask"][:1, : int(big["mask"][0].sum())]}
@@ -166,7 +198,7 @@ def bench_inference(dm: Any, batches: list[dict], repeats: int) -> dict[str, Any
         for _ in range(inner):
             fwd(single)()
 
-    times = interleaved({"b1_x8": single_many, "batched": fwd(big)}, repeats, warmup=1)
+    times = interleaved({"b1_x8": single_many, "batched": fwd(big)}, repeats, warmup=1, sync=device_sync(device))
     t1 = median(times["b1_x8"]) / inner
     tb = median(times["batched"])
     bsz, steps_b = big["mask"].shape

@@ -10,17 +10,19 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import bench, seqloss
+import sys
+
+from benchmarks import bench, cli, seqloss
 from benchmarks.common import DataShape, interleaved, write_data
 
 TINY_CHARADES = DataShape("charades", 6, (8, 14), (("rgb", 16), ("flow", 8)), 5, segments=2)
 TINY_TSU = DataShape("tsu", 3, (30, 40), (("rgb", 16), ("pose", 4)), 3, segments=2)
 TINY_SIZES = dict(charades_videos=6, tsu_videos=3, load_batch=4, tsu_batch=2, load_repeats=1, distill_batch=2,
                   distill_batches=2, distill_repeats=1, infer_repeats=1, seq_steps=[64, 128], seq_repeats=1,
-                  matmul_n=64)
-HEADLINE = ["kd_cached_over_plain", "kd_live_over_plain", "h5_over_npy", "loader_over_raw",
-            "global_kl_extra_mb_T16384", "global_gram_extra_mb_T16384", "student_steps_per_s",
-            "pdan_flops_over_matmul"]
+                  matmul_n=64, worker_repeats=1, cli_repeats=1)
+HEADLINE = ["kd_cached_over_plain", "kd_live_over_plain", "kd_live_over_floor", "h5_over_npy", "h5_over_npy_read",
+            "h5_over_npy_fp16", "loader_over_raw", "global_kl_extra_mb_T16384", "global_gram_extra_mb_T16384",
+            "student_steps_per_s", "pdan_flops_over_matmul", "cli_help_seconds", "cli_check_seconds"]
 
 
 def test_quick_mode_end_to_end(tmp_path, monkeypatch):
@@ -28,14 +30,27 @@ def test_quick_mode_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "CHARADES", TINY_CHARADES)
     monkeypatch.setattr(bench, "TSU", TINY_TSU)
     monkeypatch.setattr(seqloss, "LOSSES", {k: seqloss.LOSSES[k] for k in ("global_kl", "global_gram")})
+    # the real commands take seconds each: time two tiny ones, one of which fails
+    monkeypatch.setattr(cli, "cli_commands", lambda small: {"help": [sys.executable, "-c", "pass"],
+                                                            "check": [sys.executable, "-c", "raise SystemExit(3)"]})
     out = tmp_path / "bench"
     assert bench.main(["--quick", "--out", str(out), "--tmp", str(tmp_path)]) == 0
     report = json.loads((out / "report.json").read_text())
     for key in HEADLINE:
         assert key in report, key
-    for key in ("kd_cached_over_plain", "kd_live_over_plain", "h5_over_npy", "loader_over_raw",
-                "student_steps_per_s", "pdan_flops_over_matmul"):
+    for key in ("kd_cached_over_plain", "kd_live_over_plain", "kd_live_over_floor", "h5_over_npy",
+                "h5_over_npy_read", "h5_over_npy_fp16", "loader_over_raw", "student_steps_per_s",
+                "pdan_flops_over_matmul", "cli_help_seconds"):
         assert report[key] > 0, key
+    d = report["results"]["distill"]
+    assert report["kd_live_over_floor"] == pytest.approx(d["over_plain"]["kd_live"] / d["live_flop_floor_over_plain"])
+    assert d["live_flop_floor_over_plain"] > 1.0
+    assert set(report["workers_videos_per_s"]) == {"0", "1", "2"}
+    assert report["results"]["cli"]["commands"]["check"] == {"argv": sys.executable.rsplit("/", 1)[-1] + " -c raise "
+                                                             "SystemExit(3)", "exit_code": 3, "seconds": None}
+    assert report["cli_check_seconds"] is None
+    variants = report["results"]["loading"]["charades"]["variants"]
+    assert {"h5_model_float16", "h5_model_float32", "npy_float16"} <= set(variants)
     assert report["bf16_all_finite"] is True
     assert report["meta"]["threads"] == 1 and report["meta"]["quick"] is True
     sq = report["results"]["seq_losses"]["losses"]
@@ -43,7 +58,7 @@ def test_quick_mode_end_to_end(tmp_path, monkeypatch):
     assert all(p["finite"] and p["extra_mb"] >= 0 for v in sq.values() for p in v["points"].values())
     assert {t["key"] for t in report["targets"]} >= {"kd_cached_over_plain", "h5_over_npy"}
     md = (out / "report.md").read_text()
-    assert "## Targets" in md and "kd_live_over_plain" in md
+    assert "## Targets" in md and "kd_live_over_floor" in md and "workers" in md and "## 7. Command line" in md
     assert not list(out.glob(".*.tmp"))  # written atomically
 
 
@@ -111,3 +126,17 @@ def test_generated_data_matches_between_h5_and_npy(tmp_path):
         for vid in h5["videos"]:
             for m, _ in TINY_CHARADES.modalities:
                 np.testing.assert_array_equal(h5["videos"][vid][m][()], np.load(data.npy["float16"] / f"{vid}_{m}.npy"))
+
+
+def test_cuda_device_without_gpu_says_one_line_and_exits_0(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: the CUDA path is not what this test covers")
+    out = tmp_path / "bench"
+    assert bench.main(["--quick", "--device", "cuda", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and "no CUDA GPU" in printed[0]
+    assert not out.exists()
+
+
+def test_amp_dtype_is_fp32_on_cpu():
+    assert bench.amp_dtype("cpu") is None

@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from kd_detect.data.batch import modalities_in
+from kd_detect.data.batch import modalities_in, to_model_layout
 from kd_detect.data.datamodule import FeatureDataModule, fixed_share
 from kd_detect.data.dataset import UnrepeatedDistributedSampler, crop_offset
 from kd_detect.data.format import FeatureFile, FeatureFileError
 
 
 def _batches(loader) -> list[dict]:
-    return list(loader)
+    """The loader's batches in model layout (what the heads see)."""
+    return [to_model_layout(b) for b in loader]
 
 
 def _assert_same_batches(a: list[dict], b: list[dict]) -> None:
@@ -85,7 +86,7 @@ def test_training_crops_are_file_slices(synthetic_h5):
     for epoch in (0, 1):
         loader.sampler.set_epoch(epoch)
         ids = []
-        for batch in loader:
+        for batch in map(to_model_layout, loader):
             assert batch["mask"].shape[1] <= max_steps
             for b, vid in enumerate(batch["meta"]["video_id"]):
                 length, offset = int(batch["meta"]["length"][b]), int(batch["meta"]["offset"][b])
@@ -213,6 +214,9 @@ def test_lightning_keeps_samplers_and_sets_epoch(synthetic_h5):
             super().__init__()
             self.layer = torch.nn.Conv1d(16, 6, 1)
             self.offsets: dict[int, list[int]] = {}
+
+        def on_after_batch_transfer(self, batch, _):  # the batch contract: host -> model layout
+            return to_model_layout(batch)
 
         def training_step(self, batch, _):
             self.offsets.setdefault(self.current_epoch, []).extend(batch["meta"]["offset"].tolist())

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from kd_detect.apps.cache_teacher import main as cache_teacher
 from kd_detect.callbacks import DistillationWarmup, StopDistillation
+from kd_detect.data.batch import to_model_layout
 from kd_detect.data.datamodule import FeatureDataModule
 from kd_detect.data.format import FeatureFileError, VideoRecord, write_feature_file
 from kd_detect.distill.base import DistillationLoss
@@ -134,7 +135,7 @@ def test_zero_weight_plugins_skip_the_teacher(files, monkeypatch):
     teacher = student.teachers["t"]
     monkeypatch.setattr(teacher, "forward", lambda batch: calls.append(1))
     dm.setup("fit")
-    batch = next(iter(dm.train_dataloader()))
+    batch = to_model_layout(next(iter(dm.train_dataloader())))
     loss = student.training_step(batch, 0)
     assert torch.isfinite(loss) and calls == []
 
@@ -150,7 +151,7 @@ def test_cache_and_live_teacher_give_identical_losses(files, tmp_path):
     cached.eval()
     assert not cached.teachers  # the cache replaced the live teacher
     dm.setup("test")
-    for batch in dm.test_dataloader():
+    for batch in map(to_model_layout, dm.test_dataloader()):
         out = live(batch)
         a = live.distillation_losses(out, batch)
         b = cached.distillation_losses(out, batch)
@@ -324,3 +325,51 @@ def test_auto_weight_fixed_after_warmup_and_kept_by_checkpoints(files, tmp_path)
     back = load_detector(path, expect=StudentModule, teachers={"t": str(files["ckpt"])})
     again = back.distill["t"]["mse"]
     assert again.auto and again.auto_resolved and again.weight == pytest.approx(w[-1], rel=1e-12)
+
+
+def test_reduced_precision_follows_the_trainer():
+    from kd_detect.modules.student import reduced_precision
+
+    assert reduced_precision("bf16-mixed") is torch.bfloat16 and reduced_precision("16-mixed") is torch.float16
+    assert reduced_precision("32-true") is None and reduced_precision("bf16-true") is None
+    assert reduced_precision(None) is None
+
+
+BF16_LOSS_RTOL = 0.02  # stated tolerance of the distillation losses with a bf16 teacher forward
+
+
+def test_live_teacher_in_bf16_keeps_losses_within_tolerance(files):
+    """Under a bf16-mixed trainer the frozen teacher runs under bf16 autocast and
+    inference_mode; its outputs come back as ordinary float32 tensors (usable in the
+    plugins' backward) and every distillation loss stays within BF16_LOSS_RTOL of fp32."""
+    from types import SimpleNamespace
+
+    dm = FeatureDataModule(str(files["data"]), batch_size=4)
+    plugins = {"mse": {"class_path": f"{__name__}.ProjectedMSE", "init_args": {"weight": 1.0}},
+               "atomic": {"class_path": "kd_detect.distill.AtomicContrastive", "init_args": {"weight": 1.0}},
+               "global": {"class_path": "kd_detect.distill.GlobalContextualRelation", "init_args": {"weight": 1.0}},
+               "boundary": {"class_path": "kd_detect.distill.BoundarySaliency", "init_args": {"weight": 1.0}}}
+    torch.manual_seed(0)
+    student = _student(files, dm, distill=plugins).eval()
+    dm.setup("test")
+    batch = to_model_layout(next(iter(dm.test_dataloader())))
+    out = student(batch)
+    results = {}
+    for precision in ("32-true", "bf16-mixed"):
+        student._trainer = SimpleNamespace(precision=precision)
+        try:
+            teacher = student.teacher_outputs("t", batch)
+            results[precision] = (teacher, student.distillation_losses(out, batch))
+        finally:
+            student._trainer = None
+    (t32, l32), (t16, l16) = results["32-true"], results["bf16-mixed"]
+    for t in (t32, t16):
+        assert t.features.dtype == torch.float32 and not t.features.is_inference() and not t.logits.is_inference()
+    assert not torch.equal(t32.features, t16.features)  # the bf16 path really ran in bf16
+    torch.testing.assert_close(t16.features, t32.features, rtol=0.05, atol=0.05)
+    assert l32.keys() == l16.keys() and len(l32) == 4
+    for key in l32:
+        torch.testing.assert_close(l16[key], l32[key], rtol=BF16_LOSS_RTOL, atol=1e-4)
+    total = sum(l16.values())
+    total.backward()  # the plugins can save the teacher's outputs for backward
+    assert student.distill["t"]["mse"].proj.weight.grad is not None

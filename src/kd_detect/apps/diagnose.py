@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from kd_detect.apps import main as run_app
-from kd_detect.data.batch import MASK
+from kd_detect.data.batch import MASK, to_model_layout
 from kd_detect.distill.atomic import InBatchContrastive, atom_index
 from kd_detect.errors import UsageError
 from kd_detect.runs import RunDir, section
@@ -68,7 +68,7 @@ def atomic_retrieval(student: Any, data: Any, teacher: str = "teacher", plugin: 
     every_atom.max_atoms = 0
     totals: dict[str, float] = {}
     with torch.no_grad():
-        for batch in data.test_dataloader():
+        for batch in map(to_model_layout, data.test_dataloader()):
             s, t = student(batch), net(batch)
             mask = batch[MASK].bool()
             ids, n = atom_index(mask, every_atom.window)

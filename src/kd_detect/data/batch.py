@@ -1,9 +1,25 @@
 """The batch contract between the DataModule, the modules and the plugins (DESIGN.md §2).
 
-A batch is a plain ``dict``::
+A batch has two layouts: the **host** layout the loader delivers (a plain copy of the
+stored rows, cheap to collate, pin and transfer) and the **model** layout the heads and
+plugins read. :func:`to_model_layout` turns the first into the second, on the device the
+model runs on (Lightning calls it in ``DetectorModule.on_after_batch_transfer``; any
+other consumer of loader batches calls it itself).
+
+Host layout (what ``FeatureDataModule``'s loaders yield)::
 
     {
-        "<modality>": FloatTensor (B, D_m, T)   # one key per loaded modality, padded with 0
+        "<modality>": Tensor (B, T, D_m)        # stored dtype (float16 stays float16), 0 on padding
+        "labels":     Tensor (B, T, C)          # stored dtype (uint8 multi-hot), 0 on padding
+        "mask":       BoolTensor (B, T)         # True on valid steps
+        "layout":     "host"
+        "meta": {...}                           # as below
+    }
+
+Model layout (what ``forward``, the losses and the plugins see)::
+
+    {
+        "<modality>": FloatTensor (B, D_m, T)   # float32, contiguous, padded with 0
         "labels":     FloatTensor (B, C, T)     # multi-hot, 0 on padding
         "mask":       BoolTensor  (B, T)        # True on valid steps
         "meta": {
@@ -15,18 +31,67 @@ A batch is a plain ``dict``::
         },
     }
 
+A batch without a ``"layout"`` key is in model layout (hand-built batches stay valid).
+The conversion is exact: ``x_model[b, d, t] = float32(x_host[b, t, d])`` (float16 and
+uint8 widen to float32 without rounding), so a batch is bit-identical to what the
+former float32 ``(B, D, T)`` collate produced.
+
 At evaluation time windows are whole videos (``offset == 0`` and
 ``mask.sum(1) == length``); at training time ``max_steps`` may crop a random window.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
+
 LABELS = "labels"
 MASK = "mask"
 META = "meta"
-NON_MODALITY_KEYS = frozenset({LABELS, MASK, META})
+LAYOUT = "layout"
+HOST_LAYOUT = "host"
+NON_MODALITY_KEYS = frozenset({LABELS, MASK, META, LAYOUT})
 
 
 def modalities_in(batch: dict) -> list[str]:
     """The modality keys present in a batch."""
     return [k for k in batch if k not in NON_MODALITY_KEYS]
+
+
+def is_host_layout(batch: dict) -> bool:
+    """True for a batch as the loader delivers it (``(B, T, D)``, stored dtype)."""
+    return batch.get(LAYOUT) == HOST_LAYOUT
+
+
+def _channels_first_float(x: torch.Tensor) -> torch.Tensor:
+    """``(B, T, D)`` of any dtype -> contiguous float32 ``(B, D, T)`` in one casting copy."""
+    out = torch.empty(x.shape[0], x.shape[2], x.shape[1], dtype=torch.float32, device=x.device)
+    return out.copy_(x.transpose(1, 2))
+
+
+def to_model_layout(batch: dict[str, Any], device: torch.device | str | None = None) -> dict[str, Any]:
+    """The model-layout batch of a host-layout one (a new dict; the input is not changed).
+
+    With ``device`` the host tensors are moved there first (non-blocking when pinned), so
+    the widening and transposing copy runs on the device. A batch already in model layout
+    is only moved. ``meta`` is moved too (its tensors), as Lightning's transfer does.
+    """
+    def move(v: Any) -> Any:
+        if device is not None and isinstance(v, torch.Tensor):
+            return v.to(device, non_blocking=v.is_pinned())
+        return v
+
+    host = is_host_layout(batch)
+    out: dict[str, Any] = {}
+    for key, value in batch.items():
+        if key == LAYOUT:
+            continue
+        if key == META:
+            out[key] = {k: move(v) for k, v in value.items()}
+            continue
+        value = move(value)
+        if host and key != MASK:
+            value = _channels_first_float(value)
+        out[key] = value
+    return out

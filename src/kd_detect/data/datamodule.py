@@ -25,6 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader
 
 from .dataset import EpochDistributedSampler, FeatureDataset, UnrepeatedDistributedSampler, VideoCollate
@@ -50,10 +51,13 @@ def fixed_share(video_ids: list[str], fraction: float) -> list[str]:
 
 
 class FeatureDataModule(pl.LightningDataModule):
-    """Batches ``{modality: (B, D_m, T), labels: (B, C, T), mask: (B, T), meta}`` from ``path``.
+    """Host-layout batches ``{modality: (B, T, D_m) stored dtype, labels: (B, T, C) uint8,
+    mask: (B, T), meta, layout}`` from ``path`` (``kd_detect.data.batch``); the module turns
+    them into ``(B, D, T)`` float32 after the transfer (``to_model_layout``).
 
     ``modalities=None`` loads every modality of the file. ``predict_subset=None`` predicts
     every video in the file. ``eval_batch_size`` defaults to ``batch_size``.
+    ``pin_memory=None`` pins the host batches when a GPU is present.
     ``require_labels=False`` gives zero labels for videos without a ``labels`` field (and
     defers the empty-subset error of train/val/test to when that stage asks for data, so a
     label-free file can be predicted without naming its subsets).
@@ -73,7 +77,7 @@ class FeatureDataModule(pl.LightningDataModule):
         max_steps: int | None = None,
         preload: bool = False,
         require_labels: bool = True,
-        pin_memory: bool = False,
+        pin_memory: bool | None = None,
         seed: int = 0,
         train_fraction: float = 1.0,
     ) -> None:
@@ -123,7 +127,8 @@ class FeatureDataModule(pl.LightningDataModule):
         self.max_steps = max_steps
         self.preload = preload
         self.require_labels = require_labels
-        self.pin_memory = pin_memory
+        # Pinned host batches transfer asynchronously; only worth it (and only possible) with a GPU.
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
         self.seed = int(seed)
         self._ids: dict[str, list[str]] = {}
         self._empty: dict[str, FeatureFileError] = {}

@@ -8,8 +8,9 @@ behind :class:`~kd_detect.data.datamodule.FeatureDataModule` (DESIGN.md §2, §4
 * Training crops are derived from ``(seed, epoch, index)`` only: the training sampler
   yields ``(index, epoch)`` keys, so every worker and every rank agrees without any
   global RNG state.
-* :func:`collate_videos` pads to the longest window of the batch and builds the batch
-  of ``kd_detect.data.batch``, transposing each item once into the ``(B, D, T)`` tensor.
+* :func:`collate_videos` pads to the longest window of the batch and builds the host-layout
+  batch of ``kd_detect.data.batch``: one row copy per item into a ``(B, T, D)`` tensor of
+  the stored dtype (no transpose, no cast; those happen on the device, after transfer).
 * :class:`UnrepeatedDistributedSampler` partitions evaluation videos over ranks without
   padding (every video counted exactly once in the metrics, DESIGN.md §5).
 """
@@ -17,6 +18,7 @@ behind :class:`~kd_detect.data.datamodule.FeatureDataModule` (DESIGN.md §2, §4
 from __future__ import annotations
 
 import os
+import sys
 from typing import Iterator, NamedTuple, Sequence
 
 import h5py
@@ -25,10 +27,11 @@ import torch
 from h5py import h5d, h5s
 from torch.utils.data import Dataset, DistributedSampler
 
-from .batch import LABELS, MASK, META
+from .batch import HOST_LAYOUT, LABELS, LAYOUT, MASK, META
 from .format import SEGMENTS, VIDEOS_GROUP, FeatureFile, FeatureFileError
 
 Key = int | tuple[int, int]
+POOL_BUFFERS = 32  # batch buffers a dataset keeps for reuse (a few live batches x fields)
 
 
 # ---------------------------------------------------------------------------- reading
@@ -151,6 +154,7 @@ class FeatureDataset(Dataset):
         self._segments: dict[str, np.ndarray] = {}
         self._layouts: dict[str, Layout] = {}
         self._cache: dict[str, dict[str, np.ndarray | None]] | None = None
+        self._pool: list[np.ndarray] = []  # batch memory for __getitems__, reused once released
         if preload:
             self.preload()
 
@@ -210,15 +214,100 @@ class FeatureDataset(Dataset):
         self._cache = cache
 
     # ------------------------------------------------------------------ items
-    def __getitem__(self, key: Key) -> dict:
-        """``{"features": {m: (L, D_m)}, "labels": (L, C) uint8 | None, "video_id", "duration",
-        "length", "offset", "segments"}`` for the window ``[offset, offset + L)``."""
+    def _window(self, key: Key) -> tuple[int, str, int, int, int | None]:
+        """``(index, video_id, length, offset, stop)`` of the window a key selects."""
         index, epoch = key if isinstance(key, tuple) else (key, self.epoch)
         index = int(index)
-        video_id = self.video_ids[index]
         length = self.lengths[index]
         offset = crop_offset(self.seed, int(epoch), index, length, self.max_steps)
         stop = None if self.max_steps is None or length <= self.max_steps else offset + self.max_steps
+        return index, self.video_ids[index], length, offset, stop
+
+    def _item(self, video_id: str, length: int, offset: int, data: dict) -> dict:
+        return {
+            "features": data,
+            LABELS: data.pop(LABELS),
+            "video_id": video_id,
+            "duration": self.file.durations[video_id],
+            "length": length,
+            "offset": offset,
+            "segments": self._read_segments(video_id),
+        }
+
+    def __getitems__(self, keys: Sequence[Key]) -> list[dict]:
+        """The items of one batch (what the DataLoader asks for), each field read straight
+        into a shared ``(B, T_max, ...)`` array of its stored dtype: the items'
+        arrays are row views of it and :func:`collate_videos` takes the array as the batch
+        without copying. Only for what the direct read covers (lazy reads of contiguous
+        datasets of one dtype whose row count is the video's length); anything else, and
+        every error, goes through :meth:`__getitem__` item by item, with the same result."""
+        if self._cache is not None or not keys:
+            return [self[k] for k in keys]
+        windows = [self._window(k) for k in keys]
+        spans = [(offset, length if stop is None else stop) for _, _, length, offset, stop in windows]
+        steps = max(b - a for a, b in spans)
+        h5 = self.file.h5
+        views: list[dict] = [{} for _ in windows]
+        for field in [*self.modalities, LABELS]:
+            layouts = []
+            for _, video_id, length, _, _ in windows:
+                path = f"{VIDEOS_GROUP}/{video_id}/{field}"
+                layout = self._layouts.get(path)
+                if layout is None:
+                    try:
+                        layout = dataset_layout(h5, path)
+                    except (KeyError, OSError, TypeError, ValueError):
+                        layout = None
+                    if layout is not None:
+                        self._layouts[path] = layout
+                if layout is None or layout.offset is None or len(layout.shape) != 2 or layout.shape[0] != length:
+                    return [self[k] for k in keys]
+                layouts.append(layout)
+            if len({(lay.dtype, lay.shape[1]) for lay in layouts}) != 1:
+                return [self[k] for k in keys]
+            width, dtype = layouts[0].shape[1], layouts[0].dtype
+            try:
+                _torch_dtype(dtype)
+            except TypeError:  # a dtype torch has no tensor for
+                return [self[k] for k in keys]
+            buf = self._batch_array((len(windows), steps, width), dtype)
+            fd = h5.id.get_vfd_handle()
+            for b, ((start, stop), layout) in enumerate(zip(spans, layouts)):
+                n = stop - start
+                if n:
+                    _pread_into(fd, buf[b, :n], layout.offset + start * width * dtype.itemsize)
+                views[b][field] = buf[b, :n]  # padding rows are zeroed by the collate
+        return [self._item(video_id, length, offset, data)
+                for (_, video_id, length, offset, _), data in zip(windows, views)]
+
+    def _batch_array(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """An uninitialised C-contiguous array of ``shape``/``dtype`` whose ``base`` is a
+        flat byte buffer of this dataset's pool, reused once nothing refers to it any more
+        (no batch tensor, item or view): fresh multi-MiB allocations are returned to the
+        kernel on free and page-faulted in again on every batch, which cost more than the
+        reads themselves on the benchmark VM."""
+        need = int(np.prod(shape)) * dtype.itemsize
+        flat = None
+        for candidate in self._pool:
+            # referents: the pool list, `candidate`, getrefcount's argument -- nobody else
+            if candidate.nbytes >= need and sys.getrefcount(candidate) == 3:
+                flat = candidate
+                break
+        if flat is None:
+            flat = np.empty(max(need, 1), np.uint8)
+            if len(self._pool) < POOL_BUFFERS:
+                self._pool.append(flat)
+        return flat[:need].view(dtype).reshape(shape)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_pool"] = []  # batch memory stays with its process
+        return state
+
+    def __getitem__(self, key: Key) -> dict:
+        """``{"features": {m: (L, D_m)}, "labels": (L, C) uint8 | None, "video_id", "duration",
+        "length", "offset", "segments"}`` for the window ``[offset, offset + L)``."""
+        index, video_id, length, offset, stop = self._window(key)
         data = self._read(video_id, offset, stop)
         labels = data.pop(LABELS)
         window = len(next(iter(data.values())))
@@ -233,15 +322,8 @@ class FeatureDataset(Dataset):
                 f"{self.file.path}: video {video_id!r}: field 'labels' has shape {labels.shape}, "
                 f"expected ({window}, C)"
             )
-        return {
-            "features": data,
-            LABELS: labels,
-            "video_id": video_id,
-            "duration": self.file.durations[video_id],
-            "length": length,
-            "offset": offset,
-            "segments": self._read_segments(video_id),
-        }
+        data[LABELS] = labels
+        return self._item(video_id, length, offset, data)
 
 
 def transpose_into(out: torch.Tensor, index: int, rows: np.ndarray) -> None:
@@ -263,29 +345,75 @@ def transpose_into(out: torch.Tensor, index: int, rows: np.ndarray) -> None:
         out[index, :, n:].zero_()
 
 
+def _torch_dtype(dtype: np.dtype) -> torch.dtype:
+    """The torch dtype of a numpy one (TypeError when torch has none)."""
+    return torch.from_numpy(np.empty(0, dtype)).dtype
+
+
+def _shared_rows(arrays: list[np.ndarray | None], steps: int, width: int) -> torch.Tensor | None:
+    """The ``(B, steps, width)`` array the items' arrays are the leading rows of -- what
+    :meth:`FeatureDataset.__getitems__` reads into: row views of one flat byte buffer,
+    item ``b`` at byte ``b * steps * width * itemsize`` -- as a tensor (no copy), its
+    padding rows zeroed; ``None`` when the arrays are anything else."""
+    first = arrays[0] if arrays else None
+    if first is None or first.ndim != 2 or first.shape[1] != width:
+        return None
+    flat, dtype = first.base, first.dtype
+    if not isinstance(flat, np.ndarray) or flat.ndim != 1 or flat.dtype != np.uint8 or not flat.flags.c_contiguous:
+        return None
+    need = len(arrays) * steps * width * dtype.itemsize
+    start = flat.__array_interface__["data"][0]
+    if flat.nbytes < need:
+        return None
+    for b, arr in enumerate(arrays):
+        if (arr is None or arr.base is not flat or arr.dtype != dtype or arr.ndim != 2 or arr.shape[1] != width
+                or not arr.flags.c_contiguous
+                or arr.__array_interface__["data"][0] != start + b * steps * width * dtype.itemsize):
+            return None
+    batch = flat[:need].view(dtype).reshape(len(arrays), steps, width)
+    for b, arr in enumerate(arrays):
+        batch[b, arr.shape[0]:] = 0
+    return torch.from_numpy(batch)
+
+
+def _pad_rows(arrays: list[np.ndarray | None], steps: int, width: int, dtype: np.dtype) -> torch.Tensor:
+    """``(B, steps, width)`` tensor of ``dtype`` with ``arrays[b]`` in rows ``[0, n_b)`` and
+    zeros elsewhere (``None`` gives a zero item): a plain row copy per item, no transpose --
+    or no copy at all when the items were read into one batch array (:func:`_shared_rows`)."""
+    shared = _shared_rows(arrays, steps, width)
+    if shared is not None:
+        return shared
+    out = torch.empty(len(arrays), steps, width, dtype=_torch_dtype(dtype))
+    view = out.numpy()
+    for b, rows in enumerate(arrays):
+        n = 0 if rows is None else rows.shape[0]
+        if n:
+            np.copyto(view[b, :n], rows, casting="safe")
+        if n < steps:
+            view[b, n:] = 0
+    return out
+
+
 def collate_videos(items: list[dict], num_classes: int) -> dict:
-    """Pad a list of :class:`FeatureDataset` items into a batch (``kd_detect.data.batch``):
-    modalities ``(B, D_m, T)`` float32, labels ``(B, C, T)`` float32 (zeros when a video
-    has none), mask ``(B, T)`` bool; padding is zero everywhere."""
-    bsz = len(items)
+    """Pad a list of :class:`FeatureDataset` items into a **host-layout** batch
+    (``kd_detect.data.batch``): modalities ``(B, T, D_m)`` in their stored dtype, labels
+    ``(B, T, C)`` in theirs (uint8; zeros when a video has none), mask ``(B, T)`` bool;
+    padding is zero everywhere. When items differ in dtype the batch takes the wider one
+    (``np.result_type``), so no value is rounded.
+    :func:`~kd_detect.data.batch.to_model_layout` gives the ``(B, D, T)`` float32 batch."""
     lengths = [len(next(iter(it["features"].values()))) for it in items]
     steps = max(lengths)
     batch: dict = {}
     for m in items[0]["features"]:
-        dim = items[0]["features"][m].shape[1]
-        buf = torch.empty(bsz, dim, steps, dtype=torch.float32)
-        for b, it in enumerate(items):
-            transpose_into(buf, b, it["features"][m])
-        batch[m] = buf
-    labels = torch.empty(bsz, num_classes, steps, dtype=torch.float32)
-    mask = torch.zeros(bsz, steps, dtype=torch.bool)
-    for b, it in enumerate(items):
-        mask[b, : lengths[b]] = True
-        if it[LABELS] is not None:
-            transpose_into(labels, b, it[LABELS])
-        else:
-            labels[b].zero_()
-    batch[LABELS] = labels
+        arrays = [it["features"][m] for it in items]
+        dtype = np.result_type(*(a.dtype for a in arrays))
+        batch[m] = _pad_rows(arrays, steps, arrays[0].shape[1], dtype)
+    labels = [it[LABELS] for it in items]
+    present = [a.dtype for a in labels if a is not None]
+    batch[LABELS] = _pad_rows(labels, steps, num_classes, np.result_type(*present) if present else np.dtype(np.uint8))
+    mask = torch.zeros(len(items), steps, dtype=torch.bool)
+    for b, n in enumerate(lengths):
+        mask[b, :n] = True
     batch[MASK] = mask
     batch[META] = {
         "video_id": [it["video_id"] for it in items],
@@ -294,6 +422,7 @@ def collate_videos(items: list[dict], num_classes: int) -> dict:
         "offset": torch.tensor([it["offset"] for it in items], dtype=torch.long),
         "segments": [it["segments"] for it in items],
     }
+    batch[LAYOUT] = HOST_LAYOUT
     return batch
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kd_detect.data.batch import to_model_layout
 from kd_detect.data.dataset import Layout, read_rows, transpose_into
 from kd_detect.data.format import FeatureFileError, _as_str_list
 from kd_detect.io import atomic_write
@@ -58,7 +59,7 @@ def write_teacher_cache(
             videos = h5.create_group("videos")
             with torch.no_grad():
                 for batch in loader:
-                    batch = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in batch.items()}
+                    batch = to_model_layout(batch, device)
                     result = teacher(batch)
                     lengths = batch["mask"].sum(1).tolist()
                     for i, vid in enumerate(batch["meta"]["video_id"]):

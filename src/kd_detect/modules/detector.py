@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kd_detect.data.batch import LABELS, MASK, META
+from kd_detect.data.batch import LABELS, MASK, META, to_model_layout
 from kd_detect.models.heads.base import DetectionHead, HeadOutput
 
 HeadFactory = Callable[[int, int], DetectionHead]
@@ -138,6 +138,12 @@ class DetectorModule(pl.LightningModule):
         mask = batch[MASK]
         x = torch.cat(list(self.encode(batch).values()), dim=1)
         return self.head(x, mask)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Host-layout batches (``(B, T, D)``, stored dtype) become the ``(B, D, T)`` float32
+        batches of the heads here, on the device: the widening, transposing copy runs where
+        it is cheap (a GPU) instead of in the loader (``kd_detect.data.batch``)."""
+        return to_model_layout(batch) if isinstance(batch, dict) else batch
 
     # --------------------------------------------------------------- metrics
     def _build_metrics(self) -> None:

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 from torch import Tensor
 
-from kd_detect.data.batch import MASK, META
+from kd_detect.data.batch import MASK, META, to_model_layout
 from kd_detect.errors import CheckpointError, FeatureFileError
 
 RGB = "rgb"
@@ -177,7 +177,7 @@ def iter_videos(
     """``(video_id, probabilities (T, C) float32, features (F, T) float32 or None, meta)`` per
     video of ``loader``'s batches, cut to the video's valid steps (``meta``: that video's
     entries of the batch's ``meta``, e.g. ``duration``; ``labels`` (T, C) when the batch has them)."""
-    for batch in loader:
+    for batch in map(to_model_layout, loader):
         probs, feats = predictor.outputs(batch)
         probs = probs.float().cpu()
         lengths = batch[MASK].sum(1).tolist()

@@ -3,7 +3,9 @@
 ``L = L_BCE + scale · Σ_teacher Σ_plugin weight_k · L_k(student, teacher)``
 
 * Teachers are given by checkpoint path (``teachers: {name: path}``), loaded once, kept in
-  eval mode with ``requires_grad=False`` and run under ``no_grad``. They are **not**
+  eval mode with ``requires_grad=False`` and run under ``inference_mode`` (under autocast in
+  the trainer's reduced dtype when it trains with mixed precision; outputs handed over in
+  float32). They are **not**
   submodules: Lightning never flips them to train mode, DDP never sees them (no
   ``find_unused_parameters``), and the student's checkpoint holds none of their weights.
 * Or teacher outputs come from caches written by ``kd-detect cache-teacher``
@@ -63,6 +65,13 @@ def dropout_off(module: nn.Module) -> Iterator[None]:
     finally:
         for m in drops:
             m.train()
+
+
+def reduced_precision(precision: str | None) -> torch.dtype | None:
+    """The autocast dtype of a Lightning ``precision`` setting for the frozen teacher's
+    forward: ``bfloat16`` for ``"bf16-mixed"``, ``float16`` for ``"16-mixed"``, ``None``
+    (full precision) otherwise -- a true-bf16/fp16 or fp32 trainer runs the teacher as is."""
+    return {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(precision))
 
 
 class StudentModule(DetectorModule):
@@ -207,8 +216,14 @@ class StudentModule(DetectorModule):
             teacher.to(self.device)
         if teacher.training:  # nobody may flip it back; be loud if someone did
             teacher.eval()
-        with torch.no_grad():
-            return teacher(batch).detach()
+        dtype = reduced_precision(self._trainer.precision if self._trainer is not None else None)
+        # without a mixed-precision trainer, inherit the caller's autocast state (if any)
+        cast = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+        with torch.inference_mode(), cast:
+            out = teacher(batch)
+        # Inference tensors cannot be saved for the plugins' backward: hand over float32
+        # copies (also what the cache path gives, so plugins see one dtype either way).
+        return HeadOutput(out.features.float().clone(), out.logits.float().clone())
 
     def active_plugins(self) -> dict[str, dict[str, DistillationLoss]]:
         if self.distill_scale == 0.0:
