@@ -558,11 +558,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in vars(defaults).items():
         if name == "world":
             continue  # chosen by --preset
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=None, dest=name,
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=argparse.SUPPRESS, dest=name,
                             help=f"{HELP[name]} (v2 default: {value}; v1: {PRESETS['v1'].get(name, value)})")
     args = vars(parser.parse_args(argv))
     out, seed, dtype, preset = args.pop("out"), args.pop("seed"), args.pop("dtype"), args.pop("preset")
-    options = {k: v for k, v in args.items() if v is not None}
+    options = args  # only the options given on the command line
     try:
         cfg = config(preset, **options)
         path = generate(out, seed=seed, dtype=dtype, preset=preset, **options)
