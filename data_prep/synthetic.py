@@ -126,8 +126,9 @@ TRAINING = "training"
 VALIDATION = "validation"
 TESTING = "testing"
 
-#: A tiny preset for tests and smoke runs (16 videos, 6 classes, T 24-64, small dims).
-TINY = dict(videos=16, classes=6, min_steps=24, max_steps=64, rgb_dim=16, flow_dim=8, pose_dim=8)
+#: A tiny preset for tests and smoke runs (16 videos, 6 classes, T 24-64, small dims; v2:
+#: 6 phases, so that their directions fit the 8 flow dimensions).
+TINY = dict(videos=16, classes=6, min_steps=24, max_steps=64, rgb_dim=16, flow_dim=8, pose_dim=8, phases=6)
 
 
 #: What each option means (``--help`` prints these with the defaults).
