@@ -303,7 +303,8 @@ def test_v2_long_tail_and_rare_classes_reuse_frequent_phases(tmp_path):
         assert math.isclose(world.appearance[a] @ world.appearance[b], math.sqrt(1 - cfg.confusion**2))
         assert set(world.class_phases[a].tolist()) != set(world.class_phases[b].tolist())
     # the drawn instances follow the tail; the file records the structure, labels name classes only
-    path = generate(tmp_path / "v2.h5", seed=0, videos=120, label_drop=0.0, label_jitter=0.0)
+    path = generate(tmp_path / "v2.h5", seed=0, videos=120, label_drop=0.0, label_jitter=0.0, rgb_dim=8, flow_dim=8,
+                    pose_dim=4)
     ff = FeatureFile(path)
     count = np.zeros(cfg.classes)
     for vid in ff.video_ids:
@@ -360,7 +361,7 @@ def test_v2_annotation_noise_only_in_training_at_the_configured_rates(tmp_path):
     """Validation/testing labels are exactly their segments, which are the clean ones; the
     training annotations lose ``label_drop`` of the instances and their boundaries move by
     ``U(-j, j) * length`` (mean |shift| = j/2 before clipping); features never change."""
-    base = dict(videos=120)
+    base = dict(videos=120, rgb_dim=8, flow_dim=8, pose_dim=4)  # small dims: fast; the labels are as at full size
     clean = _arrays(generate(tmp_path / "clean.h5", label_drop=0.0, label_jitter=0.0, **base))
     default = config()
     noisy = _arrays(generate(tmp_path / "noisy.h5", **base))  # the default: noisy training labels
