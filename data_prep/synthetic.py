@@ -68,10 +68,12 @@ its real-data reason:
 
 Measured on the default file (seed 0), test frame mAP: linear probe
 (``python -m kd_detect.lab.probe FILE --modalities ...``, ridge, ±2 steps) RGB 71.40,
-flow 21.54, flow+pose 30.73, RGB+flow+pose 77.95 (+9 % relative); PDAN-128, 30 epochs
-(``experiments/synthetic_rgb.yaml`` / ``synthetic_teacher.yaml``), 1 seed: RGB 54.13,
-teacher 66.57 (+23 % relative). v1 for comparison: probe 72.35 / 98.19, PDAN 65.4 / 96.8
-(+48 %).
+flow 21.54, flow+pose 30.73, RGB+flow+pose 77.95 (+9 % relative; generator seeds 1 and 2:
++9 %, +7 %); PDAN-128, 30 epochs (``experiments/synthetic_rgb.yaml`` /
+``synthetic_teacher.yaml``), training seeds 0 / 1: RGB 54.13 / 57.65, teacher 66.57 / 71.67
+(+23 % / +24 % relative). v1 for comparison: probe 72.35 / 98.19, PDAN 65.4 / 96.8 (+48 %).
+The linear probe reads only RGB's class appearance well; a temporal model also reads
+the phase order, hence the larger PDAN gap.
 
 Benchmark v1 (``--preset v1``)
 ------------------------------
