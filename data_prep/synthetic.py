@@ -604,13 +604,21 @@ def generate(out: str | Path, seed: int = 0, dtype: str = "float16", preset: str
     return Path(out)
 
 
+#: Options that only the v2 world reads.
+V2_ONLY = ("phases", "min_phases", "max_phases", "tail", "phase_spread", "appearance_var", "motion_blur")
+
+
+def _v1_default(name: str, value) -> str:
+    return "unused" if name in V2_ONLY else str(PRESETS["v1"].get(name, value))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m data_prep.synthetic",
         description=__doc__.split("\n")[0] + " Options left out take the preset's value.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--out", required=True, help="output .h5 file (written atomically)")
+    parser.add_argument("--out", required=True, default=argparse.SUPPRESS, help="output .h5 file (written atomically)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
     parser.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="stored feature dtype")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="v2",
@@ -620,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == "world":
             continue  # chosen by --preset
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=argparse.SUPPRESS, dest=name,
-                            help=f"{HELP[name]} (v2 default: {value}; v1: {PRESETS['v1'].get(name, value)})")
+                            help=f"{HELP[name]} (v2 default: {value}; v1: {_v1_default(name, value)})")
     args = vars(parser.parse_args(argv))
     out, seed, dtype, preset = args.pop("out"), args.pop("seed"), args.pop("dtype"), args.pop("preset")
     options = args  # only the options given on the command line
