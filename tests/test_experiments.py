@@ -157,7 +157,9 @@ def test_synthetic_detectors_learn_well_above_chance(make_synthetic_h5, tmp_path
     import h5py
     import numpy as np
 
-    data = make_synthetic_h5(videos=64)
+    # v1: its gap shows in 15 short epochs on 64 tiny videos; v2's modest gap does not (RGB 0.64 vs
+    # teacher 0.58 here, with exact labels), it is measured at full size (data_prep/synthetic.py)
+    data = make_synthetic_h5(videos=64, preset="v1")
     with h5py.File(data) as h5:
         labels = [g["labels"][()] for g in h5["videos"].values() if g.attrs["subset"] == "testing"]
     prevalence = np.concatenate(labels).mean(0)

@@ -10,7 +10,17 @@ import pytest
 
 from data_prep import synthetic
 from data_prep.synthetic import TINY as SYNTHETIC_SMALL
-from data_prep.synthetic import SyntheticConfig, _prototypes, confusable_pairs, generate, person_classes
+from data_prep.synthetic import (
+    PRESETS,
+    SyntheticConfig,
+    _blur,
+    _prototypes,
+    config,
+    confusable_pairs,
+    generate,
+    person_classes,
+    world_v2,
+)
 from kd_detect.data.format import FeatureFile, labels_from_segments
 from kd_detect.data.validate import validate_file
 
@@ -90,8 +100,9 @@ def test_labels_follow_strict_rule_and_overlap(synthetic_h5):
 
 def test_features_carry_the_labels(make_synthetic_h5):
     """Flow (sharp) separates active from inactive steps along each class's prototype."""
-    path = make_synthetic_h5(seed=0, videos=24, classes=8, flow_noise=0.2, flow_drift=0.0, boundary_amp=0.0)
-    cfg = SyntheticConfig(**{**SYNTHETIC_SMALL, "videos": 24, "classes": 8})
+    path = make_synthetic_h5(seed=0, videos=24, classes=8, flow_noise=0.2, flow_drift=0.0, boundary_amp=0.0,
+                             preset="v1")
+    cfg = config("v1", **{**SYNTHETIC_SMALL, "videos": 24, "classes": 8})
     protos = _prototypes(cfg, 0)
     ff = FeatureFile(path)
     on, off = [], []
@@ -103,8 +114,8 @@ def test_features_carry_the_labels(make_synthetic_h5):
     assert np.concatenate(on).mean() > 0.25 > abs(np.concatenate(off).mean())
 
 
-def test_class_structure():
-    cfg = SyntheticConfig(classes=14)
+def test_class_structure_v1():
+    cfg = config("v1", classes=14)
     protos = _prototypes(cfg, 0)
     pairs = confusable_pairs(14)
     assert pairs == [(0, 1), (2, 3), (4, 5)]
@@ -132,11 +143,9 @@ def test_cli(tmp_path, capsys):
 
 
 def test_rgb_motion_puts_a_weak_copy_of_the_motion_signal_into_rgb(make_synthetic_h5):
-    """``rgb_motion`` adds the flow stream's sharp motion signal to RGB through a fixed
-    projection; 0 (the default) leaves RGB exactly as before."""
-    import h5py
-
-    base, moved = make_synthetic_h5(), make_synthetic_h5(rgb_motion=2.0)
+    """v1: ``rgb_motion`` adds the flow stream's sharp motion signal to RGB through a fixed
+    projection; 0 (v1's default) leaves RGB exactly as before."""
+    base, moved = make_synthetic_h5(preset="v1"), make_synthetic_h5(rgb_motion=2.0, preset="v1")
     with h5py.File(base) as a, h5py.File(moved) as b:
         vid = next(iter(a["videos"]))
         ra, rb = a["videos"][vid]["rgb"][()].astype(np.float64), b["videos"][vid]["rgb"][()].astype(np.float64)
@@ -152,7 +161,7 @@ def test_rgb_motion_puts_a_weak_copy_of_the_motion_signal_into_rgb(make_syntheti
 def test_annotation_noise_touches_only_training_labels(make_synthetic_h5):
     """``label_drop`` / ``label_jitter`` corrupt the training subset's annotations only: the
     features (driven by the true activity) and the evaluation subsets stay bit-identical."""
-    opts = dict(videos=40)
+    opts = dict(videos=40, preset="v1")
     clean = _arrays(make_synthetic_h5(**opts))
     noisy = _arrays(make_synthetic_h5(label_drop=0.3, label_jitter=0.25, **opts))
     assert clean.keys() == noisy.keys()
@@ -182,7 +191,7 @@ def test_annotation_noise_extremes(make_synthetic_h5):
 def test_annotation_jitter_moves_each_boundary_within_its_bound():
     """Jitter keeps every instance's class and moves each boundary by at most
     ``label_jitter`` x the instance's length, clipped to the video."""
-    cfg = SyntheticConfig(label_jitter=0.2)
+    cfg = SyntheticConfig(label_drop=0.0, label_jitter=0.2)
     segments = np.array([[3, 1.0, 11.0], [0, 0.0, 2.0], [5, 18.0, 20.0], [3, 5.0, 45.0]])
     rng = np.random.default_rng(0)
     moved = []
@@ -202,3 +211,209 @@ def test_annotation_noise_rejects_bad_values(tmp_path, option, value):
     with pytest.raises(ValueError, match=option):
         generate(tmp_path / "bad.h5", **{**SYNTHETIC_SMALL, option: value})
     assert not (tmp_path / "bad.h5").exists()
+
+
+# ------------------------------------------------------------------ presets and v2
+def _content_digest(path) -> str:
+    """sha256 of every attr and array of the file, in a fixed order (dtype and shape included)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with h5py.File(path, "r") as f:
+
+        def attrs(obj):
+            for k in sorted(obj.attrs):
+                h.update(k.encode())
+                h.update(repr(np.asarray(obj.attrs[k]).tolist()).encode())
+
+        attrs(f)
+        for vid in sorted(f["videos"]):
+            group = f["videos"][vid]
+            h.update(vid.encode())
+            attrs(group)
+            for name in sorted(group):
+                a = group[name][()]
+                h.update(f"{name}{a.dtype}{a.shape}".encode())
+                h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+# Digests of draws made by the generator before v2 existed (commit de75d2b, where these
+# options were the default world): the v1 preset must reproduce them exactly.
+V1_TINY_SEED0 = "cf9557247d70badee0d64eba5d1125808dd6c3612eb3098ddc4910fc72d68543"
+V1_TINY_SEED3_NOISY = "bf8cf24a80c743d972eec5a2452003461516ff57b17c142c3d4c54121cf9fd84"
+
+
+def test_v1_preset_reproduces_the_first_generator_bit_for_bit(tmp_path):
+    assert _content_digest(generate(tmp_path / "a.h5", seed=0, preset="v1", **SYNTHETIC_SMALL)) == V1_TINY_SEED0
+    noisy = generate(tmp_path / "b.h5", seed=3, preset="v1", label_drop=0.3, label_jitter=0.25, rgb_motion=0.5,
+                     **SYNTHETIC_SMALL)
+    assert _content_digest(noisy) == V1_TINY_SEED3_NOISY
+
+
+def test_v2_is_the_default_and_deterministic_to_the_byte(tmp_path, synthetic_h5):
+    import hashlib
+
+    again = generate(tmp_path / "again.h5", seed=0, **SYNTHETIC_SMALL)
+    assert hashlib.sha256(again.read_bytes()).digest() == hashlib.sha256(synthetic_h5.read_bytes()).digest()
+    with h5py.File(synthetic_h5, "r") as h5:
+        assert h5.attrs["world"] == "v2"
+    assert SyntheticConfig().world == "v2" and config().world == "v2"
+    v1 = _content_digest(generate(tmp_path / "v1.h5", seed=0, preset="v1", **SYNTHETIC_SMALL))
+    assert v1 != _content_digest(synthetic_h5)
+
+
+def test_unknown_preset_or_world_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="preset must be one of"):
+        generate(tmp_path / "x.h5", preset="v3", **SYNTHETIC_SMALL)
+    with pytest.raises(ValueError, match="world must be one of"):
+        generate(tmp_path / "x.h5", world="v9", **SYNTHETIC_SMALL)
+    with pytest.raises(ValueError, match="min_phases <= max_phases"):
+        generate(tmp_path / "x.h5", min_phases=3, max_phases=2, **SYNTHETIC_SMALL)
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_v2_classes_are_phase_sequences_shared_across_classes():
+    cfg = config()
+    world = world_v2(cfg, 0)
+    counts = np.zeros(cfg.phases, dtype=int)
+    for ph in world.class_phases:
+        assert cfg.min_phases <= len(ph) <= cfg.max_phases
+        assert len(set(ph.tolist())) == len(ph)  # a phase at most once per class
+        counts[ph] += 1
+    assert (counts >= 2).sum() >= cfg.phases // 2  # most phases serve several classes
+    sets = {frozenset(ph.tolist()) for ph in world.class_phases}
+    assert len(sets) == cfg.classes  # but no two classes are the same set of phases
+    for ph, share in zip(world.class_phases, world.class_shares):
+        assert share.shape == ph.shape and math.isclose(share.sum(), 1.0)
+
+
+def test_v2_long_tail_and_rare_classes_reuse_frequent_phases(tmp_path):
+    cfg = config()
+    world = world_v2(cfg, 0)
+    prior = np.sort(world.prior)[::-1]
+    np.testing.assert_allclose(prior / prior[0], (1.0 + np.arange(cfg.classes)) ** -cfg.tail)
+    assert world.frequent.sum() == math.ceil(cfg.classes / 2)
+    assert world.prior[world.frequent].min() > world.prior[~world.frequent].max()
+    frequent_phases = set(np.concatenate([world.class_phases[k] for k in np.flatnonzero(world.frequent)]).tolist())
+    for k in np.flatnonzero(~world.frequent):
+        assert set(world.class_phases[k].tolist()) <= frequent_phases
+    for a, b in world.pairs:  # a confusable pair: a frequent and a rare class, one look, different phases
+        assert world.frequent[a] and not world.frequent[b]
+        assert math.isclose(world.appearance[a] @ world.appearance[b], math.sqrt(1 - cfg.confusion**2))
+        assert set(world.class_phases[a].tolist()) != set(world.class_phases[b].tolist())
+    # the drawn instances follow the tail; the file records the structure, labels name classes only
+    path = generate(tmp_path / "v2.h5", seed=0, videos=120, label_drop=0.0, label_jitter=0.0, rgb_dim=8, flow_dim=8,
+                    pose_dim=4)
+    ff = FeatureFile(path)
+    count = np.zeros(cfg.classes)
+    for vid in ff.video_ids:
+        np.add.at(count, ff.segments(vid)[:, 0].astype(int), 1)
+    order = np.argsort(-world.prior)
+    assert count[order[:3]].sum() > 4 * count[order[-3:]].sum()
+    assert ff.num_classes == cfg.classes
+    with h5py.File(path, "r") as h5:
+        stored = h5.attrs["class_phases"]
+        for k, ph in enumerate(world.class_phases):
+            np.testing.assert_array_equal(stored[k][stored[k] >= 0], ph)
+        np.testing.assert_array_equal(h5.attrs["confusable_pairs"], np.array(world.pairs).reshape(-1, 2))
+
+
+def _v2_noiseless(tmp_path, name, **options):
+    """A v2 draw whose flow is exactly the motion signal (no noise, no drift, no boundary spike)."""
+    opts = dict(videos=12, flow_noise=0.0, flow_drift=0.0, boundary_amp=0.0, dtype="float32")
+    return generate(tmp_path / name, seed=5, **{**opts, **options})
+
+
+def test_v2_flow_shows_the_phases_sharply_and_rgb_weakly_and_blurred(tmp_path):
+    """Flow = sum of the active phases' motion directions (a step-wise, sharp signal).
+    RGB's extra term is ``rgb_motion * blur(flow, motion_blur) @ M`` exactly: weak and blurred."""
+    cfg = config(flow_noise=0.0, flow_drift=0.0, boundary_amp=0.0)
+    world = world_v2(cfg, 5)
+    with_motion = FeatureFile(_v2_noiseless(tmp_path, "m.h5"))
+    without = FeatureFile(_v2_noiseless(tmp_path, "n.h5", rgb_motion=0.0))
+    phase_steps = 0
+    for vid in with_motion.video_ids:
+        a, b = with_motion.record(vid), without.record(vid)
+        flow = a.features["flow"].astype(np.float64)
+        np.testing.assert_array_equal(flow, b.features["flow"])
+        # sharp: each step's flow is a non-negative combination of phase directions (least squares exact)
+        coef, *_ = np.linalg.lstsq(world.phase_flow.T * world.strength, flow.T, rcond=None)
+        np.testing.assert_allclose((world.phase_flow.T * world.strength) @ coef, flow.T, atol=1e-5)
+        active = coef.T > 0.3
+        phase_steps += int(active.any(1).sum())
+        # phases appear only inside labelled actions (labels exact here: validation/testing, or noise off)
+        if a.subset != "training":
+            assert not active[a.labels.sum(1) == 0].any()
+        added = a.features["rgb"].astype(np.float64) - b.features["rgb"]
+        want = cfg.rgb_motion * _blur(flow, cfg.motion_blur) @ world.motion_to_rgb
+        np.testing.assert_allclose(added, want, atol=1e-5)
+        if np.abs(flow).max() > 0:
+            # weak: smaller than what RGB shows of the class appearance and nuisances
+            assert 0 < np.linalg.norm(added) < 0.5 * np.linalg.norm(b.features["rgb"])
+            # blurred: smoother in time than the flow it copies
+            rough = lambda x: np.mean(np.diff(x, axis=0) ** 2) / np.mean(x**2)  # noqa: E731
+            assert rough(added) < rough(flow)
+    assert phase_steps > 0
+
+
+def test_v2_annotation_noise_only_in_training_at_the_configured_rates(tmp_path):
+    """Validation/testing labels are exactly their segments, which are the clean ones; the
+    training annotations lose ``label_drop`` of the instances and their boundaries move by
+    ``U(-j, j) * length`` (mean |shift| = j/2 before clipping); features never change."""
+    base = dict(videos=120, rgb_dim=8, flow_dim=8, pose_dim=4)  # small dims: fast; the labels are as at full size
+    clean = _arrays(generate(tmp_path / "clean.h5", label_drop=0.0, label_jitter=0.0, **base))
+    default = config()
+    noisy = _arrays(generate(tmp_path / "noisy.h5", **base))  # the default: noisy training labels
+    jittered = _arrays(generate(tmp_path / "jit.h5", label_drop=0.0, label_jitter=0.2, **base))
+    n_clean = n_noisy = 0
+    shifts = []
+    for (vid, fieldname), value in clean.items():
+        subset = clean[(vid, "subset")]
+        if fieldname not in ("segments", "labels"):
+            np.testing.assert_array_equal(value, noisy[(vid, fieldname)], err_msg=f"{vid} {fieldname}")
+            continue
+        if subset != "training":
+            np.testing.assert_array_equal(value, noisy[(vid, fieldname)], err_msg=f"{vid} {fieldname}")
+            if fieldname == "labels":
+                seg = noisy[(vid, "segments")]
+                want = labels_from_segments(seg, len(value), noisy[(vid, "duration")], value.shape[1])
+                np.testing.assert_array_equal(noisy[(vid, "labels")], want)
+            continue
+        if fieldname == "segments":
+            n_clean += len(value)
+            n_noisy += len(noisy[(vid, fieldname)])
+            moved = jittered[(vid, "segments")]
+            inner = (value[:, 1] > 0) & (value[:, 2] < clean[(vid, "duration")])  # boundaries not clipped
+            for cls, start, end in value[inner]:
+                same = moved[moved[:, 0] == cls]  # the nearest annotation of the class is its own
+                best = same[np.argmin(np.abs(same[:, 1] - start) + np.abs(same[:, 2] - end))]
+                shifts.append(np.abs(best[1:] - (start, end)) / (end - start))
+    assert n_clean > 250
+    assert abs(n_noisy / n_clean - (1 - default.label_drop)) < 0.06  # (a few more lost to jitter)
+    shifts = np.concatenate(shifts)
+    assert (shifts > 0.2 + 1e-9).mean() < 0.02  # (the odd overlapping pair of one class is matched crosswise)
+    assert abs(np.median(shifts) - 0.1) < 0.02  # U(0, 0.2): median 0.1
+
+
+def test_v2_tiny_draw_passes_check(tmp_path):
+    path = generate(tmp_path / "v2.h5", seed=1, **SYNTHETIC_SMALL)
+    assert validate_file(path).problems == []
+
+
+def test_help_describes_every_option_with_its_default(capsys):
+    # the options v1 ignores are exactly the fields v1's generator never reads
+    assert set(synthetic.V2_ONLY) == {"phases", "min_phases", "max_phases", "tail", "phase_spread",
+                                      "appearance_var", "motion_blur"}
+    with pytest.raises(SystemExit) as err:
+        synthetic.main(["--help"])
+    assert err.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for name, value in vars(SyntheticConfig()).items():
+        if name == "world":
+            continue
+        flag = f"--{name.replace('_', '-')}"
+        assert flag in text
+        v1 = "unused" if name in synthetic.V2_ONLY else PRESETS["v1"].get(name, value)
+        assert f"v2 default: {value}; v1: {v1})" in text, name
+    assert "(default: v2)" in text and "(default: 0)" in text and "default: None" not in text
