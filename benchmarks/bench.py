@@ -195,7 +195,7 @@ def markdown(report: dict[str, Any]) -> str:
         "# kd_detect performance report",
         "",
         f"`{meta['command']}` — {meta['date']}, {'QUICK, ' if meta['quick'] else ''}threads={meta['threads']}, "
-        f"device {meta.get('device', 'cpu')} (amp {meta.get('amp')}), torch {meta['torch']}, CPU: {meta['cpu']} ({meta['cpus']} logical), commit {meta['commit'][:10]}, "
+        f"device {meta.get('device', 'cpu')} (amp {meta.get('amp')}), torch {meta['torch']}, CPU: {meta['cpu']} ({meta['cpus']} logical), commit {meta['commit'][:10]}, "  # noqa: E501
         f"{meta['wall_seconds']:.0f} s.",
         "",
         "Ratios compare variants timed interleaved in one process (median of the repeats).",
@@ -302,7 +302,7 @@ def _meta(args: argparse.Namespace, argv: list[str], wall: float) -> dict[str, A
     return {
         "command": " ".join(["python benchmarks/bench.py", *(shlex.quote(a) for a in argv)]),
         "date": _dt.datetime.now().isoformat(timespec="seconds"), "quick": args.quick, "threads": args.threads,
-        "workers": args.workers, "device": args.device, "amp": str(amp_dtype(args.device)), "torch": torch.__version__, "python": platform.python_version(), "cpu": cpu,
+        "workers": args.workers, "device": args.device, "amp": str(amp_dtype(args.device)), "torch": torch.__version__, "python": platform.python_version(), "cpu": cpu,  # noqa: E501
         "cpus": os.cpu_count(), "commit": commit or "unknown", "wall_seconds": wall, "sizes": sizes(args.quick),
         "seq_dim": args.seq_dim,
     }

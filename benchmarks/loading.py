@@ -216,7 +216,7 @@ def bench_workers(data: GeneratedData, batch_size: int, repeats: int, counts: tu
         dm = FeatureDataModule(str(data.h5[dtype]), batch_size=batch_size, num_workers=n,
                                val_subset="training", test_subset="training")
         keep.append(dm)
-        fns[str(n)] = lambda loader=dm.train_dataloader(): _drain(loader)
+        fns[str(n)] = lambda loader=dm.train_dataloader(): _drain(loader)  # noqa: B008 (bound once, on purpose)
     times = interleaved(fns, repeats, warmup=1)
     vps = {k: data.shape.videos / median(ts) for k, ts in times.items()}
     for dm in keep:

@@ -71,7 +71,8 @@ Measured on the default file (seed 0), test frame mAP: linear probe
 flow 21.54, flow+pose 30.73, RGB+flow+pose 77.95 (+9 % relative; generator seeds 1 and 2:
 +9 %, +7 %); PDAN-128, 30 epochs (``experiments/synthetic_rgb.yaml`` /
 ``synthetic_teacher.yaml``), training seeds 0 / 1 / 2: RGB 54.13 / 57.65 / 57.54, teacher
-66.57 / 71.67 / 67.89 (+23 / +24 / +18 % relative; means 56.44 and 68.71, +22 %). v1 for comparison: probe 72.35 / 98.19, PDAN 65.4 / 96.8 (+48 %).
+66.57 / 71.67 / 67.89 (+23 / +24 / +18 % relative; means 56.44 and 68.71, +22 %).
+v1 for comparison: probe 72.35 / 98.19, PDAN 65.4 / 96.8 (+48 %).
 PDAN scores below the linear probe on both (RGB by 14-17 points, the teacher by 6-11): its
 recipe is under-regularised for noisy training labels (issue 13 part B), which also
 makes its relative gap larger than the probe's; expect it to shrink as that recipe improves.

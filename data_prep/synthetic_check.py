@@ -24,12 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import h5py
+import numpy as np
 import torch
 from torch import nn
 from torchmetrics.classification import MultilabelAveragePrecision
-
-import h5py
-import numpy as np
 
 from data_prep.synthetic import generate
 from kd_detect.data.datamodule import FeatureDataModule

@@ -36,8 +36,8 @@ from data_prep._common import (
     parse_json_annotations,
     parse_modalities,
     read_class_names,
-    resample_to_reference,
     require_dir,
+    resample_to_reference,
     run_cli,
     write_videos,
 )

@@ -4,13 +4,12 @@ fast paths it measures give the same results as the straightforward ones."""
 from __future__ import annotations
 
 import json
+import sys
 
 import h5py
 import numpy as np
 import pytest
 import torch
-
-import sys
 
 from benchmarks import bench, cli, seqloss
 from benchmarks.common import DataShape, interleaved, write_data

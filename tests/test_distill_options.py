@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kd_detect.distill import AtomicContrastive, BoundarySaliency, CRD, GlobalContextualRelation, LogitKD
+from kd_detect.distill import CRD, AtomicContrastive, BoundarySaliency, GlobalContextualRelation, LogitKD
 from kd_detect.distill._common import center
 from kd_detect.distill._contrastive import info_nce
 from kd_detect.models.heads.base import HeadOutput
@@ -74,7 +74,7 @@ def ref_boundary_centered(p, s, t, mask):
         S, Fm = naive_centered(s.features, mask, b), naive_centered(t.features, mask, b)
         n = S.shape[1]  # this test's masks are prefixes, so consecutive valid steps are neighbours
 
-        def sal(X):
+        def sal(X, n=n):
             vals = []
             for i in range(1, n):
                 ds = [(X[:, i] - X[:, i - k]).abs().sum() / math.sqrt(X.shape[0]) for k in p.strides if i - k >= 0]

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from data_prep import synthetic
-from data_prep.synthetic import TINY as SYNTHETIC_SMALL
 from data_prep.synthetic import (
     PRESETS,
     SyntheticConfig,
@@ -21,6 +20,7 @@ from data_prep.synthetic import (
     person_classes,
     world_v2,
 )
+from data_prep.synthetic import TINY as SYNTHETIC_SMALL
 from kd_detect.data.format import FeatureFile, labels_from_segments
 from kd_detect.data.validate import validate_file
 

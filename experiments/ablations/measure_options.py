@@ -26,8 +26,8 @@ import torch
 
 from kd_detect.data.datamodule import FeatureDataModule
 from kd_detect.distill import BoundarySaliency, GlobalContextualRelation
-from kd_detect.distill._contrastive import atom_index, window_average
 from kd_detect.distill._common import masked, valid_rows
+from kd_detect.distill._contrastive import atom_index, window_average
 from kd_detect.modules import StudentModule, instantiate
 
 HEAD = {"class_path": "kd_detect.models.heads.PDAN", "init_args": {"hidden": 128}}

@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from kd_detect.distill._common import fp32_region, l2n, masked, zero_loss
-from kd_detect.distill.base import DistillationLoss, Weight
+from kd_detect.distill.base import DistillationLoss
 from kd_detect.models.heads.base import HeadOutput
 
 

@@ -49,7 +49,6 @@ from kd_detect.models.heads.base import HeadOutput
 from kd_detect.modules.detector import DetectorModule
 from kd_detect.modules.loading import file_sha256, load_detector
 
-
 DistillFrom = Literal["dropout", "clean"]
 
 
