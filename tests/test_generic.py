@@ -12,6 +12,7 @@ import torch
 
 from data_prep import _common, generic
 from data_prep._common import ConversionError
+from kd_detect.data.batch import to_model_layout
 from kd_detect.data.dataset import FeatureDataset, collate_videos
 from kd_detect.data.feature_dir import (
     FeatureDirDataset,
@@ -359,7 +360,8 @@ def test_feature_dir_lists_reads_and_batches(tmp_path):
     loader = feature_dir_loader(root / "rgb", num_classes=3, batch_size=2, durations={"a": 1.0, "b": 2.0, "c": 3.0})
     batches = list(loader)
     assert [b["meta"]["video_id"] for b in batches] == [["a", "b"], ["c"]]
-    first = batches[0]
+    first = to_model_layout(batches[0])  # the host batch keeps (B, T, D); heads see (B, D, T)
+    assert batches[0]["rgb"].shape == (2, 30, 6)
     assert first["rgb"].shape == (2, 6, 30) and first["labels"].shape == (2, 3, 30)
     assert first["mask"].sum(1).tolist() == [20, 30] and first["labels"].abs().sum() == 0
     assert torch.equal(first["rgb"][0, :, :20], torch.from_numpy(arrays["a"]["rgb"]).t())
