@@ -238,7 +238,7 @@ class Recording(ProjectedMSE):
 
 def _first_batch(dm, stage="fit"):
     dm.setup(stage)
-    return next(iter(dm.train_dataloader()))
+    return to_model_layout(next(iter(dm.train_dataloader())))
 
 
 def test_clean_mode_plugins_see_the_eval_features_with_gradients(files):
