@@ -39,6 +39,13 @@ import re
 from pathlib import Path
 from typing import Sequence
 
+from data_prep._annotations import (
+    parse_json_annotations,
+    parse_modalities,
+    read_class_names,
+    require_dir,
+    require_file,
+)
 from data_prep._common import (
     TESTING,
     TRAINING,
@@ -48,11 +55,6 @@ from data_prep._common import (
     VideoSpec,
     load_npy,
     make_parser,
-    parse_json_annotations,
-    parse_modalities,
-    read_class_names,
-    require_dir,
-    require_file,
     run_cli,
     write_videos,
 )

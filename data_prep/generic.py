@@ -60,6 +60,11 @@ from typing import Sequence
 
 import numpy as np
 
+from data_prep._annotations import (
+    read_class_names,
+    require_dir,
+    require_file,
+)
 from data_prep._common import (
     TESTING,
     TRAINING,
@@ -69,9 +74,6 @@ from data_prep._common import (
     SkipVideo,
     VideoSpec,
     make_parser,
-    read_class_names,
-    require_dir,
-    require_file,
     resample_to_reference,
     run_cli,
     write_videos,

@@ -25,6 +25,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from data_prep._annotations import (
+    parse_json_annotations,
+    parse_modalities,
+    read_class_names,
+    require_dir,
+)
 from data_prep._common import (
     TESTING,
     TRAINING,
@@ -34,10 +40,6 @@ from data_prep._common import (
     VideoSpec,
     load_npy,
     make_parser,
-    parse_json_annotations,
-    parse_modalities,
-    read_class_names,
-    require_dir,
     run_cli,
     write_videos,
 )

@@ -50,6 +50,12 @@ from typing import Sequence
 
 import numpy as np
 
+from data_prep._annotations import (
+    parse_modalities,
+    read_class_names,
+    require_dir,
+    require_file,
+)
 from data_prep._common import (
     TESTING,
     TRAINING,
@@ -60,10 +66,6 @@ from data_prep._common import (
     VideoSpec,
     load_npy,
     make_parser,
-    parse_modalities,
-    read_class_names,
-    require_dir,
-    require_file,
     run_cli,
     write_videos,
 )

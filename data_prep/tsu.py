@@ -26,6 +26,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from data_prep._annotations import (
+    parse_json_annotations,
+    parse_modalities,
+    read_class_names,
+    require_dir,
+)
 from data_prep._common import (
     ConversionError,
     ConversionOptions,
@@ -33,10 +39,6 @@ from data_prep._common import (
     VideoSpec,
     load_npy,
     make_parser,
-    parse_json_annotations,
-    parse_modalities,
-    read_class_names,
-    require_dir,
     resample_to_reference,
     run_cli,
     write_videos,

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from data_prep import _common, charades, multithumos, pku_mmd, tsu
+from data_prep._annotations import read_class_names
 from data_prep._common import ConversionError, ConversionSummary
 from kd_detect.data.format import FeatureFile
 from tests.helpers.fixtures_release import (
@@ -100,17 +101,17 @@ def test_resample_nearest_takes_the_row_whose_window_holds_the_step():
 def test_class_list_parser_accepts_release_forms_and_names_bad_lines(tmp_path):
     path = tmp_path / "classes.txt"
     path.write_text("c001 Second thing\nc000 First thing\n\n")
-    assert _common.read_class_names(path) == ["First thing", "Second thing"]
+    assert read_class_names(path) == ["First thing", "Second thing"]
     path.write_text("1\tEnter room\n2\tWalk\n")
-    assert _common.read_class_names(path, expected=2) == ["Enter room", "Walk"]
+    assert read_class_names(path, expected=2) == ["Enter room", "Walk"]
     path.write_text("Alpha\nBeta\n")
-    assert _common.read_class_names(path) == ["Alpha", "Beta"]
+    assert read_class_names(path) == ["Alpha", "Beta"]
     path.write_text("0 a\n2 c\n")
     with pytest.raises(ConversionError, match=r"classes\.txt:2: class ids must be contiguous"):
-        _common.read_class_names(path)
+        read_class_names(path)
     path.write_text("0 a\n1 b\n")
     with pytest.raises(ConversionError, match="expected 3 classes, found 2"):
-        _common.read_class_names(path, expected=3)
+        read_class_names(path, expected=3)
 
 
 # ------------------------------------------------------------------------ Charades
