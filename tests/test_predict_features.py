@@ -233,6 +233,11 @@ def test_bad_inputs_are_one_clear_line(setup, tmp_path, capsys):
     err = _fails([*ckpt[:2], "--out", str(out), "--segments", setup["ckpt"], "--features",
                   str(setup["features"]), *step], capsys)
     assert "refusing to write the output over the input" in err
+    victim = setup["features"] / "rgb" / "a.npy"  # a feature file of the folder is an input too
+    before = victim.read_bytes()
+    err = _fails([*ckpt[:2], "--out", str(victim), "--features", str(setup["features"]), *step], capsys)
+    assert f"{victim}: refusing to write the output over the input" in err
+    assert victim.read_bytes() == before
     assert not out.exists() and not list(tmp_path.glob(".p.h5.*"))
 
 

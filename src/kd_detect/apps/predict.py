@@ -198,7 +198,8 @@ def predict_features(
     from kd_detect.modules.inference import RGB, load_for_inference
 
     folder = rgb_folder(features)
-    inputs = (features, folder, ckpt, durations)
+    files = list_videos(folder, RGB)
+    inputs = (features, folder, ckpt, durations, *files.values())
     for target in (out, segments):
         if target is not None:
             refuse_inputs(target, inputs)
@@ -209,7 +210,6 @@ def predict_features(
             f"{folder}: --features gives RGB features only, the model ({predictor.source}, {predictor.kind}) "
             f"reads modalities {predictor.modalities}; use --data with a feature file that has them"
         )
-    files = list_videos(folder, RGB)
     absent = [vid for vid in files if step_seconds is None and vid not in (table or {})]
     if absent:
         raise FeatureDirError(
