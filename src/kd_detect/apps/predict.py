@@ -213,7 +213,7 @@ def predict_features(
     absent = [vid for vid in files if step_seconds is None and vid not in (table or {})]
     if absent:
         raise FeatureDirError(
-            f"{durations}: video {absent[0]!r} ({files[absent[0]]}) has no duration ({len(absent)} video(s) "
+            f"{durations or folder}: video {absent[0]!r} ({files[absent[0]]}) has no duration ({len(absent)} video(s) "
             "without one); add a row, or give --fps and --stride (duration = T x stride / fps)"
         )
     steps = {vid: read_steps(path, vid, RGB) for vid, path in files.items()}
