@@ -34,6 +34,11 @@ class FeatureFileError(KdDetectError, ValueError):
     """
 
 
+class FeatureDirError(KdDetectError, ValueError):
+    """A per-video feature folder or file (``kd_detect.data.feature_dir``) is not what it
+    should be; the message names the folder or file, the video and what was expected."""
+
+
 class StaleCacheError(FeatureFileError):
     """A teacher cache does not belong to the teacher checkpoint or data it is used with."""
 

@@ -1,4 +1,5 @@
-"""``kd-detect predict --ckpt CKPT --data FILE.h5 --out preds.h5``: per-step probabilities (DESIGN.md §7).
+"""``kd-detect predict --ckpt CKPT --data FILE.h5 | --features DIR --out preds.h5``: per-step
+probabilities (DESIGN.md §7).
 
 The model is anything :func:`kd_detect.modules.inference.load_for_inference` loads: a
 kd_detect checkpoint (a student without its teachers) or an exported RGB-only model
@@ -12,6 +13,23 @@ labels. The output is an HDF5 prediction file, written atomically
     /videos/<id>/scores  float32 (T, C) probabilities over the video's valid steps
                          (group attrs: duration in seconds)
 
+``--features DIR`` (in place of ``--data``; RGB-only models) reads a folder of per-video RGB
+feature files, ``<video_id>.npy`` or ``.pt`` of shape ``(T, D)``
+(:mod:`kd_detect.data.feature_dir`), with no HDF5 step. ``DIR`` is the RGB folder itself or,
+when it has an ``rgb/`` sub-folder, the root of a ``features/<modality>/`` layout (then
+``DIR/rgb`` is read; other sub-folders are ignored). Every video of the folder is predicted,
+batched longest first like ``--data`` (so the batches, and the scores, are the same); the
+model's input dim must equal the files' ``D``. The duration of a video (in
+seconds; it places the segments and is stored with the scores) is, first found:
+
+* its row of ``--durations FILE.csv`` (columns ``video,duration``, seconds), else
+* ``T × step``, ``step = --step-seconds`` or ``--stride / --fps`` (the extractor's stride in
+  frames and the video's frame rate) — the rule ``data_prep.generic`` uses, so both routes
+  give the same durations;
+
+a video with neither is refused. The features are used as float32, as a ``--dtype float32``
+file converted from the same folder holds them: the scores are the same as with ``--data``.
+
 With ``--segments FILE.jsonl``, action segments extracted by
 :func:`kd_detect.metrics.extract_segments` (threshold, merge gap, minimum length) are written
 one JSON object per line: ``{"video", "class" (name), "start", "end", "score"}`` (seconds).
@@ -23,7 +41,8 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -38,15 +57,23 @@ DESCRIPTION = (
 
 
 def iter_scores(
-    predictor: Any, loader: Any, durations: dict[str, float] | None = None
+    predictor: Any, loader: Any, durations: Mapping[str, float] | None = None, step_seconds: float | None = None
 ) -> Iterator[tuple[str, float, np.ndarray]]:
-    """``(video_id, duration, scores (T, C) float32)`` per video of ``loader``'s batches;
-    ``durations`` (the file's float64 values) override the batch's float32 ones."""
+    """``(video_id, duration, scores (T, C) float32)`` per video of ``loader``'s batches.
+
+    The duration is ``durations[video_id]`` (float64, e.g. the file's values), else
+    ``T × step_seconds`` when given, else the batch's float32 ``duration``."""
     from kd_detect.modules.inference import iter_videos
 
     durations = durations or {}
     for vid, probs, _, meta in iter_videos(predictor, loader):
-        yield vid, float(durations.get(vid, meta["duration"])), probs.numpy().astype(np.float32)
+        if vid in durations:
+            duration = float(durations[vid])
+        elif step_seconds is not None:
+            duration = probs.shape[0] * float(step_seconds)
+        else:
+            duration = float(meta["duration"])
+        yield vid, duration, probs.numpy().astype(np.float32)
 
 
 def write_predictions(
@@ -58,12 +85,13 @@ def write_predictions(
     merge_gap: float = 0.0,
     min_length: float = 0.0,
     attrs: dict[str, Any] | None = None,
-    durations: dict[str, float] | None = None,
+    durations: Mapping[str, float] | None = None,
     inputs: tuple[str | os.PathLike, ...] = (),
+    step_seconds: float | None = None,
 ) -> tuple[int, int]:
     """Run ``predictor`` over ``loader`` and write the prediction file (and segments, times
     rounded to the microsecond). Both files are written atomically and never over one of
-    ``inputs``. Returns ``(videos, segments)`` counts."""
+    ``inputs``. Durations as in :func:`iter_scores`. Returns ``(videos, segments)`` counts."""
     import h5py
 
     if segments_out is not None:
@@ -77,7 +105,7 @@ def write_predictions(
             for key, value in (attrs or {}).items():
                 h5.attrs[key] = value
             videos = h5.create_group("videos")
-            for vid, duration, scores in iter_scores(predictor, loader, durations):
+            for vid, duration, scores in iter_scores(predictor, loader, durations, step_seconds):
                 group = videos.create_group(vid)
                 group.attrs["duration"] = duration
                 group.create_dataset("scores", data=scores)
@@ -142,17 +170,114 @@ def predict(
         dm.teardown("predict")
 
 
+def rgb_folder(features: str | os.PathLike) -> Path:
+    """The folder read by ``--features DIR``: ``DIR/rgb`` when it is a folder, else ``DIR``."""
+    root = Path(features)
+    return root / "rgb" if (root / "rgb").is_dir() else root
+
+
+def predict_features(
+    ckpt: str | os.PathLike,
+    features: str | os.PathLike,
+    out: str | os.PathLike,
+    segments: str | os.PathLike | None = None,
+    threshold: float = 0.5,
+    merge_gap: float = 0.0,
+    min_length: float = 0.0,
+    batch_size: int = 8,
+    device: str = "cpu",
+    step_seconds: float | None = None,
+    durations: str | os.PathLike | None = None,
+) -> tuple[int, int]:
+    """Predict every video of the RGB feature folder ``features``; see module docstring."""
+    from torch.utils.data import DataLoader
+
+    from kd_detect.data.dataset import VideoCollate
+    from kd_detect.data.feature_dir import FeatureDirDataset, list_videos, read_durations, read_steps
+    from kd_detect.errors import FeatureDirError
+    from kd_detect.modules.inference import RGB, load_for_inference
+
+    folder = rgb_folder(features)
+    files = list_videos(folder, RGB)
+    inputs = (features, folder, ckpt, durations, *files.values())
+    for target in (out, segments):
+        if target is not None:
+            refuse_inputs(target, inputs)
+    table = None if durations is None else read_durations(durations)
+    predictor = load_for_inference(ckpt, device)
+    if predictor.modalities != [RGB]:
+        raise FeatureDirError(
+            f"{folder}: --features gives RGB features only, the model ({predictor.source}, {predictor.kind}) "
+            f"reads modalities {predictor.modalities}; use --data with a feature file that has them"
+        )
+    absent = [vid for vid in files if step_seconds is None and vid not in (table or {})]
+    if absent:
+        raise FeatureDirError(
+            f"{durations or folder}: video {absent[0]!r} ({files[absent[0]]}) has no duration ({len(absent)} video(s) "
+            "without one); add a row, or give --fps and --stride (duration = T x stride / fps)"
+        )
+    steps = {vid: read_steps(path, vid, RGB) for vid, path in files.items()}
+    order = sorted(files, key=lambda vid: -steps[vid])  # longest first, as --data batches (stable: id order)
+    dataset = FeatureDirDataset(folder, RGB, order, step_seconds=step_seconds, durations=table, dtype="float32")
+    expected = predictor.modality_dims[RGB]
+    if dataset.dim != expected:
+        raise FeatureDirError(
+            f"{folder}: video {dataset.video_ids[0]!r}: rgb features have dim {dataset.dim}, "
+            f"the model ({predictor.source}) expects {expected}"
+        )
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=VideoCollate(len(predictor.classes)))
+    return write_predictions(
+        predictor, loader, out, segments, threshold, merge_gap, min_length,
+        attrs={"source_checkpoint": str(ckpt), "source_features": str(folder)},
+        durations=dataset.durations, inputs=tuple(i for i in inputs if i is not None), step_seconds=step_seconds,
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True, help="kd_detect .ckpt, exported TorchScript .pt or .state.pt")
-    parser.add_argument("--data", required=True, help="feature file (HDF5, format v1); labels not needed")
-    parser.add_argument("--subset", nargs="+", default=None, help="subset(s) to predict (default: every video)")
+    parser.add_argument("--data", default=None, help="feature file (HDF5, format v1); labels not needed")
+    parser.add_argument("--features", default=None,
+                        help="in place of --data (RGB-only models): a folder of <video_id>.npy/.pt (T, D) RGB "
+                             "features, or a root with an rgb/ sub-folder")
+    parser.add_argument("--subset", nargs="+", default=None, help="--data: subset(s) to predict (default: every video)")
     parser.add_argument("--out", required=True, help="prediction file to write (HDF5)")
     parser.add_argument("--segments", default=None, help="also write action segments to this .jsonl file")
     parser.add_argument("--threshold", type=float, default=0.5, help="segments: probability threshold")
     parser.add_argument("--merge-gap", type=float, default=0.0, help="segments: merge runs this close (seconds)")
     parser.add_argument("--min-length", type=float, default=0.0, help="segments: drop shorter ones (seconds)")
+    parser.add_argument("--step-seconds", type=float, default=None,
+                        help="--features: seconds per feature step (duration = T x step)")
+    parser.add_argument("--fps", type=float, default=None, help="--features: frame rate (with --stride: step = stride/fps)")
+    parser.add_argument("--stride", type=float, default=None, help="--features: extractor stride in frames (with --fps)")
+    parser.add_argument("--durations", default=None,
+                        help="--features: CSV video,duration (seconds); takes precedence over the step rule")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+
+
+def step_seconds_of(args: argparse.Namespace) -> float | None:
+    """``--step-seconds``, or ``--stride / --fps`` (both needed), or ``None`` with neither;
+    with ``None`` every video needs a row in ``--durations``."""
+    if args.subset is not None:
+        raise UsageError("--subset selects videos of a --data file; --features predicts every video of the folder")
+    for name in ("step_seconds", "fps", "stride"):
+        value = getattr(args, name)
+        if value is not None and not (np.isfinite(value) and value > 0):
+            raise UsageError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+    if args.step_seconds is not None:
+        if args.fps is not None or args.stride is not None:
+            raise UsageError("give either --step-seconds or --fps and --stride, not both")
+        return float(args.step_seconds)
+    if (args.fps is None) != (args.stride is None):
+        raise UsageError("--fps and --stride go together (step = stride / fps seconds)")
+    if args.fps is None:
+        if args.durations is None:
+            raise UsageError(
+                "--features needs the videos' durations: --fps F --stride S (duration = T x S / F), "
+                "--step-seconds, or --durations FILE.csv"
+            )
+        return None
+    return float(args.stride) / float(args.fps)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -162,11 +287,24 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--threshold must be a probability in [0, 1], got {args.threshold}")
     if args.merge_gap < 0 or args.min_length < 0:
         raise UsageError("--merge-gap and --min-length must be >= 0 seconds")
-    subset = None if args.subset is None else (args.subset[0] if len(args.subset) == 1 else args.subset)
-    n_videos, n_segments = predict(
-        args.ckpt, args.data, args.out, subset, args.segments, args.threshold, args.merge_gap,
-        args.min_length, args.batch_size, args.device,
-    )
+    if (args.data is None) == (args.features is None):
+        raise UsageError("give exactly one of --data FILE.h5 and --features DIR" + (
+            "" if args.data is None else f" (got --data {args.data} and --features {args.features})"))
+    if args.features is not None:
+        n_videos, n_segments = predict_features(
+            args.ckpt, args.features, args.out, args.segments, args.threshold, args.merge_gap, args.min_length,
+            args.batch_size, args.device, step_seconds_of(args), args.durations,
+        )
+    else:
+        given = [f"--{n.replace('_', '-')}" for n in ("step_seconds", "fps", "stride", "durations")
+                 if getattr(args, n) is not None]
+        if given:
+            raise UsageError(f"{given[0]} goes with --features DIR; a --data file has its own durations")
+        subset = None if args.subset is None else (args.subset[0] if len(args.subset) == 1 else args.subset)
+        n_videos, n_segments = predict(
+            args.ckpt, args.data, args.out, subset, args.segments, args.threshold, args.merge_gap,
+            args.min_length, args.batch_size, args.device,
+        )
     print(f"wrote per-step scores of {n_videos} videos to {args.out}")
     if args.segments:
         print(f"wrote {n_segments} action segments to {args.segments}")

@@ -33,14 +33,17 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
+from kd_detect.errors import FeatureDirError
+
 from .batch import LABELS
 from .format import FEATURE_DTYPES
 
+__all__ = [
+    "FeatureDirDataset", "FeatureDirError", "check_array", "feature_dir_loader", "iter_features", "list_videos",
+    "load_array", "read_durations", "read_steps",
+]
+
 SUFFIXES = (".npy", ".pt")
-
-
-class FeatureDirError(ValueError):
-    """A per-video feature folder or file is not what :mod:`feature_dir` expects (one line)."""
 
 
 def list_videos(directory: str | os.PathLike, modality: str = "features") -> dict[str, Path]:
@@ -102,6 +105,25 @@ def load_array(path: str | os.PathLike, video_id: str | None = None, modality: s
     return np.asarray(arr, dtype=np.float32)
 
 
+def read_steps(path: str | os.PathLike, video_id: str | None = None, modality: str = "features") -> int:
+    """``T`` of a feature file without reading its values (``.npy`` memory-mapped, ``.pt``
+    with ``torch.load(mmap=True)``); a file that cannot be read that way is loaded in full
+    by :func:`load_array`, which names what is wrong with it."""
+    path = Path(path)
+    try:
+        if path.suffix == ".npy":
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        else:
+            import torch
+
+            arr = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        if getattr(arr, "ndim", 0) >= 2 and arr.shape[0] >= 1:
+            return int(arr.shape[0])
+    except Exception:  # noqa: BLE001 - any failure: the full load below reports it
+        pass
+    return int(load_array(path, video_id, modality).shape[0])
+
+
 def check_array(arr: np.ndarray, path: str | os.PathLike, video_id: str, modality: str = "features",
                 dim: int | None = None) -> None:
     """Refuse non-finite values and a feature dim other than ``dim`` (when given)."""
@@ -132,6 +154,47 @@ def iter_features(
         check_array(arr, path, vid, modality, dim)
         dim = arr.shape[1] if dim is None else dim
         yield vid, arr
+
+
+def read_durations(path: str | os.PathLike) -> dict[str, float]:
+    """A CSV table with columns ``video,duration`` (seconds; other columns ignored) →
+    ``{video_id: duration}``. Every duration must be a finite number > 0 and every video
+    appear once; a violation is one :class:`FeatureDirError` naming the file, line, video
+    and field."""
+    import csv
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise FeatureDirError(f"{path}: durations table not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise FeatureDirError(f"{path}: unreadable durations table ({err})") from err
+    rows = list(csv.reader(text.splitlines()))
+    header = [c.strip() for c in rows[0]] if rows else []
+    if "video" not in header or "duration" not in header:
+        raise FeatureDirError(f"{path}:1: header must name columns video and duration, got {','.join(header)!r}")
+    iv, idur = header.index("video"), header.index("duration")
+    out: dict[str, float] = {}
+    for line, fields in enumerate(rows[1:], start=2):
+        if not any(f.strip() for f in fields):
+            continue
+        if len(fields) <= max(iv, idur):
+            raise FeatureDirError(f"{path}:{line}: {len(fields)} fields, expected the columns {','.join(header)}")
+        vid, raw = fields[iv].strip(), fields[idur].strip()
+        where = f"{path}:{line}: video {vid!r}: field 'duration'"
+        if not vid:
+            raise FeatureDirError(f"{path}:{line}: field 'video' is empty, expected a video id")
+        if vid in out:
+            raise FeatureDirError(f"{path}:{line}: video {vid!r} appears twice, expected one duration per video")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise FeatureDirError(f"{where} is {raw!r}, expected a number of seconds") from None
+        if not (np.isfinite(value) and value > 0):
+            raise FeatureDirError(f"{where} is {raw!r}, expected a positive finite number of seconds")
+        out[vid] = value
+    return out
 
 
 class FeatureDirDataset(Dataset):
