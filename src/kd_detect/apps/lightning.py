@@ -90,6 +90,10 @@ def lightning_main(args: list[str] | None = None, run: bool = True, cli_class: t
     # run directory holds config.yaml before the first checkpoint by design.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    # The module turns host batches into the heads' layout in on_after_batch_transfer by
+    # design (docs/format.md, "The batch a model sees"); Lightning warns whenever a
+    # DataModule is also present, although the DataModule defines no such hook.
+    warnings.filterwarnings("ignore", message="You have overridden `on_after_batch_transfer`")
     if args is None:
         args = sys.argv[1:]
     try:
