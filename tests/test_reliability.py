@@ -227,3 +227,89 @@ def test_val_auto_holds_out_a_hashed_share_of_training(synthetic_h5, tmp_path, c
     assert err.count("val_subset=auto") == 1 and f"validating on {count} of {len(train)}" in err
     explicit = FeatureDataModule(str(path), val_subset="testing")
     assert sorted(explicit.dataset("val").video_ids) == sorted(_ids(path, "testing"))
+
+
+# ---------------------------------------------------------------- SIGTERM during fit
+FIT_TINY = [
+    "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.logger=false",
+    "--model.init_args.head.init_args.hidden=16", "--model.init_args.head.init_args.num_layers=2",
+]
+
+
+def test_sigterm_error_after_fit(tmp_path):
+    """The after-fit check alone: no SIGTERM, nothing; with one, one line naming last.ckpt."""
+    from types import SimpleNamespace
+
+    from kd_detect.apps.lightning import sigterm_error
+    from kd_detect.errors import TrainingInterrupted
+
+    cb = SimpleNamespace(last_model_path="", dirpath=str(tmp_path))
+    trainer = SimpleNamespace(received_sigterm=False, checkpoint_callbacks=[cb], current_epoch=3, global_step=40,
+                              default_root_dir=str(tmp_path))
+    assert sigterm_error(trainer) is None
+    trainer.received_sigterm = True
+    err = sigterm_error(trainer)
+    assert isinstance(err, TrainingInterrupted) and "before any checkpoint was written" in str(err)
+    (tmp_path / "last.ckpt").write_bytes(b"x")
+    msg = str(sigterm_error(trainer))
+    last = str(tmp_path / "last.ckpt")
+    assert "\n" not in msg and "after 3 completed epoch(s), step 40" in msg
+    assert f"the last checkpoint is {last}" in msg and f"--ckpt_path={last}" in msg and "RESUME=1" in msg
+
+
+def test_fit_stopped_by_sigterm_raises_in_process(synthetic_h5, tmp_path):
+    """A real SIGTERM at the end of the first epoch (a callback sends it to this process):
+    Lightning stops with its SystemExit(0); the CLI turns it into TrainingInterrupted."""
+    import signal
+
+    from kd_detect.apps.lightning import lightning_main
+    from kd_detect.errors import TrainingInterrupted
+
+    os.environ["WANDB_MODE"] = "disabled"
+    with pytest.raises(TrainingInterrupted) as info:
+        lightning_main(
+            ["fit", "--config", str(ROOT / "experiments/synthetic_rgb.yaml"), f"--data.path={synthetic_h5}",
+             f"--trainer.default_root_dir={tmp_path}", "--trainer.max_epochs=5", *FIT_TINY,
+             "--trainer.callbacks+=tests.test_reliability.TermAfterFirstEpoch"]
+        )
+    msg = str(info.value)
+    assert "after 1 completed epoch(s)" in msg and f"the last checkpoint is {tmp_path / 'last.ckpt'}" in msg, msg
+    assert (tmp_path / "last.ckpt").is_file()
+
+
+import pytorch_lightning as _pl  # noqa: E402
+
+
+class TermAfterFirstEpoch(_pl.Callback):
+    """Sends SIGTERM to this process once the first training epoch is done."""
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        import signal
+
+        if trainer.current_epoch == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_fit_killed_with_sigterm_exits_nonzero(synthetic_h5, tmp_path):
+    """The command line, killed from outside after its first checkpoint: exit 1, one line
+    (about 6 s on 2 shared cores, so not marked slow)."""
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kd_detect.cli", "fit", "--config", str(ROOT / "experiments/synthetic_rgb.yaml"),
+         f"--data.path={synthetic_h5}", f"--trainer.default_root_dir={run}", "--trainer.max_epochs=500", *FIT_TINY],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"},
+    )
+    deadline = time.monotonic() + 240
+    while not (run / "last.ckpt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read()[-2000:]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err[-2000:]
+    errors = [ln for ln in err.splitlines() if "error:" in ln]
+    assert len(errors) == 1 and "fit stopped by SIGTERM" in errors[0], err[-2000:]
+    assert f"--ckpt_path={run / 'last.ckpt'}" in errors[0] and "Traceback" not in err

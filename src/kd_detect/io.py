@@ -9,7 +9,8 @@ What it guarantees, whatever writes the file (``open``, h5py, ``torch.save``, ma
   readers see the old file or the complete new one, never a truncated one;
 * on any exception, and on SIGTERM/SIGINT while writing (a handler that raises is
   installed in the main thread and the previous one restored afterwards), the temporary
-  file is removed and ``path`` is left as it was;
+  file is removed and ``path`` is left as it was; when the previous handler is a Python
+  function (e.g. Lightning's SIGTERM flag) it is called instead and the write completes;
 * a ``path`` that resolves (``os.path.realpath``, or ``os.path.samefile`` for hard links) to
   one of ``inputs`` is refused before anything is written, with
   :class:`~kd_detect.errors.OutputIsInputError` naming both.
@@ -57,6 +58,12 @@ def refuse_inputs(path: PathLike, inputs: Iterable[PathLike | None]) -> None:
 
 
 def _raise_on_signal(signum: int, frame: Any) -> None:
+    previous = _previous_handlers.get(signum)
+    if callable(previous) and previous is not signal.default_int_handler:
+        # a cooperative handler (Lightning's SIGTERM flag: stop after this step) owns the
+        # signal: let it decide, and finish this write (atomic either way, no debris)
+        previous(signum, frame)
+        return
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
     raise SystemExit(128 + signum)
