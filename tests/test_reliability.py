@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 
 from kd_detect.data.datamodule import FeatureDataModule, fixed_share
 from kd_detect.data.format import FeatureFile
@@ -121,7 +123,7 @@ def test_datamodule_refuses_what_check_refuses(case, synthetic_h5, tmp_path):
     line = str(info.value)
     assert "\n" not in line
     assert line.startswith(f"{path}: ")
-    assert __import__("re").search(pattern, line), line
+    assert re.search(pattern, line), line
     assert f"kd-detect check {path}" in line and "--data.validate=false" in line
 
 
@@ -145,7 +147,7 @@ def test_fit_refuses_before_training_in_one_line(synthetic_h5, tmp_path):
     assert proc.returncode == 1, proc.stderr[-2000:]
     errors = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
     assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    assert __import__("re").search(pattern, errors[0]) and str(path) in errors[0], errors[0]
+    assert re.search(pattern, errors[0]) and str(path) in errors[0], errors[0]
     assert not list(run.rglob("*.ckpt"))  # refused before any training
     assert hashlib.sha256(path.read_bytes()).hexdigest() == before
 
@@ -218,6 +220,7 @@ def test_val_auto_holds_out_a_hashed_share_of_training(synthetic_h5, tmp_path, c
                 group.attrs["subset"] = "training"
     train = _ids(path, "training")
     dm = FeatureDataModule(str(path))
+    assert "val_subset" not in capsys.readouterr().err  # said only when validation data are built
     # the 15 % whose SHA-1 of the id ranks lowest, by hand
     count = -(-15 * len(train) // 100)
     ranked = sorted(train, key=lambda v: hashlib.sha1(v.encode()).hexdigest())[:count]
@@ -260,7 +263,6 @@ def test_sigterm_error_after_fit(tmp_path):
 def test_fit_stopped_by_sigterm_raises_in_process(synthetic_h5, tmp_path):
     """A real SIGTERM at the end of the first epoch (a callback sends it to this process):
     Lightning stops with its SystemExit(0); the CLI turns it into TrainingInterrupted."""
-    import signal
 
     from kd_detect.apps.lightning import lightning_main
     from kd_detect.errors import TrainingInterrupted
@@ -277,10 +279,7 @@ def test_fit_stopped_by_sigterm_raises_in_process(synthetic_h5, tmp_path):
     assert (tmp_path / "last.ckpt").is_file()
 
 
-import pytorch_lightning as _pl  # noqa: E402
-
-
-class TermAfterFirstEpoch(_pl.Callback):
+class TermAfterFirstEpoch(pl.Callback):
     """Sends SIGTERM to this process once the first training epoch is done."""
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:

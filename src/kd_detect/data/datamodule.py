@@ -29,8 +29,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytorch_lightning as pl
-from pytorch_lightning.utilities.rank_zero import rank_zero_only
 import torch
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
 from .dataset import EpochDistributedSampler, FeatureDataset, UnrepeatedDistributedSampler, VideoCollate
@@ -155,6 +155,7 @@ class FeatureDataModule(pl.LightningDataModule):
         self._ids: dict[str, list[str]] = {}
         self._empty: dict[str, FeatureFileError] = {}
         held_out: list[str] = []
+        self._val_note: str | None = None  # announced when the validation data are first built
         if val_subset == AUTO:
             val_subset, held_out = self._auto_validation(ff, train_subset)
             self.val_subset = val_subset
@@ -185,19 +186,20 @@ class FeatureDataModule(pl.LightningDataModule):
         """``val_subset: auto``: ``(subset, [])`` with the file's ``validation`` subset when it
         has one, else ``(train_subset, held-out ids)``: a fixed share (:data:`AUTO_SHARE`, by
         SHA-1 of the id, :func:`fixed_share`) of the training videos, removed from training
-        (kept in it only when training has a single video). Announced once (rank zero)."""
+        (kept in it only when training has a single video). Announced once (rank zero), when
+        the validation data are first built (not by predict / cache-teacher)."""
         if ff.videos_in(VALIDATION):
-            _announce(f"{self.path}: val_subset=auto -> the file's '{VALIDATION}' subset "
-                      f"({len(ff.videos_in(VALIDATION))} videos)")
+            self._val_note = (f"{self.path}: val_subset=auto -> the file's '{VALIDATION}' subset "
+                              f"({len(ff.videos_in(VALIDATION))} videos)")
             return VALIDATION, []
         train = ff.videos_in(train_subset)
         if not train:
             return VALIDATION, []  # the train stage reports the empty subset
         held = fixed_share(train, AUTO_SHARE)
         overlap = " (the only training video: validation overlaps training)" if len(train) < 2 else ""
-        _announce(f"{self.path}: val_subset=auto -> no '{VALIDATION}' subset; validating on {len(held)} of "
-                  f"{len(train)} {_subset_name(train_subset)} videos held out by SHA-1 of the id "
-                  f"({AUTO_SHARE:.0%}){overlap}")
+        self._val_note = (f"{self.path}: val_subset=auto -> no '{VALIDATION}' subset; validating on {len(held)} "
+                          f"of {len(train)} {_subset_name(train_subset)} videos held out by SHA-1 of the id "
+                          f"({AUTO_SHARE:.0%}){overlap}")
         return train_subset, held
 
     def _world(self) -> tuple[int, int]:
@@ -212,6 +214,8 @@ class FeatureDataModule(pl.LightningDataModule):
         if stage in self._empty:
             raise self._empty[stage]
         if stage not in self._datasets:
+            if stage == "val" and self._val_note:
+                _announce(self._val_note)
             ids = self._ids[stage]
             train = stage == "train"
             if not train:
