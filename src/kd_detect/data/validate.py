@@ -5,6 +5,10 @@
 label/segment rule are checked ``chunk_steps`` steps at a time), collects every violation
 as one line naming the file, the video and the field, and summarises the content.
 :func:`main` prints the summary and the problems; exit status 0 when clean, 1 otherwise.
+:func:`ensure_valid` is what training and prediction call first (through
+``FeatureDataModule(validate=True)``): the same rules, the verdict cached per file identity
+(:func:`cached_problems`), the first problem raised as one
+:class:`~kd_detect.errors.DataValidationError` line.
 It never lets an h5py exception escape: unreadable objects become problems.
 """
 
