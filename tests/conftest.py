@@ -19,6 +19,15 @@ torch.set_num_threads(1)  # 2 shared CPU cores: keep every test single-threaded
 from data_prep.synthetic import TINY as SYNTHETIC_SMALL  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _verdict_cache(tmp_path_factory) -> None:
+    """Cached validation verdicts (and any other kd_detect cache) go to a session folder,
+    never to the user's ~/.cache; subprocesses inherit it."""
+    import os
+
+    os.environ["KD_DETECT_CACHE_DIR"] = str(tmp_path_factory.mktemp("kd_cache"))
+
+
 @pytest.fixture(scope="session")
 def make_synthetic_h5(tmp_path_factory) -> Callable[..., Path]:
     """Factory ``make(seed=0, dtype="float16", **options) -> Path``; files are cached per arguments."""

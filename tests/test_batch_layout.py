@@ -91,7 +91,7 @@ def test_every_batch_matches_the_former_collate(tmp_path, dtype, max_steps):
     window) and evaluation batches; lazy and preloaded reads."""
     path = _write(tmp_path / f"{dtype}.h5", dtype)
     for preload in (False, True):
-        dm = FeatureDataModule(path, batch_size=3, eval_batch_size=2, max_steps=max_steps, seed=4,
+        dm = FeatureDataModule(path, val_subset="testing", batch_size=3, eval_batch_size=2, max_steps=max_steps, seed=4,
                                preload=preload)
         seen, padded = 0, False
         for stage in ("train", "val"):
@@ -122,7 +122,7 @@ def test_missing_labels_and_mixed_dtypes(tmp_path):
     """Videos without labels give zero labels; items of different dtypes collate to the
     wider one, so nothing is rounded."""
     path = _write(tmp_path / "x.h5", "float16", unlabeled=("v1", "v3"))
-    dm = FeatureDataModule(path, batch_size=7, require_labels=False)
+    dm = FeatureDataModule(path, val_subset="testing", batch_size=7, require_labels=False)
     dataset = dm.dataset("predict")  # every video, longest first
     items = [dataset[i] for i in range(7)]
     unlabeled = [i for i, it in enumerate(items) if it["labels"] is None]
@@ -136,7 +136,7 @@ def test_missing_labels_and_mixed_dtypes(tmp_path):
 
 def test_to_model_layout_leaves_model_batches_and_its_input_alone(tmp_path):
     path = _write(tmp_path / "x.h5", "float16")
-    host = next(iter(FeatureDataModule(path, batch_size=4).val_dataloader()))
+    host = next(iter(FeatureDataModule(path, val_subset="testing", batch_size=4).val_dataloader()))
     snapshot = {k: v.clone() for k, v in host.items() if isinstance(v, torch.Tensor)}
     model = to_model_layout(host)
     for k, v in snapshot.items():
@@ -154,7 +154,7 @@ def test_detector_converts_after_transfer(tmp_path):
     from kd_detect.modules import DetectorModule, instantiate
 
     path = _write(tmp_path / "x.h5", "float16")
-    dm = FeatureDataModule(path, batch_size=4)
+    dm = FeatureDataModule(path, val_subset="testing", batch_size=4)
     module = instantiate(DetectorModule, modalities=["rgb"], num_classes=len(CLASSES), classes=CLASSES,
                          modality_dims=dm.modality_dims,
                          head={"class_path": "kd_detect.models.heads.PDAN", "init_args": {"hidden": 8, "num_layers": 1}})
@@ -169,7 +169,7 @@ def test_batched_read_lands_in_the_batch_without_a_copy(tmp_path):
     the batch (the same memory), with the padding rows zeroed; the per-item path gives the
     same batch."""
     path = _write(tmp_path / "x.h5", "float16")
-    dm = FeatureDataModule(path, batch_size=5, max_steps=12, seed=2)
+    dm = FeatureDataModule(path, val_subset="testing", batch_size=5, max_steps=12, seed=2)
     dataset = dm.dataset("train")
     keys = [(i, 1) for i in (4, 0, 3, 1, 2)]
     items = dataset.__getitems__(keys)
@@ -189,7 +189,7 @@ def test_batched_read_falls_back_for_what_it_does_not_cover(tmp_path):
         data = h5["videos/v0/rgb"][()]
         del h5["videos/v0/rgb"]
         h5.create_dataset("videos/v0/rgb", data=data, compression="gzip", chunks=(2, data.shape[1]))
-    dm = FeatureDataModule(path, batch_size=7, require_labels=False)
+    dm = FeatureDataModule(path, val_subset="testing", batch_size=7, require_labels=False)
     dataset = dm.dataset("predict")
     keys = list(range(7))
     items = dataset.__getitems__(keys)
@@ -202,7 +202,7 @@ def test_batch_memory_is_reused_only_once_released(tmp_path):
     """The pool never hands out memory a batch, an item or a view still refers to, and
     reuses it once they are gone (so memory stays bounded)."""
     path = _write(tmp_path / "x.h5", "float32")
-    dataset = FeatureDataModule(path, batch_size=3).dataset("train")
+    dataset = FeatureDataModule(path, val_subset="testing", batch_size=3).dataset("train")
     fields = 3  # rgb, flow, labels
     held = collate_videos(dataset.__getitems__([0, 1, 2]), len(CLASSES))
     kept = {k: held[k].clone() for k in ("rgb", "flow", "labels")}

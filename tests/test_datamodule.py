@@ -47,7 +47,7 @@ def test_header_attributes(synthetic_h5):
 def test_eval_batches_shapes_padding_and_content(synthetic_h5):
     dm = FeatureDataModule(str(synthetic_h5), batch_size=2, eval_batch_size=3, max_steps=8)
     ff = FeatureFile(synthetic_h5)
-    batches = _batches(dm.val_dataloader())
+    batches = _batches(dm.test_dataloader())
     assert [len(b["mask"]) for b in batches] == [3, 1]  # 4 testing videos
     seen = []
     for batch in batches:
@@ -172,8 +172,12 @@ def test_predict_without_labels(synthetic_h5, tmp_path):
     assert all(b["labels"].eq(0).all() and b["labels"].shape[1] == 6 for b in batches)
     with pytest.raises(FeatureFileError, match=r"train_subset='training' selects no video.*'unlabelled': 16"):
         dm.train_dataloader()
-    strict = FeatureDataModule(str(path), modalities=["rgb"], train_subset="unlabelled", val_subset="unlabelled",
-                               test_subset="unlabelled")
+    subsets = dict(train_subset="unlabelled", val_subset="unlabelled", test_subset="unlabelled")
+    # validated up front (the rules of `kd-detect check`) ...
+    with pytest.raises(FeatureFileError, match=r"nolabels\.h5: video 'syn_\d+': field 'labels' missing"):
+        FeatureDataModule(str(path), modalities=["rgb"], **subsets)
+    # ... and, with the check skipped, still refused when the data are read
+    strict = FeatureDataModule(str(path), modalities=["rgb"], validate=False, **subsets)
     with pytest.raises(FeatureFileError, match=r"nolabels\.h5: video 'syn_\d+': field 'labels' missing"):
         next(iter(strict.test_dataloader()))
 
@@ -254,14 +258,18 @@ def test_bad_fields_give_clear_errors(synthetic_h5, tmp_path):
         flow = h5[f"videos/{b}/flow"][()]
         del h5[f"videos/{b}/flow"]
         h5.create_dataset(f"videos/{b}/flow", data=flow[:-3])
-    dm = FeatureDataModule(str(path), eval_batch_size=1)
+    # refused up front (the rules of `kd-detect check`) ...
+    with pytest.raises(FeatureFileError, match=rf"broken\.h5: video '{a}': modality 'flow' must be a 2-D"):
+        FeatureDataModule(str(path), eval_batch_size=1)
+    # ... and by the reader when the check is skipped
+    dm = FeatureDataModule(str(path), eval_batch_size=1, validate=False)
     dataset = dm.dataset("test")
     assert dataset.video_ids[:2] == [a, b]
     with pytest.raises(FeatureFileError, match=rf"broken\.h5: video '{a}': field 'flow' is not a dataset"):
         dataset[0]
     with pytest.raises(FeatureFileError, match=rf"broken\.h5: video '{b}': modality 'flow' has shape \(\d+, 8\).*share T"):
         dataset[1]
-    rgb_only = FeatureDataModule(str(path), modalities=["rgb"]).dataset("test")
+    rgb_only = FeatureDataModule(str(path), modalities=["rgb"], validate=False).dataset("test")
     assert rgb_only[0]["features"]["rgb"].shape == (ff.lengths[a], 16)
 
 

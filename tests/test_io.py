@@ -125,3 +125,22 @@ def test_a_dropped_writer_cleans_up(tmp_path, fresh_handlers):
     handle.tmp.write_text("half")
     del handle
     assert leftovers(tmp_path) == [] and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_signal_during_write_defers_to_a_cooperative_handler(tmp_path, fresh_handlers):
+    """A Python SIGTERM handler installed before the write (Lightning's "stop after this
+    step" flag) is called instead of raising: the write completes and the flag is set."""
+    import os
+
+    seen = []
+    old = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        with atomic_write(tmp_path / "out.txt") as tmp:
+            tmp.write_text("partial")
+            os.kill(os.getpid(), signal.SIGTERM)
+            tmp.write_text("complete")
+        assert seen == [signal.SIGTERM]
+        assert (tmp_path / "out.txt").read_text() == "complete"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+    finally:
+        signal.signal(signal.SIGTERM, old)

@@ -373,3 +373,37 @@ def test_live_teacher_in_bf16_keeps_losses_within_tolerance(files):
     total = sum(l16.values())
     total.backward()  # the plugins can save the teacher's outputs for backward
     assert student.distill["t"]["mse"].proj.weight.grad is not None
+
+
+def test_cache_from_another_feature_file_is_refused(files, tmp_path):
+    """Issue 16: the cache records its source file's content identity; same ids and T but
+    other content is refused with StaleCacheError naming both files, before training."""
+    import shutil
+
+    import h5py
+
+    from kd_detect.data.teacher_cache import TeacherCache
+    from kd_detect.errors import StaleCacheError
+
+    cache = tmp_path / "cache.h5"
+    assert cache_teacher(["--ckpt", str(files["ckpt"]), "--data", str(files["data"]), "--out", str(cache)]) == 0
+    TeacherCache(cache).check_source(files["data"])  # its own file
+    same = tmp_path / "copy.h5"
+    shutil.copyfile(files["data"], same)
+    TeacherCache(cache).check_source(same)  # a copy: same content, accepted
+    other = tmp_path / "other.h5"
+    shutil.copyfile(files["data"], other)
+    with h5py.File(other, "a") as h5:  # same ids, same T, one feature value changed
+        h5["videos/v00/rgb"][0, 0] += 1.0
+    dm = FeatureDataModule(str(other), batch_size=4)
+    student = _student(files, dm, teacher_caches={"t": str(cache)})
+    with pytest.raises(StaleCacheError) as info:
+        _trainer().fit(student, datamodule=dm)
+    msg = str(info.value)
+    assert "stale teacher cache" in msg and str(cache) in msg and str(other) in msg and str(files["data"]) in msg
+    assert "kd-detect cache-teacher" in msg
+    # an old cache without the identity: refused with the command that rebuilds it
+    with h5py.File(cache, "a") as h5:
+        del h5.attrs["source_sha256"]
+    with pytest.raises(StaleCacheError, match=r"records no content identity.*rebuild it: `kd-detect cache-teacher"):
+        TeacherCache(cache).check_source(files["data"])

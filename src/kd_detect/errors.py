@@ -39,6 +39,11 @@ class FeatureDirError(KdDetectError, ValueError):
     should be; the message names the folder or file, the video and what was expected."""
 
 
+class DataValidationError(FeatureFileError):
+    """A feature file fails the checks of ``kd-detect check`` when a command validates it
+    before use (training, prediction); the message gives the first problem line(s)."""
+
+
 class StaleCacheError(FeatureFileError):
     """A teacher cache does not belong to the teacher checkpoint or data it is used with."""
 
@@ -49,6 +54,10 @@ class CheckpointError(KdDetectError, ValueError):
 
 class TeacherCompatibilityError(KdDetectError, ValueError):
     """A teacher (checkpoint or cache) does not fit the student or the data."""
+
+
+class TrainingInterrupted(KdDetectError):
+    """A fit stopped by SIGTERM: the message says where ``last.ckpt`` is and how to resume."""
 
 
 class OutputIsInputError(KdDetectError):

@@ -9,7 +9,8 @@ What it guarantees, whatever writes the file (``open``, h5py, ``torch.save``, ma
   readers see the old file or the complete new one, never a truncated one;
 * on any exception, and on SIGTERM/SIGINT while writing (a handler that raises is
   installed in the main thread and the previous one restored afterwards), the temporary
-  file is removed and ``path`` is left as it was;
+  file is removed and ``path`` is left as it was; when the previous handler is a Python
+  function (e.g. Lightning's SIGTERM flag) it is called instead and the write completes;
 * a ``path`` that resolves (``os.path.realpath``, or ``os.path.samefile`` for hard links) to
   one of ``inputs`` is refused before anything is written, with
   :class:`~kd_detect.errors.OutputIsInputError` naming both.
@@ -20,6 +21,7 @@ that live across calls (``FeatureFileWriter``).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import tempfile
@@ -56,6 +58,12 @@ def refuse_inputs(path: PathLike, inputs: Iterable[PathLike | None]) -> None:
 
 
 def _raise_on_signal(signum: int, frame: Any) -> None:
+    previous = _previous_handlers.get(signum)
+    if callable(previous) and previous is not signal.default_int_handler:
+        # a cooperative handler (Lightning's SIGTERM flag: stop after this step) owns the
+        # signal: let it decide, and finish this write (atomic either way, no debris)
+        previous(signum, frame)
+        return
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
     raise SystemExit(128 + signum)
@@ -162,3 +170,30 @@ def atomic_write(path: PathLike, *, inputs: Iterable[PathLike | None] = ()) -> I
         handle.abort()
         raise
     handle.commit()
+
+
+MIB = 1 << 20
+
+
+def content_hash(path: PathLike, span: int = MIB) -> str:
+    """SHA-256 of ``size``, the first ``span`` bytes (the HDF5 superblock and root header
+    live there) and the last ``span`` bytes of ``path``: a cheap content identity that reads
+    at most ``2 * span`` bytes whatever the file size. Two files with equal hashes are
+    treated as the same content; a change anywhere else in a large file goes unseen (the
+    mtime in :func:`file_identity` covers in-place edits of the same file)."""
+    digest = hashlib.sha256()
+    size = os.path.getsize(path)
+    digest.update(str(size).encode())
+    with open(path, "rb") as fh:
+        digest.update(fh.read(span))
+        if size > span:
+            fh.seek(max(span, size - span))
+            digest.update(fh.read(span))
+    return digest.hexdigest()
+
+
+def file_identity(path: PathLike) -> dict[str, Any]:
+    """``{size, mtime_ns, sha256}`` of ``path`` (``sha256`` is :func:`content_hash`): what
+    a verdict about the file (e.g. its validation) is cached under."""
+    st = os.stat(path)
+    return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns), "sha256": content_hash(path)}

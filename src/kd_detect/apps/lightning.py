@@ -4,6 +4,8 @@ Imported by :mod:`kd_detect.cli` only for those subcommands (it imports Lightnin
 DataModule and every module class). Adds the data→model links, ``--test_after_fit``, the
 run-directory conventions (config.yaml, sweep run directories, logger save_dir), a rich
 progress bar on a terminal and the :class:`~kd_detect.callbacks.TeacherMetrics` callback.
+A run stopped by SIGTERM ends with :class:`~kd_detect.errors.TrainingInterrupted` (one line:
+where ``last.ckpt`` is and how to resume; exit status 1) instead of Lightning's silent exit 0.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 from kd_detect.callbacks.teachers import TeacherMetrics
 from kd_detect.config import expand_config_includes
 from kd_detect.data.datamodule import FeatureDataModule
-from kd_detect.errors import ConfigError
+from kd_detect.errors import ConfigError, TrainingInterrupted
 from kd_detect.modules.detector import DetectorModule
 
 
@@ -37,6 +39,40 @@ class RunConfigSaver(SaveConfigCallback):
                     logger.log_resolved_config(self.config.as_dict())
         self.already_saved = True
         self.already_saved = trainer.strategy.broadcast(self.already_saved)
+
+
+def last_checkpoint(trainer: Any) -> str | None:
+    """The ``last.ckpt`` a checkpoint callback of ``trainer`` wrote, or ``None``."""
+    for cb in getattr(trainer, "checkpoint_callbacks", []) or []:
+        candidates = [getattr(cb, "last_model_path", "") or ""]
+        if getattr(cb, "dirpath", None):
+            candidates.append(os.path.join(cb.dirpath, "last.ckpt"))
+        for path in candidates:
+            if path and os.path.isfile(path):
+                return path
+    return None
+
+
+def sigterm_error(trainer: Any, subcommand: str = "fit") -> TrainingInterrupted | None:
+    """After ``trainer.<subcommand>`` returned (or Lightning's ``SIGTERMException``, a
+    ``SystemExit`` with status 0, was caught): the one-line error to raise when the run was
+    stopped by SIGTERM (``trainer.received_sigterm``), else ``None``. It says where
+    ``last.ckpt`` is and how to resume."""
+    if not getattr(trainer, "received_sigterm", False):
+        return None
+    where = f"after {trainer.current_epoch} completed epoch(s), step {trainer.global_step}"
+    last = last_checkpoint(trainer)
+    if subcommand != "fit":
+        return TrainingInterrupted(f"{subcommand} stopped by SIGTERM {where}; nothing was written, run it again")
+    if last is None:
+        return TrainingInterrupted(
+            f"fit stopped by SIGTERM {where} before any checkpoint was written "
+            f"(run directory {trainer.default_root_dir}); run it again from the start"
+        )
+    return TrainingInterrupted(
+        f"fit stopped by SIGTERM {where}; the last checkpoint is {last}. Resume with the same command plus "
+        f"--ckpt_path={last} (`make train EXP=<name> RESUME=1` does this for runs/<name>/last.ckpt)"
+    )
 
 
 class KDCLI(LightningCLI):
@@ -76,6 +112,17 @@ class KDCLI(LightningCLI):
         if not any(isinstance(c, TeacherMetrics) for c in list(callbacks) + list(config.get("callbacks") or [])):
             callbacks.append(TeacherMetrics())
         return super()._instantiate_trainer(config, callbacks)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+        try:
+            super()._run_subcommand(subcommand)
+        except SIGTERMException:  # a SystemExit(0): would report success
+            pass
+        error = sigterm_error(self.trainer, subcommand)
+        if error is not None:
+            raise error
 
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit"):

@@ -13,6 +13,9 @@
 * ``train_fraction < 1`` trains on a fixed share of the training videos (data-efficiency
   studies): the videos whose SHA-1 of the id ranks lowest, so the choice is the same for
   every seed, process and run, and a smaller share is a subset of a larger one.
+* ``val_subset="auto"`` (the default): the file's ``validation`` subset when it has one,
+  otherwise 15 % of the training videos (lowest SHA-1 of the id, as ``train_fraction``),
+  held out of training; the choice is announced in one line on rank zero.
 * h5py handles are opened lazily per process; ``preload=True`` reads the needed subsets
   into RAM once and gives the same batches as lazy reading.
 """
@@ -21,17 +24,28 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 from collections import Counter
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
 from .dataset import EpochDistributedSampler, FeatureDataset, UnrepeatedDistributedSampler, VideoCollate
 from .format import FeatureFile, FeatureFileError
+from .validate import ensure_valid
 
 Subset = str | list[str]
+AUTO = "auto"
+VALIDATION = "validation"
+AUTO_SHARE = 0.15  # share of training held out for validation when the file has no validation subset
+
+
+@rank_zero_only
+def _announce(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _subset_name(subset: Subset | None) -> str:
@@ -61,6 +75,9 @@ class FeatureDataModule(pl.LightningDataModule):
     ``require_labels=False`` gives zero labels for videos without a ``labels`` field (and
     defers the empty-subset error of train/val/test to when that stage asks for data, so a
     label-free file can be predicted without naming its subsets).
+    ``validate=True`` first checks the whole file with the rules of ``kd-detect check``
+    (:func:`~kd_detect.data.validate.ensure_valid`, verdict cached per file identity) and
+    raises :class:`~kd_detect.errors.DataValidationError` naming the first problem(s).
     """
 
     def __init__(
@@ -68,7 +85,7 @@ class FeatureDataModule(pl.LightningDataModule):
         path: str,
         modalities: list[str] | None = None,
         train_subset: Subset = "training",
-        val_subset: Subset = "testing",
+        val_subset: Subset = "auto",
         test_subset: Subset = "testing",
         predict_subset: Subset | None = None,
         batch_size: int = 8,
@@ -80,6 +97,7 @@ class FeatureDataModule(pl.LightningDataModule):
         pin_memory: bool | None = None,
         seed: int = 0,
         train_fraction: float = 1.0,
+        validate: bool = True,
     ) -> None:
         super().__init__()
         # No save_hyperparameters(): Lightning refuses to log when a key (seed, modalities...)
@@ -115,6 +133,10 @@ class FeatureDataModule(pl.LightningDataModule):
                 f"{file_path}: cannot read the dims of modalities {no_dim} (empty file or first video lacks "
                 f"them); run `kd-detect check {file_path}`"
             )
+        if validate:
+            # the rules of `kd-detect check`, once per file content (cached verdict): a bad
+            # video fails here, before training, not in a collate or after the fit
+            ensure_valid(file_path, require_labels=require_labels)
         self.classes: list[str] = list(ff.classes)
         self.num_classes: int = ff.num_classes
         self.modality_dims: dict[str, int] = {m: ff.modality_dims[m] for m in self.modalities}
@@ -132,9 +154,16 @@ class FeatureDataModule(pl.LightningDataModule):
         self.seed = int(seed)
         self._ids: dict[str, list[str]] = {}
         self._empty: dict[str, FeatureFileError] = {}
+        held_out: list[str] = []
+        self._val_note: str | None = None  # announced when the validation data are first built
+        if val_subset == AUTO:
+            val_subset, held_out = self._auto_validation(ff, train_subset)
+            self.val_subset = val_subset
         for stage, subset in (("train", train_subset), ("val", val_subset), ("test", test_subset),
                               ("predict", predict_subset)):
-            ids = ff.videos_in(subset)
+            ids = held_out if stage == "val" and held_out else ff.videos_in(subset)
+            if stage == "train" and held_out:
+                ids = [v for v in ids if v not in set(held_out)] or ids
             if not ids:
                 counts = dict(sorted(Counter(ff.subsets.values()).items()))
                 error = FeatureFileError(
@@ -153,6 +182,26 @@ class FeatureDataModule(pl.LightningDataModule):
         self._datasets: dict[str, FeatureDataset] = {}
 
     # ------------------------------------------------------------------ helpers
+    def _auto_validation(self, ff: FeatureFile, train_subset: Subset) -> tuple[Subset, list[str]]:
+        """``val_subset: auto``: ``(subset, [])`` with the file's ``validation`` subset when it
+        has one, else ``(train_subset, held-out ids)``: a fixed share (:data:`AUTO_SHARE`, by
+        SHA-1 of the id, :func:`fixed_share`) of the training videos, removed from training
+        (kept in it only when training has a single video). Announced once (rank zero), when
+        the validation data are first built (not by predict / cache-teacher)."""
+        if ff.videos_in(VALIDATION):
+            self._val_note = (f"{self.path}: val_subset=auto -> the file's '{VALIDATION}' subset "
+                              f"({len(ff.videos_in(VALIDATION))} videos)")
+            return VALIDATION, []
+        train = ff.videos_in(train_subset)
+        if not train:
+            return VALIDATION, []  # the train stage reports the empty subset
+        held = fixed_share(train, AUTO_SHARE)
+        overlap = " (the only training video: validation overlaps training)" if len(train) < 2 else ""
+        self._val_note = (f"{self.path}: val_subset=auto -> no '{VALIDATION}' subset; validating on {len(held)} "
+                          f"of {len(train)} {_subset_name(train_subset)} videos held out by SHA-1 of the id "
+                          f"({AUTO_SHARE:.0%}){overlap}")
+        return train_subset, held
+
     def _world(self) -> tuple[int, int]:
         """``(world_size, global_rank)`` of the attached trainer, else ``(1, 0)``."""
         trainer = getattr(self, "trainer", None)
@@ -165,6 +214,8 @@ class FeatureDataModule(pl.LightningDataModule):
         if stage in self._empty:
             raise self._empty[stage]
         if stage not in self._datasets:
+            if stage == "val" and self._val_note:
+                _announce(self._val_note)
             ids = self._ids[stage]
             train = stage == "train"
             if not train:

@@ -5,13 +5,20 @@ running the teacher each step.
 Layout::
 
     /                  attrs: kd_detect_teacher_cache=1, teacher_sha256, teacher_class,
-                              classes, feature_dim, source_file
+                              classes, feature_dim, source_file, source_sha256
     /videos/<id>/features   float16|float32 (T, F_t)
     /videos/<id>/logits     float32 (T, C)
 
 The cache holds whole-video outputs (the teacher saw the full temporal context); a
 student batch with a random crop reads exactly the cropped window ``[offset, offset+T)``.
 A cache whose ``teacher_sha256`` differs from the checkpoint's is stale and refused.
+
+``source_sha256`` is the content identity of the feature file the cache was computed from
+(:func:`kd_detect.io.content_hash`: size and the first/last MiB). :meth:`TeacherCache.check_source`
+refuses, with :class:`~kd_detect.errors.StaleCacheError` naming both files, a cache used with
+another feature file (same ids and T or not). A cache written before this attribute existed
+is refused too, with the command that rebuilds it: its source cannot be verified, and
+silently distilling from another file's teacher outputs is the failure this guards against.
 """
 
 from __future__ import annotations
@@ -28,7 +35,8 @@ from torch import Tensor
 from kd_detect.data.batch import to_model_layout
 from kd_detect.data.dataset import Layout, read_rows, transpose_into
 from kd_detect.data.format import FeatureFileError, _as_str_list
-from kd_detect.io import atomic_write
+from kd_detect.errors import StaleCacheError
+from kd_detect.io import atomic_write, content_hash
 from kd_detect.models.heads.base import HeadOutput
 
 CACHE_ATTR = "kd_detect_teacher_cache"
@@ -56,6 +64,7 @@ def write_teacher_cache(
             h5.attrs["classes"] = list(teacher.classes)
             h5.attrs["feature_dim"] = int(teacher.feature_dim)
             h5.attrs["source_file"] = str(source_file)
+            h5.attrs["source_sha256"] = content_hash(source_file) if source_file else ""
             videos = h5.create_group("videos")
             with torch.no_grad():
                 for batch in loader:
@@ -88,6 +97,8 @@ class TeacherCache:
                 self.classes = _as_str_list(h5.attrs["classes"])
                 self.feature_dim = int(h5.attrs["feature_dim"])
                 self.video_ids = set(h5["videos"].keys())
+                self.source_file = str(h5.attrs.get("source_file", ""))
+                self.source_sha256 = str(h5.attrs.get("source_sha256", ""))
         except OSError as err:
             raise FeatureFileError(f"{self.path}: unreadable teacher cache ({err})") from err
         if expected_sha256 is not None and expected_sha256 != self.teacher_sha256:
@@ -102,6 +113,23 @@ class TeacherCache:
         if preload:
             with h5py.File(self.path, "r") as h5:
                 self._ram = {v: (g["features"][()], g["logits"][()]) for v, g in h5["videos"].items()}
+
+    def check_source(self, data_path: str | os.PathLike) -> None:
+        """Raise :class:`StaleCacheError` unless this cache was computed from a feature file
+        with the content identity of ``data_path`` (see the module docstring)."""
+        rebuild = (f"rebuild it: `kd-detect cache-teacher --ckpt TEACHER.ckpt --data {data_path} "
+                   f"--out {self.path}`")
+        if not self.source_sha256:
+            raise StaleCacheError(
+                f"{self.path}: teacher cache records no content identity of its feature file "
+                f"(written by an older kd_detect from {self.source_file or 'an unknown file'}), so it cannot be "
+                f"checked against {data_path}; {rebuild}"
+            )
+        if content_hash(data_path) != self.source_sha256:
+            raise StaleCacheError(
+                f"{self.path}: stale teacher cache: computed from {self.source_file or 'another file'} "
+                f"(content {self.source_sha256[:12]}…), but the data file {data_path} has other content; {rebuild}"
+            )
 
     @property
     def num_classes(self) -> int:

@@ -205,6 +205,9 @@ class StudentModule(DetectorModule):
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and stage in ("fit", "validate") and self._teachers:
             self.check_data(dm.modality_dims)
+        if dm is not None and stage in ("fit", "validate") and getattr(dm, "path", None) is not None:
+            for cache in self._caches.values():
+                cache.check_source(dm.path)  # StaleCacheError: written from another feature file
 
     def teacher_outputs(self, name: str, batch: dict[str, Any]) -> HeadOutput:
         """One teacher's outputs for this batch, with no autograd graph."""
