@@ -7,11 +7,15 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 
 import pytest
 
 from kd_detect.errors import KdDetectError, OutputIsInputError
 from kd_detect.io import AtomicFile, atomic_write
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -144,3 +148,46 @@ def test_signal_during_write_defers_to_a_cooperative_handler(tmp_path, fresh_han
         assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+# ------------------------------------------------------------- debris of killed writers
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_next_writer_removes_temporaries_of_killed_writers_only(tmp_path):
+    target = tmp_path / "out.h5"
+    dead = tmp_path / f".out.h5.pid{_dead_pid()}.abc123.tmp"
+    live = tmp_path / f".out.h5.pid{os.getpid()}.def456.tmp"  # a writer still running
+    other = tmp_path / f".other.h5.pid{_dead_pid()}.x.tmp"  # another target's
+    for f in (dead, live, other):
+        f.write_bytes(b"partial")
+    with atomic_write(target) as tmp:
+        Path(tmp).write_bytes(b"new")
+    assert target.read_bytes() == b"new"
+    assert not dead.exists() and live.exists() and other.exists()
+
+
+def test_generator_killed_mid_write_leaves_no_debris_after_a_rerun(tmp_path):
+    """SIGKILL cannot be caught: the killed run leaves its temporary file; the rerun of the
+    same command removes it and writes a complete file."""
+    out = tmp_path / "syn.h5"
+    cmd = [sys.executable, "-m", "data_prep.synthetic", "--out", str(out), "--videos", "3000"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob(".syn.h5.pid*.tmp")) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the generator finished before it could be killed"
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert list(tmp_path.glob(".syn.h5.pid*.tmp")) and not out.exists()  # debris, no half file
+    rerun = subprocess.run([*cmd[:-1], "24"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["syn.h5"]

@@ -2,8 +2,10 @@
 
 What it guarantees, whatever writes the file (``open``, h5py, ``torch.save``, matplotlib):
 
-* the data goes to a temporary file ``.<name>.<random>.tmp`` in the target's own folder
-  (same file system, so the final ``os.replace`` is atomic on POSIX);
+* the data goes to a temporary file ``.<name>.pid<PID>.<random>.tmp`` in the target's own
+  folder (same file system, so the final ``os.replace`` is atomic on POSIX); a writer that
+  was killed outright (SIGKILL, power loss) cannot clean up, so the next writer of the same
+  target removes the temporary files whose process no longer exists;
 * on success the temporary file is fsynced, given the mode ``0o666 & ~umask`` (what a plain
   ``open`` would give, not mkstemp's 0600), renamed over ``path`` and the folder fsynced:
   readers see the old file or the complete new one, never a truncated one;
@@ -21,8 +23,10 @@ that live across calls (``FeatureFileWriter``).
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
+import re
 import signal
 import tempfile
 import threading
@@ -96,6 +100,37 @@ def _restore_handlers() -> None:
         _previous_handlers.clear()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: PathLike) -> list[Path]:
+    """Remove the temporary files of ``path`` left by writers that were killed (their
+    process is gone); a live writer's file is kept. Returns what was removed."""
+    path = Path(path)
+    removed = []
+    pattern = re.compile(re.escape(f".{path.name}.pid") + r"(\d+)\..*\.tmp$")
+    try:
+        candidates = list(path.parent.glob(f".{glob.escape(path.name)}.pid*.tmp"))
+    except OSError:
+        return removed
+    for tmp in candidates:
+        match = pattern.match(tmp.name)
+        if match and not _alive(int(match.group(1))):
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except OSError:
+                pass
+    return removed
+
+
 class AtomicFile:
     """A temporary file next to ``path`` that becomes ``path`` on :meth:`commit`."""
 
@@ -104,7 +139,8 @@ class AtomicFile:
         refuse_inputs(self.path, inputs)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+            remove_stale_temporaries(self.path)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.pid{os.getpid()}.", suffix=".tmp", dir=self.path.parent)
         except OSError as err:
             raise UsageError(f"{self.path}: cannot write here ({err.strerror or err})") from err
         os.close(fd)
