@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 
 from kd_detect.data.datamodule import FeatureDataModule, fixed_share
 from kd_detect.data.format import FeatureFile
-from kd_detect.data.validate import cached_problems, verdict_cache_dir
+from kd_detect.data.verdict import cached_problems, verdict_cache_dir
 from kd_detect.errors import DataValidationError
 from kd_detect.io import content_hash, file_identity
 

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 
 from .dataset import EpochDistributedSampler, FeatureDataset, UnrepeatedDistributedSampler, VideoCollate
 from .format import FeatureFile, FeatureFileError
-from .validate import ensure_valid
+from .verdict import ensure_valid
 
 Subset = str | list[str]
 AUTO = "auto"
@@ -76,7 +76,7 @@ class FeatureDataModule(pl.LightningDataModule):
     defers the empty-subset error of train/val/test to when that stage asks for data, so a
     label-free file can be predicted without naming its subsets).
     ``validate=True`` first checks the whole file with the rules of ``kd-detect check``
-    (:func:`~kd_detect.data.validate.ensure_valid`, verdict cached per file identity) and
+    (:func:`~kd_detect.data.verdict.ensure_valid`, verdict cached per file identity) and
     raises :class:`~kd_detect.errors.DataValidationError` naming the first problem(s).
     """
 
