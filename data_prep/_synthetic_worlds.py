@@ -94,6 +94,16 @@ def _ar1(rng: np.random.Generator, num_steps: int, dim: int, std: float, rho: fl
     return out
 
 
+def _pose(rng: np.random.Generator, cfg: SyntheticConfig, signal: np.ndarray) -> np.ndarray:
+    """Pose stream of both worlds: the clean signal with, in 15 % of videos, a tracking
+    dropout span of 8-31 steps set to zero, plus white noise (``pose_noise``)."""
+    num_steps = signal.shape[0]
+    if rng.random() < 0.15:  # tracking dropout
+        a = int(rng.integers(0, num_steps))
+        signal[a : a + int(rng.integers(8, 32))] = 0.0
+    return signal + cfg.pose_noise * rng.standard_normal((num_steps, cfg.pose_dim)) / math.sqrt(cfg.pose_dim)
+
+
 def _annotation_noise(
     cfg: SyntheticConfig, segments: np.ndarray, duration: float, rng: np.random.Generator
 ) -> np.ndarray:
@@ -164,20 +174,8 @@ def _video(cfg: SyntheticConfig, protos: _Prototypes, seed: int, index: int, sub
     )
 
     # --- pose: clean for person-centric classes, noise otherwise ----------------------
-    pose_signal = cfg.pose_amp * activity @ protos.pose
-    if rng.random() < 0.15:  # tracking dropout
-        a = int(rng.integers(0, num_steps))
-        pose_signal[a : a + int(rng.integers(8, 32))] = 0.0
-    pose = pose_signal + cfg.pose_noise * rng.standard_normal((num_steps, cfg.pose_dim)) / math.sqrt(cfg.pose_dim)
-
-    return VideoRecord(
-        video_id=f"syn_{index:05d}",
-        subset=subset,
-        duration=duration,
-        features={"rgb": rgb, "flow": flow, "pose": pose},
-        segments=segments,
-        labels=labels,
-    )
+    pose = _pose(rng, cfg, cfg.pose_amp * activity @ protos.pose)
+    return VideoRecord(f"syn_{index:05d}", subset, duration, {"rgb": rgb, "flow": flow, "pose": pose}, segments, labels)
 
 
 # ----------------------------------------------------------------------------- world v2
@@ -306,16 +304,5 @@ def _video_v2(cfg: SyntheticConfig, world: World, seed: int, index: int, subset:
         + _ar1(rng, num_steps, cfg.flow_dim, cfg.flow_drift)
         + cfg.flow_noise * rng.standard_normal((num_steps, cfg.flow_dim)) / math.sqrt(cfg.flow_dim)
     )
-    pose_signal = cfg.pose_amp * phase_act @ world.phase_pose
-    if rng.random() < 0.15:  # tracking dropout
-        a = int(rng.integers(0, num_steps))
-        pose_signal[a : a + int(rng.integers(8, 32))] = 0.0
-    pose = pose_signal + cfg.pose_noise * rng.standard_normal((num_steps, cfg.pose_dim)) / math.sqrt(cfg.pose_dim)
-    return VideoRecord(
-        video_id=f"syn_{index:05d}",
-        subset=subset,
-        duration=duration,
-        features={"rgb": rgb, "flow": flow, "pose": pose},
-        segments=segments,
-        labels=labels,
-    )
+    pose = _pose(rng, cfg, cfg.pose_amp * phase_act @ world.phase_pose)
+    return VideoRecord(f"syn_{index:05d}", subset, duration, {"rgb": rgb, "flow": flow, "pose": pose}, segments, labels)
