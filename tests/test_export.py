@@ -9,6 +9,7 @@ import torch
 from kd_detect.apps.export import main
 from kd_detect.modules import DetectorModule, StudentModule, TeacherModule, instantiate
 from kd_detect.modules.deploy import load_state, state_path
+from tests.helpers import one_line_failure
 
 DIMS = {"rgb": 12, "flow": 6}
 CLASSES = ["walk", "sit", "drink", "read"]
@@ -110,12 +111,7 @@ def test_rgb_only_teacher_can_be_exported(fusion, tmp_path):
 
 
 def _fails(argv, capsys) -> str:
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    assert exc.value.code == 1
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err
-    return err
+    return one_line_failure(main, argv, capsys)
 
 
 def test_multimodal_teacher_is_refused(tmp_path, capsys):

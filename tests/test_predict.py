@@ -16,6 +16,7 @@ from kd_detect.cli import main as cli_main
 from kd_detect.data.format import VideoRecord, write_feature_file
 from kd_detect.metrics import extract_segments
 from kd_detect.modules import StudentModule, TeacherModule, instantiate
+from tests.helpers import one_line_failure
 
 CLASSES = ["open door", "sit down", "drink"]
 DIMS = {"rgb": 10, "flow": 4}
@@ -139,13 +140,7 @@ def test_exported_model_gives_the_same_predictions(setup, tmp_path):
 
 
 def _fails(argv, capsys) -> str:
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    assert exc.value.code == 1
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err
-    assert err.startswith("kd-detect predict: error: ")
-    return err
+    return one_line_failure(main, argv, capsys, "kd-detect predict")
 
 
 def test_bad_inputs_are_one_clear_line(setup, tmp_path, capsys):

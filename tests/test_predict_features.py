@@ -22,7 +22,7 @@ from kd_detect.data.feature_dir import FeatureDirError, read_durations
 from kd_detect.errors import KdDetectError
 from kd_detect.metrics import extract_segments
 from kd_detect.modules import StudentModule, TeacherModule, instantiate
-from tests.helpers import TINY_HEAD
+from tests.helpers import TINY_HEAD, one_line_failure
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["walk", "sit", "drink"]
@@ -177,13 +177,7 @@ def test_read_durations_refusals(tmp_path):
 
 
 def _fails(argv, capsys) -> str:
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    assert exc.value.code == 1
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err
-    assert err.startswith("kd-detect predict: error: ")
-    return err
+    return one_line_failure(main, argv, capsys, "kd-detect predict")
 
 
 def test_bad_inputs_are_one_clear_line(setup, tmp_path, capsys):
