@@ -59,6 +59,8 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 import numpy as np
 
 from kd_detect.data.format import FEATURE_DTYPES, FeatureFileWriter, VideoRecord
+from kd_detect.errors import KdDetectError
+from kd_detect.io import ensure_writable_file
 
 TRAINING = "training"
 TESTING = "testing"
@@ -70,7 +72,7 @@ EXAMPLES_PER_REASON = 5
 T = TypeVar("T")
 
 
-class ConversionError(ValueError):
+class ConversionError(KdDetectError, ValueError):
     """The raw input is not what it claims to be (or nothing usable remains).
 
     The message names the file and the line or video, the field and what was expected.
@@ -449,15 +451,19 @@ def make_parser(prog: str, description: str, raw_help: str | None = None) -> arg
 def run_cli(
     parser: argparse.ArgumentParser, convert: Callable[..., ConversionSummary], argv: Sequence[str] | None
 ) -> int:
-    """Parse ``argv``, run ``convert(**args)``, print the summary.
+    """Parse ``argv``, check that ``--out`` can be written (before reading anything), run
+    ``convert(**args)``, print the summary.
 
-    A :class:`ConversionError` becomes ``SystemExit`` with the message (status 1).
+    A :class:`ConversionError` or any other :class:`~kd_detect.errors.KdDetectError` (an
+    unwritable ``--out``, ...) becomes ``SystemExit("prog: error: message")``: one line on
+    stderr, status 1.
     """
     args = vars(parser.parse_args(argv))
     raw, out = args.pop("raw"), args.pop("out")
     try:
+        ensure_writable_file(out)
         summary = convert(raw, out, **args)
-    except ConversionError as err:
+    except KdDetectError as err:
         raise SystemExit(f"{parser.prog}: error: {err}") from None
     print(summary.format())
     return 0

@@ -139,6 +139,8 @@ from data_prep._synthetic_worlds import (  # noqa: F401 (re-exported: tests and 
     world_v2,
 )
 from kd_detect.data.format import FeatureFileWriter
+from kd_detect.errors import KdDetectError
+from kd_detect.io import ensure_writable_file
 
 TRAINING = "training"
 VALIDATION = "validation"
@@ -348,9 +350,13 @@ def main(argv: list[str] | None = None) -> int:
     options = args  # only the options given on the command line
     try:
         cfg = config(preset, **options)
-        path = generate(out, seed=seed, dtype=dtype, preset=preset, **options)
     except ValueError as err:
         parser.error(str(err))
+    try:
+        ensure_writable_file(out)
+        path = generate(out, seed=seed, dtype=dtype, preset=preset, **options)
+    except KdDetectError as err:  # an unwritable --out: one line, status 1
+        raise SystemExit(f"{parser.prog}: error: {err}") from None
     print(f"wrote {path} (world {cfg.world}, {cfg.videos} videos, {cfg.classes} classes, seed {seed})")
     return 0
 

@@ -23,6 +23,11 @@ class UsageError(KdDetectError):
     """Bad command-line input (an option value, a missing run directory, ...)."""
 
 
+class UnwritableOutputError(UsageError):
+    """An output file or folder cannot be written where it was asked for (a read-only or
+    virtual folder, a file where a folder should be, a folder where a file should be)."""
+
+
 class ConfigError(KdDetectError, ValueError):
     """An experiment file cannot be read or composed (names the file)."""
 

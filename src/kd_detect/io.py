@@ -13,6 +13,10 @@ What it guarantees, whatever writes the file (``open``, h5py, ``torch.save``, ma
   installed in the main thread and the previous one restored afterwards), the temporary
   file is removed and ``path`` is left as it was; when the previous handler is a Python
   function (e.g. Lightning's SIGTERM flag) it is called instead and the write completes;
+* a ``path`` that cannot be written (its folder is read-only or virtual, a parent is a
+  file, ``path`` is a folder) is refused before anything is written, with
+  :class:`~kd_detect.errors.UnwritableOutputError` (:func:`ensure_writable_file`; commands
+  that write a whole folder check it first with :func:`ensure_writable_dir`);
 * a ``path`` that resolves (``os.path.realpath``, or ``os.path.samefile`` for hard links) to
   one of ``inputs`` is refused before anything is written, with
   :class:`~kd_detect.errors.OutputIsInputError` naming both.
@@ -34,7 +38,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from kd_detect.errors import OutputIsInputError, UsageError
+from kd_detect.errors import OutputIsInputError, UnwritableOutputError
 
 PathLike = str | os.PathLike
 
@@ -59,6 +63,57 @@ def refuse_inputs(path: PathLike, inputs: Iterable[PathLike | None]) -> None:
     for inp in inputs:
         if inp is not None and _same(Path(path), Path(inp)):
             raise OutputIsInputError(f"{path}: refusing to write the output over the input {inp}")
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The first existing ancestor of ``path`` (or ``path`` itself) that is not a folder."""
+    for candidate in (path, *path.parents):
+        if candidate.exists() or candidate.is_symlink():
+            return None if candidate.is_dir() else candidate
+    return None
+
+
+def _writable_dir(folder: Path, named: Path, what: str, create: bool = True) -> None:
+    """Prove a file can be created in ``folder`` (created when missing if ``create``, else
+    its nearest existing ancestor is probed); errors name ``named`` (the folder itself, or
+    the file meant to go in it)."""
+    blocker = _file_in_the_way(folder)
+    if blocker is not None:
+        where = "it is" if blocker == named else f"{blocker} is"
+        raise UnwritableOutputError(f"{named}: cannot write the {what} here: {where} a file, not a folder")
+    try:
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        else:
+            folder = next(p for p in (folder, *folder.parents) if p.is_dir())
+        fd, probe = tempfile.mkstemp(prefix=".kd_detect_probe.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise UnwritableOutputError(f"{named}: cannot write the {what} here ({err.strerror or err})") from err
+
+
+def ensure_writable_dir(path: PathLike, what: str = "output folder", create: bool = True) -> Path:
+    """Create the folder ``path`` (with its parents) when missing and prove a file can be
+    created in it (a probe file is created and removed: ``os.access`` lies for root and
+    for virtual file systems such as /proc). ``create=False`` creates nothing: a missing
+    folder is judged by its nearest existing ancestor. Raises
+    :class:`UnwritableOutputError` naming ``path``, ``what`` it was meant for and why;
+    returns ``path``."""
+    path = Path(path)
+    _writable_dir(path, path, what, create)
+    return path
+
+
+def ensure_writable_file(path: PathLike, what: str = "output") -> Path:
+    """Check, before any work, that the file ``path`` can be written: it is not a folder
+    and its folder can hold a new file (created when missing, as for
+    :func:`ensure_writable_dir`). Raises :class:`UnwritableOutputError`; returns ``path``."""
+    path = Path(path)
+    if path.is_dir():
+        raise UnwritableOutputError(f"{path}: cannot write the {what} here: it is a folder, not a file")
+    _writable_dir(path.parent, path, what)
+    return path
 
 
 def _raise_on_signal(signum: int, frame: Any) -> None:
@@ -137,12 +192,12 @@ class AtomicFile:
     def __init__(self, path: PathLike, *, inputs: Iterable[PathLike | None] = ()) -> None:
         self.path = Path(path)
         refuse_inputs(self.path, inputs)
+        ensure_writable_file(self.path)
+        remove_stale_temporaries(self.path)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            remove_stale_temporaries(self.path)
             fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.pid{os.getpid()}.", suffix=".tmp", dir=self.path.parent)
-        except OSError as err:
-            raise UsageError(f"{self.path}: cannot write here ({err.strerror or err})") from err
+        except OSError as err:  # pragma: no cover - the folder changed since the probe
+            raise UnwritableOutputError(f"{self.path}: cannot write the output here ({err.strerror or err})") from err
         os.close(fd)
         self.tmp = Path(tmp)
         self._handlers = _install_handlers()

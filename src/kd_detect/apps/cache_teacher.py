@@ -12,7 +12,7 @@ import sys
 
 from kd_detect.apps import main as run_app
 from kd_detect.errors import UsageError
-from kd_detect.io import refuse_inputs
+from kd_detect.io import ensure_writable_file, refuse_inputs
 
 DESCRIPTION = (
     "Run a frozen teacher once over every video and store its features and logits (DESIGN.md §4), "
@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from kd_detect.modules.loading import file_sha256, load_detector
 
     refuse_inputs(args.out, (args.data, args.ckpt))
+    ensure_writable_file(args.out, "teacher cache")  # before the teacher runs, not after
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     teacher = load_detector(args.ckpt)

@@ -20,6 +20,7 @@ from kd_detect.callbacks.teachers import TeacherMetrics
 from kd_detect.config import expand_config_includes
 from kd_detect.data.datamodule import FeatureDataModule
 from kd_detect.errors import ConfigError, TrainingInterrupted
+from kd_detect.io import ensure_writable_dir
 from kd_detect.modules.detector import DetectorModule
 
 
@@ -96,6 +97,8 @@ class KDCLI(LightningCLI):
             # runs of a sweep share the command line: give each its own run directory
             root = os.path.join(root, os.environ["WANDB_RUN_ID"])
             cfg.trainer.default_root_dir = root
+        # before any logger, callback or data is built: one line instead of a logger's traceback
+        ensure_writable_dir(root, "run directory (--trainer.default_root_dir)")
         loggers = cfg.trainer.get("logger")
         items = loggers if isinstance(loggers, list) else [loggers]
         for item in items:

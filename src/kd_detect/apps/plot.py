@@ -28,8 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from kd_detect.io import ensure_writable_dir
     from kd_detect.plots.runs import make_plots
 
+    # before any model runs; creates nothing (a mistyped RUN_DIR is make_plots' error)
+    ensure_writable_dir(Path(args.run_dir) / "plots", "plots folder", create=False)
     written = make_plots(args.run_dir, args.video, args.rgb_run, args.teacher_run, args.data, args.subset,
                          max(1, args.max_classes))
     for path in written:
