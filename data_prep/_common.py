@@ -60,7 +60,7 @@ import numpy as np
 
 from kd_detect.data.format import FEATURE_DTYPES, FeatureFileWriter, VideoRecord
 from kd_detect.errors import KdDetectError
-from kd_detect.io import ensure_writable_file
+from kd_detect.io import ensure_writable_file, raise_pending_signal
 
 TRAINING = "training"
 TESTING = "testing"
@@ -382,6 +382,7 @@ def write_videos(
         labelled=labelled,
     ) as writer:
         for spec in progress_iter(specs, f"{summary.dataset}: converting", options.progress):
+            raise_pending_signal()  # a Ctrl-C that a finaliser swallowed (kd_detect.io)
             try:
                 loaded = load(spec)  # may set spec.duration (PKU-MMD: from the skeleton)
                 if not (math.isfinite(spec.duration) and spec.duration > 0):
@@ -448,6 +449,13 @@ def make_parser(prog: str, description: str, raw_help: str | None = None) -> arg
     return parser
 
 
+def interrupted(prog: str, out: Path | str) -> int:
+    """Ctrl-C during a conversion: one line on stderr (the atomic writer removed its
+    temporary file; ``out`` is as it was) and the shell's status for SIGINT, 130."""
+    print(f"{prog}: interrupted; {out} was not written (or kept its previous content)", file=sys.stderr)
+    return 130
+
+
 def run_cli(
     parser: argparse.ArgumentParser, convert: Callable[..., ConversionSummary], argv: Sequence[str] | None
 ) -> int:
@@ -456,7 +464,7 @@ def run_cli(
 
     A :class:`ConversionError` or any other :class:`~kd_detect.errors.KdDetectError` (an
     unwritable ``--out``, ...) becomes ``SystemExit("prog: error: message")``: one line on
-    stderr, status 1.
+    stderr, status 1. Ctrl-C is one line too, status 130 (:func:`interrupted`).
     """
     args = vars(parser.parse_args(argv))
     raw, out = args.pop("raw"), args.pop("out")
@@ -465,5 +473,7 @@ def run_cli(
         summary = convert(raw, out, **args)
     except KdDetectError as err:
         raise SystemExit(f"{parser.prog}: error: {err}") from None
+    except KeyboardInterrupt:
+        raise SystemExit(interrupted(parser.prog, out)) from None
     print(summary.format())
     return 0

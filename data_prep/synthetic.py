@@ -123,6 +123,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data_prep._common import interrupted
 from data_prep._synthetic_worlds import (  # noqa: F401 (re-exported: tests and synthetic_check use them)
     World,
     _annotation_noise,
@@ -140,7 +141,7 @@ from data_prep._synthetic_worlds import (  # noqa: F401 (re-exported: tests and 
 )
 from kd_detect.data.format import FeatureFileWriter
 from kd_detect.errors import KdDetectError
-from kd_detect.io import ensure_writable_file
+from kd_detect.io import ensure_writable_file, raise_pending_signal
 
 TRAINING = "training"
 VALIDATION = "validation"
@@ -315,6 +316,7 @@ def generate(out: str | Path, seed: int = 0, dtype: str = "float16", preset: str
     classes = [f"c{c:02d}" for c in range(cfg.classes)]
     with FeatureFileWriter(out, classes, ["rgb", "flow", "pose"], dtype=dtype, attrs=attrs) as writer:
         for i in range(cfg.videos):
+            raise_pending_signal()  # a Ctrl-C that a finaliser swallowed (kd_detect.io)
             subset = TESTING if i in testing else VALIDATION if i in validation else TRAINING
             writer.add(make(i, subset))
     return Path(out)
@@ -357,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
         path = generate(out, seed=seed, dtype=dtype, preset=preset, **options)
     except KdDetectError as err:  # an unwritable --out: one line, status 1
         raise SystemExit(f"{parser.prog}: error: {err}") from None
+    except KeyboardInterrupt:  # one line, status 130
+        raise SystemExit(interrupted(parser.prog, out)) from None
     print(f"wrote {path} (world {cfg.world}, {cfg.videos} videos, {cfg.classes} classes, seed {seed})")
     return 0
 

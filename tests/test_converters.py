@@ -597,3 +597,29 @@ def test_clean_fixture_builders_convert_completely(tmp_path, maker, module):
     assert summary.segments_kept > 0
     positives = sum(int(f.read(v, ["labels"])["labels"].sum()) for v in f.video_ids)
     assert positives > 0
+
+
+def test_ctrl_c_during_a_conversion_is_one_line_and_status_130(tmp_path, monkeypatch, capsys):
+    """A converter interrupted mid-write (the first video's load raises KeyboardInterrupt):
+    status 130, one stderr line naming --out, and no file or temporary left."""
+    raw = make_tsu_raw(tmp_path / "raw", videos=3, feature_dim=4)
+    out = tmp_path / "out" / "t.h5"
+
+    def interrupted_load(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_common, "_check_features", interrupted_load)
+    with pytest.raises(SystemExit) as exc:
+        tsu.main(["--raw", str(raw), "--out", str(out)])
+    assert exc.value.code == 130
+    err = capsys.readouterr().err.strip()
+    assert err == f"python -m data_prep.tsu: interrupted; {out} was not written (or kept its previous content)"
+    assert list(out.parent.iterdir()) == []
+
+
+def test_kd_detect_commands_turn_ctrl_c_into_one_line(capsys):
+    from kd_detect.errors import user_errors
+
+    with pytest.raises(SystemExit) as exc, user_errors("kd-detect x"):
+        raise KeyboardInterrupt
+    assert exc.value.code == 130 and capsys.readouterr().err == "kd-detect x: interrupted\n"

@@ -191,3 +191,88 @@ def test_generator_killed_mid_write_leaves_no_debris_after_a_rerun(tmp_path):
     rerun = subprocess.run([*cmd[:-1], "24"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["syn.h5"]
+
+
+# ------------------------------------------------- Ctrl-C inside a finaliser (issue 16)
+class _InterruptedFinaliser:
+    """Sends SIGINT to this process from ``__del__`` and keeps running Python there, so the
+    handler runs inside the finaliser, where Python drops exceptions ("Exception ignored
+    in ..."): what h5py's WeakValueDictionary callbacks did to Ctrl-C in 2 of 14 runs."""
+
+    def __del__(self) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(100_000):
+            pass
+
+
+def test_ctrl_c_swallowed_by_a_finaliser_still_aborts_the_write(tmp_path, fresh_handlers, capsys):
+    out = tmp_path / "out.txt"
+    went_on = []
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_write(out) as tmp:
+            Path(tmp).write_text("partial")
+            _InterruptedFinaliser()  # dropped at once: its KeyboardInterrupt is swallowed
+            went_on.append(True)  # Python carries on after a swallowed exception ...
+    assert went_on == [True]
+    assert not out.exists() and leftovers(tmp_path) == []  # ... but commit raised it again
+    assert "Exception ignored" not in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_write_loop_raises_the_swallowed_signal_at_the_next_item(tmp_path, fresh_handlers):
+    from kd_detect.io import raise_pending_signal
+
+    written = []
+    with pytest.raises(KeyboardInterrupt), atomic_write(tmp_path / "out.txt"):
+        for item in range(5):
+            raise_pending_signal()
+            written.append(item)
+            if item == 1:
+                _InterruptedFinaliser()
+    assert written == [0, 1]
+    raise_pending_signal()  # delivered once: nothing pending any more
+    assert leftovers(tmp_path) == []
+
+
+def test_other_errors_in_finalisers_still_reach_the_previous_hook(tmp_path, fresh_handlers):
+    class Broken:
+        def __del__(self) -> None:
+            raise ValueError("from a finaliser")
+
+    seen = []
+    old = sys.unraisablehook
+
+    def previous(unraisable) -> None:
+        seen.append(type(unraisable.exc_value))
+
+    sys.unraisablehook = previous
+    try:
+        with atomic_write(tmp_path / "out.txt") as tmp:
+            Path(tmp).write_text("complete")
+            Broken()
+        restored = sys.unraisablehook
+    finally:
+        sys.unraisablehook = old
+    assert seen == [ValueError] and (tmp_path / "out.txt").read_text() == "complete"
+    assert restored is previous
+
+
+def test_generator_interrupted_mid_write_exits_130_in_one_line_without_debris(tmp_path):
+    """Ctrl-C at three moments of a real write: status 130, one stderr line, nothing left."""
+    out = tmp_path / "syn.h5"
+    cmd = [sys.executable, "-m", "data_prep.synthetic", "--out", str(out), "--videos", "3000"]
+    for delay in (0.0, 0.2, 0.5):
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while not list(tmp_path.glob(".syn.h5.pid*.tmp")) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(delay)
+            proc.send_signal(signal.SIGINT)
+            err = proc.communicate(timeout=60)[1].strip()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 130, err
+        assert err == f"python -m data_prep.synthetic: interrupted; {out} was not written (or kept its previous content)"
+        assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -84,9 +84,13 @@ def find_user_error(err: BaseException | None) -> KdDetectError | None:
 @contextmanager
 def user_errors(prog: str) -> Iterator[None]:
     """Print a :class:`KdDetectError` (also one wrapped by jsonargparse) as
-    ``prog: error: message`` and exit with status 1; every other exception propagates."""
+    ``prog: error: message`` and exit with status 1; Ctrl-C is ``prog: interrupted`` and
+    status 130 (the shell's for SIGINT); every other exception propagates."""
     try:
         yield
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     except Exception as err:  # noqa: BLE001 - re-raised unless it is one of ours
         found = find_user_error(err)
         if found is None:

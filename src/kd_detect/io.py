@@ -13,6 +13,9 @@ What it guarantees, whatever writes the file (``open``, h5py, ``torch.save``, ma
   installed in the main thread and the previous one restored afterwards), the temporary
   file is removed and ``path`` is left as it was; when the previous handler is a Python
   function (e.g. Lightning's SIGTERM flag) it is called instead and the write completes;
+  a signal that lands inside a finaliser, where Python drops exceptions, is kept and
+  raised again by :func:`raise_pending_signal` (long write loops call it per item, and
+  ``commit`` does), so Ctrl-C is never lost;
 * a ``path`` that cannot be written (its folder is read-only or virtual, a parent is a
   file, ``path`` is a folder) is refused before anything is written, with
   :class:`~kd_detect.errors.UnwritableOutputError` (:func:`ensure_writable_file`; commands
@@ -32,6 +35,7 @@ import hashlib
 import os
 import re
 import signal
+import sys
 import tempfile
 import threading
 from contextlib import contextmanager
@@ -116,6 +120,14 @@ def ensure_writable_file(path: PathLike, what: str = "output") -> Path:
     return path
 
 
+def _signal_exception(signum: int) -> BaseException:
+    """``KeyboardInterrupt`` for SIGINT, ``SystemExit(128 + signum)`` otherwise, marked as
+    raised by our handler (so that :func:`_unraisable` recognises it)."""
+    exc: BaseException = KeyboardInterrupt() if signum == signal.SIGINT else SystemExit(128 + signum)
+    exc.kd_detect_signal = signum  # type: ignore[attr-defined]
+    return exc
+
+
 def _raise_on_signal(signum: int, frame: Any) -> None:
     previous = _previous_handlers.get(signum)
     if callable(previous) and previous is not signal.default_int_handler:
@@ -123,36 +135,64 @@ def _raise_on_signal(signum: int, frame: Any) -> None:
         # signal: let it decide, and finish this write (atomic either way, no debris)
         previous(signum, frame)
         return
-    if signum == signal.SIGINT:
-        raise KeyboardInterrupt
-    raise SystemExit(128 + signum)
+    raise _signal_exception(signum)
+
+
+def _unraisable(unraisable: Any) -> None:
+    """``sys.unraisablehook`` while a write is open. Python runs a signal handler between
+    any two bytecodes, also inside a finaliser or a weakref callback (h5py's registry is a
+    ``WeakValueDictionary``), where an exception cannot propagate: it is printed as
+    "Exception ignored in ..." and dropped, so Ctrl-C would be lost and the write would
+    finish with status 0. Our handler's exception is kept here instead and raised again
+    by :func:`raise_pending_signal` (called by long write loops and by ``commit``)."""
+    global _swallowed
+    signum = getattr(unraisable.exc_value, "kd_detect_signal", None)
+    if signum is not None:
+        _swallowed = signum
+        return
+    (_previous_hook or sys.__unraisablehook__)(unraisable)
+
+
+def raise_pending_signal() -> None:
+    """Raise the SIGINT/SIGTERM exception that a finaliser swallowed during a write (see
+    :func:`_unraisable`); nothing when there is none. Long write loops call it once per
+    item; :meth:`AtomicFile.commit` calls it, so a swallowed signal never commits."""
+    global _swallowed
+    if _swallowed is not None:
+        signum, _swallowed = _swallowed, None
+        raise _signal_exception(signum)
 
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _open_files = 0  # AtomicFiles not yet committed or aborted (main thread)
 _previous_handlers: dict[int, Any] = {}
+_previous_hook: Any = None
+_swallowed: int | None = None  # a signal whose exception a finaliser swallowed
 
 
 def _install_handlers() -> bool:
     """Make SIGTERM/SIGINT raise while the first open AtomicFile lives (main thread only)."""
-    global _open_files
+    global _open_files, _previous_hook, _swallowed
     if threading.current_thread() is not threading.main_thread():
         return False
     if _open_files == 0:
         for sig in SIGNALS:
             _previous_handlers[sig] = signal.signal(sig, _raise_on_signal)
+        _previous_hook, sys.unraisablehook = sys.unraisablehook, _unraisable
+        _swallowed = None
     _open_files += 1
     return True
 
 
 def _restore_handlers() -> None:
     """Put the previous handlers back when the last open AtomicFile is done (any order)."""
-    global _open_files
+    global _open_files, _previous_hook
     _open_files -= 1
     if _open_files == 0:
         for sig, handler in _previous_handlers.items():
             signal.signal(sig, handler)
         _previous_handlers.clear()
+        sys.unraisablehook, _previous_hook = _previous_hook or sys.__unraisablehook__, None
 
 
 def _alive(pid: int) -> bool:
@@ -208,8 +248,11 @@ class AtomicFile:
             _restore_handlers()
 
     def commit(self) -> Path:
-        """fsync, set the umask mode, rename over ``path``, fsync the folder."""
+        """fsync, set the umask mode, rename over ``path``, fsync the folder (not when a
+        signal arrived during the write: see :func:`raise_pending_signal`)."""
         try:
+            if self._handlers:
+                raise_pending_signal()
             fd = os.open(self.tmp, os.O_RDONLY)
             try:
                 os.fsync(fd)

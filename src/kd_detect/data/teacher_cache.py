@@ -36,7 +36,7 @@ from kd_detect.data.batch import to_model_layout
 from kd_detect.data.dataset import Layout, read_rows, transpose_into
 from kd_detect.data.format import FeatureFileError, _as_str_list
 from kd_detect.errors import StaleCacheError
-from kd_detect.io import atomic_write, content_hash
+from kd_detect.io import atomic_write, content_hash, raise_pending_signal
 from kd_detect.models.heads.base import HeadOutput
 
 CACHE_ATTR = "kd_detect_teacher_cache"
@@ -68,6 +68,7 @@ def write_teacher_cache(
             videos = h5.create_group("videos")
             with torch.no_grad():
                 for batch in loader:
+                    raise_pending_signal()  # a Ctrl-C that a finaliser swallowed (kd_detect.io)
                     batch = to_model_layout(batch, device)
                     result = teacher(batch)
                     lengths = batch["mask"].sum(1).tolist()
