@@ -14,14 +14,40 @@ import os
 import sys
 from typing import Any
 
-from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from kd_detect.apps.unknown_keys import unknown_key_line
 from kd_detect.callbacks.teachers import TeacherMetrics
 from kd_detect.config import expand_config_includes
 from kd_detect.data.datamodule import FeatureDataModule
 from kd_detect.errors import ConfigError, TrainingInterrupted
 from kd_detect.io import ensure_writable_dir
 from kd_detect.modules.detector import DetectorModule
+
+
+class KDArgumentParser(LightningArgumentParser):
+    """The CLI's parser: a mistyped key is refused with the key and the nearest valid one on
+    the first line (:mod:`kd_detect.apps.unknown_keys`), jsonargparse's full report only
+    with ``--verbose``; every other parse error is jsonargparse's own (exit status 2)."""
+
+    #: set by :func:`lightning_main`: the command line and whether ``--verbose`` was given
+    argv: list[str] = []
+    verbose: bool = False
+
+    def error(self, message: str, ex: Exception | None = None) -> Any:
+        if self.exit_on_error:
+            parser = getattr(ex, "subcommand_parser", None) or self
+            options = [o[2:] for a in parser._actions for o in a.option_strings if o.startswith("--")]
+            line = unknown_key_line(message, KDArgumentParser.argv, options)
+            if line is not None:
+                prog = parser.prog.replace(" [options]", "")
+                sys.stderr.write(f"{prog}: error: {line}\n")
+                if KDArgumentParser.verbose:
+                    sys.stderr.write("\n")
+                    return super().error(message, ex)
+                sys.stderr.write(f"({prog} --help lists every key; --verbose shows the parser's full report)\n")
+                raise SystemExit(2)
+        return super().error(message, ex)
 
 
 class RunConfigSaver(SaveConfigCallback):
@@ -146,6 +172,9 @@ def lightning_main(args: list[str] | None = None, run: bool = True, cli_class: t
     warnings.filterwarnings("ignore", message="You have overridden `on_after_batch_transfer`")
     if args is None:
         args = sys.argv[1:]
+    KDArgumentParser.verbose = "--verbose" in args
+    args = [a for a in args if a != "--verbose"]
+    KDArgumentParser.argv = list(args)
     try:
         args = expand_config_includes(args)
     except ConfigError as err:
@@ -156,6 +185,8 @@ def lightning_main(args: list[str] | None = None, run: bool = True, cli_class: t
         subclass_mode_model=True,
         save_config_callback=RunConfigSaver,
         save_config_kwargs={"overwrite": True},
+        parser_class=KDArgumentParser,
+        parser_kwargs={"prog": "kd-detect"},  # also when run as python -m kd_detect.cli or in-process
         args=args,
         run=run,
         auto_configure_optimizers=False,

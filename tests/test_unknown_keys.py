@@ -1,0 +1,75 @@
+"""Issue 16: a mistyped key of ``kd-detect fit`` is named on the FIRST line with the nearest
+valid key (before: line 70-75 of 73-81 lines of usage and Union reports); jsonargparse's
+full report only with ``--verbose``; exit status 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kd_detect.apps.unknown_keys import class_parameters, nearest, unknown_key_line
+from kd_detect.cli import main
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def fit_error(argv, capsys) -> list[str]:
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", *argv])
+    assert exc.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()
+
+
+HINT = "(kd-detect fit --help lists every key; --verbose shows the parser's full report)"
+
+
+@pytest.mark.parametrize("config, key, line", [
+    ("synthetic_rgb", "--model.init_args.lr_patiense=3",
+     "unknown key --model.init_args.lr_patiense (not a parameter of kd_detect.modules.DetectorModule); "
+     "did you mean --model.init_args.lr_patience?"),
+    ("synthetic_kd", "--model.init_args.distill.atomic.init_args.weigth=0.1",
+     "unknown key --model.init_args.distill.atomic.init_args.weigth (not a parameter of "
+     "kd_detect.distill.AtomicContrastive); did you mean --model.init_args.distill.atomic.init_args.weight?"),
+    ("synthetic_rgb", "--model.init_args.head.init_args.hiden=3",
+     "unknown key --model.init_args.head.init_args.hiden (not a parameter of kd_detect.models.heads.PDAN); "
+     "did you mean --model.init_args.head.init_args.hidden?"),
+    ("synthetic_rgb", "--data.pth=x.h5", "unknown key --data.pth; did you mean --data.path?"),
+])
+def test_typo_key_is_the_first_line_with_the_nearest_key(config, key, line, capsys):
+    err = fit_error(["--config", str(EXPERIMENTS / f"{config}.yaml"), key], capsys)
+    assert err == [f"kd-detect fit: error: {line}", HINT]
+
+
+def test_verbose_adds_the_parsers_report_after_the_line(capsys):
+    err = fit_error(["--config", str(EXPERIMENTS / "synthetic_kd.yaml"),
+                     "--model.init_args.distill.atomic.init_args.weigth=0.1", "--verbose"], capsys)
+    assert err[0].startswith("kd-detect fit: error: unknown key --model.init_args.distill.atomic.init_args.weigth")
+    assert err[-1] == "  Given value: NestedArg(key='distill.atomic.init_args.weigth', val='0.1')"
+    assert len(err) > 50
+
+
+def test_typo_in_a_config_file_is_named_too(tmp_path, capsys):
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("model:\n  init_args:\n    lr_patiense: 3\n")
+    top = tmp_path / "top.yaml"
+    top.write_text("trainer:\n  max_epohs: 3\n")
+    base = ["--config", str(EXPERIMENTS / "synthetic_rgb.yaml"), "--config"]
+    assert fit_error([*base, str(nested)], capsys)[0] == (
+        "kd-detect fit: error: unknown key 'lr_patiense' in a --config file "
+        "(not a parameter of kd_detect.modules.DetectorModule); did you mean 'lr_patience'?")
+    assert fit_error([*base, str(top)], capsys)[0] == (
+        "kd-detect fit: error: unknown key trainer.max_epohs in a --config file; did you mean trainer.max_epochs?")
+
+
+def test_other_parse_errors_keep_jsonargparse_text(capsys):
+    err = fit_error(["--config", str(EXPERIMENTS / "synthetic_rgb.yaml"), "--trainer.max_epochs=many"], capsys)
+    assert err[0].startswith("usage: kd-detect") and "max_epochs" in "\n".join(err[-8:])
+
+
+def test_helpers():
+    assert nearest("weigth", ["weight", "window", "tau"]) == "weight"
+    assert nearest("zzz", ["weight"]) is None
+    assert "weight" in class_parameters("kd_detect.distill.AtomicContrastive")
+    assert class_parameters("kd_detect.NoSuchClass") == []
+    assert unknown_key_line("Parser key 'x': expected int", []) is None
