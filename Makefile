@@ -45,32 +45,37 @@ test: $(STAMP) lint ## lint, then run the test suite (what CI runs)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # ---------------------------------------------------------------- training
-# `make train` (no EXP): RGB-only baseline and teacher when missing, then the KD student,
-# then the results table. `make train EXP=x`: x's data and teachers when missing, then x.
+# `make train` (no EXP): RGB-only baseline and teacher when missing or not matching their
+# experiment and data, then the KD student, then the results table. `make train EXP=x`: x's
+# data and teachers when missing, teachers retrained when their run does not match (another
+# config or data file: kd_detect.lab.runner says why in one line), then x.
 RESUME_ARG = $(if $(RESUME),--ckpt_path=runs/$(EXP)/last.ckpt,)
 
 train: $(STAMP) ## fit + test an experiment (EXP=name, default: the synthetic end-to-end pipeline)
 ifeq ($(strip $(EXP)),)
-	@$(MAKE) --no-print-directory runs/synthetic_rgb/metrics.json
+	@$(PY) -m kd_detect.lab.runner current synthetic_rgb || $(MAKE) --no-print-directory train EXP=synthetic_rgb
 	@$(MAKE) --no-print-directory train EXP=synthetic_kd
 	@echo; echo "Synthetic benchmark (test split):"
 	@$(PY) -m kd_detect.lab.runner table synthetic_rgb synthetic_teacher synthetic_kd
 	@$(KD) plot runs/synthetic_kd
 else
 	@deps="$$($(PY) -m kd_detect.lab.runner deps $(EXP) $(ARGS))" || exit 1; \
-	  if [ -n "$$deps" ]; then $(MAKE) --no-print-directory $$deps || exit 1; fi
+	  if [ -n "$$deps" ]; then $(MAKE) --no-print-directory $$deps || exit 1; fi; \
+	  stale="$$($(PY) -m kd_detect.lab.runner stale $(EXP) $(ARGS))" || exit 1; \
+	  for t in $$stale; do $(MAKE) --no-print-directory train EXP=$$t \
+	    ARGS="$$($(PY) -m kd_detect.lab.runner teacher-args $(ARGS))" || exit 1; done; \
+	  if [ -n "$$stale" ]; then $(MAKE) --no-print-directory $$deps || exit 1; fi  # caches of retrained teachers
 	$(KD) fit --config experiments/$(EXP).yaml --trainer.default_root_dir=runs/$(EXP) \
 	  --test_after_fit=true $(RESUME_ARG) $(ARGS)
 endif
 
-# A teacher checkpoint / a finished run is made by training its experiment, only when missing.
+# A teacher checkpoint is made by training its experiment, when missing (`stale` above
+# retrains one that does not match).
 runs/%/best.ckpt:
 	@$(MAKE) --no-print-directory train EXP=$* ARGS="$$($(PY) -m kd_detect.lab.runner teacher-args $(ARGS))"
 runs/%/teacher_cache.h5: runs/%/best.ckpt
 	$(KD) cache-teacher --ckpt $< --out $@ \
 	  --data "$$($(PY) -m kd_detect.lab.runner deps $* $(ARGS) | cut -d' ' -f1)"
-runs/%/metrics.json:
-	@$(MAKE) --no-print-directory train EXP=$*
 
 # ------------------------------------------------------------------- data
 data/synthetic.h5: | $(STAMP)

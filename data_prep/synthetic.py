@@ -118,6 +118,7 @@ fixed functions of the labels).
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -292,7 +293,9 @@ def generate(out: str | Path, seed: int = 0, dtype: str = "float16", preset: str
     n_val = int(round(cfg.val_fraction * cfg.videos)) if cfg.val_fraction > 0 else 0
     n_val = min(max(n_val, 1 if cfg.val_fraction > 0 else 0), cfg.videos - n_test - 1)
     validation = set(order[n_test : n_test + n_val].tolist())
-    attrs = {"generator": "data_prep.synthetic", "seed": int(seed), "step_seconds": float(cfg.step_seconds)}
+    attrs = {"generator": "data_prep.synthetic", "seed": int(seed), "step_seconds": float(cfg.step_seconds),
+             # how the file was made, for `make train` (kd_detect.lab.runner) to compare
+             "generator_preset": preset, "generator_options": json.dumps(dict(sorted(options.items())))}
     if cfg.world == "v1":
         protos = _prototypes(cfg, seed)
         attrs["confusable_pairs"] = np.asarray(confusable_pairs(cfg.classes), dtype=np.int64).reshape(-1, 2)

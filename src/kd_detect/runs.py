@@ -5,6 +5,8 @@ Layout (DESIGN.md §7)::
     runs/<EXP>/best.ckpt        best val/frame_map (RunCheckpoint)
     runs/<EXP>/last.ckpt        latest epoch (what RESUME=1 continues)
     runs/<EXP>/config.yaml      the resolved config (RunConfigSaver)
+    runs/<EXP>/run.json         what the run was trained on: the data file's identity
+                                (kd_detect.io.file_identity), written when the fit starts
     runs/<EXP>/metrics.json     test figures (RunReport)
     runs/<EXP>/plots/           pictures (kd-detect plot)
 
@@ -25,6 +27,7 @@ from kd_detect.errors import UsageError
 CHECKPOINTS = ("best.ckpt", "last.ckpt")
 CONFIG = "config.yaml"
 METRICS = "metrics.json"
+RECORD = "run.json"
 
 
 def section(cfg: dict[str, Any], name: str) -> dict[str, Any]:
@@ -82,6 +85,36 @@ class RunDir:
             return json.loads(path.read_text())
         except json.JSONDecodeError as err:
             raise UsageError(f"{path}: invalid JSON ({err})") from None
+
+    def record(self) -> dict[str, Any] | None:
+        """What the run recorded when its fit started (``run.json``), ``None`` when absent
+        (a run trained before runs recorded their data)."""
+        path = self.path / RECORD
+        if not path.is_file():
+            return None
+        try:
+            record = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise UsageError(f"{path}: invalid JSON ({err})") from None
+        return record if isinstance(record, dict) else None
+
+    def write_record(self, data_path: str | Path | None) -> Path:
+        """Write ``run.json``: the data file's path and identity (size, mtime, content hash)."""
+        from kd_detect.io import atomic_write, file_identity
+
+        record: dict[str, Any] = {"data": None}
+        if data_path is not None and Path(data_path).is_file():
+            record["data"] = {"path": str(data_path), **file_identity(data_path)}
+        with atomic_write(self.path / RECORD) as tmp:
+            tmp.write_text(json.dumps(record, indent=2) + "\n")
+        return self.path / RECORD
+
+    def finished(self) -> bool:
+        """The last fit ended with a test (``metrics.json`` written after ``run.json``)."""
+        metrics, record = self.path / METRICS, self.path / RECORD
+        if not metrics.is_file():
+            return False
+        return not record.is_file() or metrics.stat().st_mtime_ns >= record.stat().st_mtime_ns
 
     def resolve(self, path: str | Path) -> Path:
         """A path named in this run's config (see the module docstring)."""

@@ -23,6 +23,7 @@ from kd_detect.data.datamodule import FeatureDataModule
 from kd_detect.errors import ConfigError, TrainingInterrupted
 from kd_detect.io import ensure_writable_dir
 from kd_detect.modules.detector import DetectorModule
+from kd_detect.runs import RunDir
 
 
 class KDArgumentParser(LightningArgumentParser):
@@ -51,8 +52,10 @@ class KDArgumentParser(LightningArgumentParser):
 
 
 class RunConfigSaver(SaveConfigCallback):
-    """Writes the resolved config to ``<run dir>/config.yaml`` (overwriting: a rerun of the
-    same experiment replaces it) and attaches it to the wandb run when wandb logs."""
+    """Writes the resolved config to ``<run dir>/config.yaml`` and the data file's identity
+    to ``<run dir>/run.json`` (:meth:`~kd_detect.runs.RunDir.write_record`; overwriting: a
+    rerun of the same experiment replaces them) and attaches the config to the wandb run
+    when wandb logs."""
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if self.already_saved:
@@ -61,6 +64,10 @@ class RunConfigSaver(SaveConfigCallback):
             path = os.path.join(trainer.default_root_dir, self.config_filename)
             os.makedirs(trainer.default_root_dir, exist_ok=True)
             self.parser.save(self.config, path, skip_none=False, overwrite=True, multifile=False)
+            if stage == "fit":  # what `make train` compares (kd_detect.lab.runner)
+                data = self.config.get("data")
+                data_path = (data.get("path") or data.get("init_args", {}).get("path")) if data else None
+                RunDir(trainer.default_root_dir).write_record(data_path)
             for logger in trainer.loggers:
                 if hasattr(logger, "log_resolved_config"):
                     logger.log_resolved_config(self.config.as_dict())

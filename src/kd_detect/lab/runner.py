@@ -5,17 +5,36 @@ disk before it can run -- its data file and the teacher checkpoints it names -- 
 Makefile can build them first (data generated, teachers trained by their own experiment,
 found from ``runs/<teacher exp>/best.ckpt``).
 
+``python -m kd_detect.lab.runner stale EXP [ARGS...]`` (after the missing dependencies were
+made) prints the teacher experiments whose existing run does not match what ``EXP`` would
+train them with -- the teacher's experiment file plus the ARGS that apply to it (the
+resolved ``config.yaml`` of its run must hold every value they set) and the data file's
+content (``run.json`` against :func:`kd_detect.io.file_identity` now) -- one line each on
+stderr saying why, so the Makefile retrains them. It stops (status 1, one line) when a
+teacher run did not finish (resume or delete it) or when the default synthetic file
+``data/synthetic.h5`` is not what the Makefile's recipe makes (an old v1-world file, or
+one generated with other options).
+
+``python -m kd_detect.lab.runner current EXP [ARGS...]``: status 0 when ``runs/EXP`` is a
+finished run matching ``EXP`` and its data, else one line why and status 1 (``make train``
+then trains it).
+
 ``python -m kd_detect.lab.runner table EXP...`` prints the test figures of finished runs.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from kd_detect.config import load_config
-from kd_detect.errors import KdDetectError
+from kd_detect.errors import KdDetectError, UsageError
 from kd_detect.runs import RunDir, section
 
 EXPERIMENTS = Path("experiments")
@@ -38,20 +57,24 @@ def _overrides(args: list[str]) -> dict[str, str]:
     return out
 
 
-def dependencies(exp: str, args: list[str]) -> list[str]:
-    """Files experiment ``exp`` needs: its data file, then its teachers' checkpoints."""
+def data_and_teachers(exp: str, args: list[str]) -> tuple[str | None, list[str]]:
+    """Experiment ``exp``'s data file (``None`` when it names none) and its teachers' checkpoints."""
     cfg = load_config(EXPERIMENTS / f"{exp}.yaml")
     over = _overrides(args)
     data_path = over.get("data.path") or over.get("data.init_args.path") or section(cfg, "data").get("path")
-    deps = [str(data_path)] if data_path else []
     model = section(cfg, "model")
     teachers = dict(model.get("teachers") or {})
     for key, value in over.items():
         for prefix in ("model.init_args.teachers.", "model.teachers."):
             if key.startswith(prefix):
                 teachers[key[len(prefix):]] = value
-    deps.extend(str(p) for p in teachers.values())
-    return deps
+    return (str(data_path) if data_path else None), [str(p) for p in teachers.values()]
+
+
+def dependencies(exp: str, args: list[str]) -> list[str]:
+    """Files experiment ``exp`` needs: its data file, then its teachers' checkpoints."""
+    data, teachers = data_and_teachers(exp, args)
+    return ([data] if data else []) + teachers
 
 
 def teacher_args(args: list[str]) -> str:
@@ -69,6 +92,178 @@ def teacher_args(args: list[str]) -> str:
             out.extend(group)
         i += len(group)
     return shlex.join(out)
+
+
+#: resolved-config keys that do not change what a run learns (where it logs, how it shows
+#: progress, how data is loaded), so they may differ between a run and its experiment
+IGNORED_KEYS = (
+    "trainer.default_root_dir", "trainer.logger", "trainer.enable_progress_bar", "ckpt_path", "test_after_fit",
+    "data.num_workers", "data.pin_memory", "data.validate", "data.eval_batch_size",
+)
+
+#: the file the Makefile's data/synthetic.h5 recipe makes: `python -m data_prep.synthetic
+#: --out data/synthetic.h5` with the default preset, seed and options
+DEFAULT_SYNTHETIC = Path("data") / "synthetic.h5"
+
+
+def expected_config(exp: str, args: list[str]) -> dict[str, Any]:
+    """``experiments/<exp>.yaml`` (includes merged) with the ``--key=value`` of ``args`` set."""
+    cfg = load_config(EXPERIMENTS / f"{exp}.yaml")
+    for key, raw in _overrides(args).items():
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = cfg
+        *parents, last = key.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[last] = value
+    return cfg
+
+
+def _same(want: Any, got: Any) -> bool:
+    if isinstance(want, bool) or isinstance(got, bool):
+        return want is got or want == got and type(want) is type(got)
+    if isinstance(want, (int, float)) and isinstance(got, (int, float)):
+        return float(want) == float(got)
+    if isinstance(want, str) and isinstance(got, str) and want != got:
+        return os.path.realpath(want) == os.path.realpath(got)  # the same file named two ways
+    return want == got
+
+
+def config_difference(want: Any, got: Any, key: str = "") -> str | None:
+    """The first value ``want`` sets that ``got`` (a resolved config) does not hold, as one
+    phrase (``trainer.max_epochs was 1 in the run, is 30 now``); ``None`` when
+    ``got`` holds all of ``want`` (keys ``want`` leaves out may have any value)."""
+    if key in IGNORED_KEYS or key.endswith(".save_dir"):
+        return None
+    if isinstance(want, dict):
+        if not isinstance(got, dict):
+            return f"{key} was {got!r} in the run, is a mapping now"
+        for k, v in want.items():
+            sub = f"{key}.{k}" if key else str(k)
+            if k not in got:
+                if f"{sub}" in IGNORED_KEYS:
+                    continue
+                return f"{sub} is missing in the run"
+            found = config_difference(v, got[k], sub)
+            if found:
+                return found
+        return None
+    if isinstance(want, list):
+        if not isinstance(got, list) or len(got) != len(want):
+            return f"{key} was {got!r} in the run, is {want!r} now"
+        for i, (w, g) in enumerate(zip(want, got)):
+            found = config_difference(w, g, f"{key}[{i}]")
+            if found:
+                return found
+        return None
+    if not _same(want, got):
+        return f"{key} was {got!r} in the run, is {want!r} now"
+    return None
+
+
+def data_difference(run: RunDir, data_path: Path) -> str | None:
+    """Why ``run`` was not trained on the current content of ``data_path``, or ``None``
+    (also when the run has no ``run.json``: then only the path in its config was compared)."""
+    record = run.record()
+    data = (record or {}).get("data")
+    if not data_path.is_file() or not isinstance(data, dict):
+        return None
+    from kd_detect.io import file_identity
+
+    now = file_identity(data_path)
+    if (data.get("size"), data.get("sha256")) != (now["size"], now["sha256"]):
+        return f"{data_path} changed since the run was trained on it (size or content hash differ)"
+    return None
+
+
+def run_difference(exp: str, args: list[str]) -> str | None:
+    """Why ``runs/<exp>`` is not the run ``experiments/<exp>.yaml`` + ``args`` describes on
+    the data file's current content; ``None`` when it is."""
+    run = RunDir(RUNS / exp)
+    recorded = run.config()
+    if not recorded:
+        return f"{run.path} has no config.yaml"
+    want = expected_config(exp, args)
+    found = config_difference(want, recorded)
+    if found:
+        return found
+    data_path = section(want, "data").get("path")
+    return data_difference(run, Path(str(data_path))) if data_path else None
+
+
+def synthetic_difference(path: Path) -> str | None:
+    """Why ``data/synthetic.h5`` is not what the Makefile's recipe makes (the default
+    preset v2, seed 0, no options), from the attributes the generator writes; ``None``
+    when it is, or when the file was not made by the generator at all."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as h5:
+            attrs = {k: h5.attrs[k] for k in ("generator", "world", "seed", "generator_preset", "generator_options")
+                     if k in h5.attrs}
+    except OSError:
+        return None  # not HDF5: validation says so when the fit opens it
+    as_str = lambda v: v.decode() if isinstance(v, bytes) else str(v)  # noqa: E731
+    if as_str(attrs.get("generator", "")) != "data_prep.synthetic":
+        return None
+    if "generator_preset" not in attrs:
+        if "world" not in attrs:
+            return "it is the v1 world (generated before benchmark v2)"
+        return "it was generated before the generator recorded its options, so what it holds is unknown"
+    preset, options = as_str(attrs["generator_preset"]), json.loads(as_str(attrs.get("generator_options", "{}")))
+    if preset != "v2" or options or int(attrs.get("seed", 0)) != 0:
+        given = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in options.items())
+        return f"it was generated with --preset {preset} --seed {int(attrs.get('seed', 0))} {given}".rstrip()
+    return None
+
+
+def stale_teachers(exp: str, args: list[str]) -> list[str]:
+    """The teacher experiments of ``exp`` whose run must be retrained (module doc); raises
+    :class:`UsageError` (one line) when it must stop instead."""
+    data_path, teachers = data_and_teachers(exp, args)
+    data = Path(data_path) if data_path else None
+    if data is not None and data == DEFAULT_SYNTHETIC and data.is_file():
+        why = synthetic_difference(data)
+        if why:
+            raise UsageError(
+                f"{data} is not the synthetic benchmark the experiments expect: {why}. Regenerate it with "
+                f"`make data` (or keep it under another name and pass ARGS=--data.path=FILE)"
+            )
+    stale = []
+    for ckpt in teachers:
+        path = Path(ckpt)
+        teacher = path.parent.name
+        if path.parent.parent != RUNS or not (EXPERIMENTS / f"{teacher}.yaml").is_file() or not path.is_file():
+            continue  # a checkpoint the user named: nothing to compare it with
+        run = RunDir(path.parent)
+        if not run.finished():
+            raise UsageError(
+                f"{run.path}: its last fit did not finish (no metrics.json after run.json); resume it with "
+                f"`make train EXP={teacher} RESUME=1` or delete {run.path} to retrain it"
+            )
+        t_args = shlex.split(teacher_args(args))
+        why = run_difference(teacher, t_args)
+        if why is None and data is not None:
+            why = data_difference(run, data)
+        if why:
+            print(f"{run.path}: does not match experiments/{teacher}.yaml for {exp} ({why}); retraining it",
+                  file=sys.stderr)
+            stale.append(teacher)
+    return stale
+
+
+def current(exp: str, args: list[str]) -> str | None:
+    """Why ``runs/<exp>`` cannot be reused as is (not finished, or not matching), or ``None``."""
+    run = RunDir(RUNS / exp)
+    if not run.finished():
+        return f"{run.path}: no finished run (metrics.json) yet"
+    why = run_difference(exp, args)
+    return f"{run.path}: does not match experiments/{exp}.yaml ({why})" if why else None
 
 
 def table(exps: list[str]) -> str:
@@ -95,6 +290,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if cmd == "deps":
             print(" ".join(dependencies(rest[0], rest[1:])))
+        elif cmd == "stale":
+            print(" ".join(stale_teachers(rest[0], rest[1:])))
+        elif cmd == "current":
+            why = current(rest[0], rest[1:])
+            if why:
+                print(f"{why}; training it", file=sys.stderr)
+                return 1
         elif cmd == "teacher-args":
             print(teacher_args(rest))
         elif cmd == "table":

@@ -1,0 +1,146 @@
+"""Issue 16: ``make train`` never reuses a run silently. A fit records its data file's
+identity (``run.json``) next to its resolved ``config.yaml``; ``kd_detect.lab.runner``
+compares both with what an experiment would train, retrains a teacher that does not
+match (one line why), and stops on an unfinished teacher run or an old synthetic file."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kd_detect.lab import runner
+from kd_detect.runs import RunDir
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_ARGS = ["--data.path=data/tiny.h5", "--trainer.max_epochs=1"]
+
+
+@pytest.fixture
+def sandbox(tmp_path, monkeypatch, synthetic_h5) -> Path:
+    """A project folder: experiments/ (the repo's), data/tiny.h5, runs/."""
+    shutil.copytree(ROOT / "experiments", tmp_path / "experiments")
+    (tmp_path / "data").mkdir()
+    shutil.copy(synthetic_h5, tmp_path / "data" / "tiny.h5")
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def fake_run(exp: str, args: list[str], *, finished: bool = True, **changes) -> RunDir:
+    """A run whose config.yaml is exactly what ``exp`` + ``args`` asks (plus ``changes``,
+    dotted keys), trained on data/tiny.h5 as it is now."""
+    cfg = runner.expected_config(exp, args)
+    for key, value in changes.items():
+        node = cfg
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    run = RunDir(Path("runs") / exp)
+    run.path.mkdir(parents=True)
+    (run.path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (run.path / "best.ckpt").write_bytes(b"ckpt")
+    run.write_record("data/tiny.h5")
+    if finished:
+        (run.path / "metrics.json").write_text("{}")
+    return run
+
+
+def test_a_matching_teacher_is_reused(sandbox):
+    fake_run("synthetic_teacher", TINY_ARGS)
+    assert runner.stale_teachers("synthetic_kd", TINY_ARGS) == []
+
+
+def test_a_teacher_of_another_config_is_retrained_with_one_line(sandbox, capsys):
+    fake_run("synthetic_teacher", TINY_ARGS)
+    # the student asks for the experiment's 30 epochs: the 1-epoch teacher does not match
+    assert runner.stale_teachers("synthetic_kd", ["--data.path=data/tiny.h5"]) == ["synthetic_teacher"]
+    assert capsys.readouterr().err == (
+        "runs/synthetic_teacher: does not match experiments/synthetic_teacher.yaml for synthetic_kd "
+        "(trainer.max_epochs was 1 in the run, is 30 now); retraining it\n")
+
+
+def test_a_teacher_of_another_data_file_is_retrained(sandbox, capsys, make_synthetic_h5):
+    fake_run("synthetic_teacher", TINY_ARGS)
+    shutil.copy(make_synthetic_h5(seed=1), "data/other.h5")
+    args = ["--data.path=data/other.h5", "--trainer.max_epochs=1"]
+    assert runner.stale_teachers("synthetic_kd", args) == ["synthetic_teacher"]
+    assert "data.path was 'data/tiny.h5' in the run, is 'data/other.h5' now" in capsys.readouterr().err
+    # same path, other content (regenerated with another seed): caught by run.json
+    shutil.copy(make_synthetic_h5(seed=1), "data/tiny.h5")
+    assert runner.stale_teachers("synthetic_kd", TINY_ARGS) == ["synthetic_teacher"]
+    assert "data/tiny.h5 changed since the run was trained on it" in capsys.readouterr().err
+
+
+def test_same_content_rewritten_is_still_the_same_data(sandbox, synthetic_h5):
+    fake_run("synthetic_teacher", TINY_ARGS)
+    os.utime("data/tiny.h5", ns=(1, 1))  # a new mtime, the same bytes (the generator is deterministic)
+    assert runner.stale_teachers("synthetic_kd", TINY_ARGS) == []
+
+
+def test_an_unfinished_teacher_run_stops_with_one_line(sandbox):
+    fake_run("synthetic_teacher", TINY_ARGS, finished=False)
+    with pytest.raises(runner.UsageError, match=r"^runs/synthetic_teacher: its last fit did not finish .* "
+                                                r"`make train EXP=synthetic_teacher RESUME=1`"):
+        runner.stale_teachers("synthetic_kd", TINY_ARGS)
+    assert runner.main(["stale", "synthetic_kd", *TINY_ARGS]) == 1
+
+
+def test_current_says_why_a_run_is_retrained(sandbox, capsys):
+    assert runner.main(["current", "synthetic_rgb", *TINY_ARGS]) == 1
+    assert capsys.readouterr().err == "runs/synthetic_rgb: no finished run (metrics.json) yet; training it\n"
+    fake_run("synthetic_rgb", TINY_ARGS, **{"model.init_args.lr": 0.01})
+    assert runner.main(["current", "synthetic_rgb", *TINY_ARGS]) == 1
+    assert "model.init_args.lr was 0.01 in the run, is 0.001 now" in capsys.readouterr().err
+    shutil.rmtree("runs/synthetic_rgb")
+    fake_run("synthetic_rgb", TINY_ARGS, **{"trainer.logger": False, "data.num_workers": 2})  # no effect on learning
+    assert runner.main(["current", "synthetic_rgb", *TINY_ARGS]) == 0
+
+
+@pytest.mark.parametrize("options, why", [
+    ({"preset": "v1"}, "it was generated with --preset v1 --seed 0 --videos 16"),
+    ({"strip": True}, "it is the v1 world (generated before benchmark v2)"),
+])
+def test_an_old_or_custom_synthetic_file_stops_with_one_line(sandbox, options, why, capsys):
+    import h5py
+
+    from data_prep.synthetic import generate
+
+    generate("data/synthetic.h5", preset=options.get("preset", "v1"), videos=16)
+    if options.get("strip"):  # a file of the generator before it recorded its options
+        with h5py.File("data/synthetic.h5", "r+") as h5:
+            del h5.attrs["generator_preset"], h5.attrs["generator_options"]
+    before = Path("data/synthetic.h5").read_bytes()
+    assert runner.main(["stale", "synthetic_rgb"]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"error: data/synthetic.h5 is not the synthetic benchmark the experiments expect: {why}. "
+                   "Regenerate it with `make data` (or keep it under another name and pass ARGS=--data.path=FILE)\n")
+    assert Path("data/synthetic.h5").read_bytes() == before
+
+
+def test_the_default_synthetic_file_passes(sandbox):
+    from data_prep.synthetic import generate
+
+    generate("data/synthetic.h5", videos=4)  # the recipe's file, only smaller: an option
+    assert "--videos 4" in runner.synthetic_difference(Path("data/synthetic.h5"))
+    generate("data/synthetic.h5")  # the recipe: default preset, seed and options
+    assert runner.synthetic_difference(Path("data/synthetic.h5")) is None
+
+
+def test_a_real_fit_records_what_the_runner_compares(sandbox, monkeypatch):
+    """The recorded config.yaml (Lightning's resolved one) and run.json of a real 1-epoch fit."""
+    from kd_detect.cli import main
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    args = [*TINY_ARGS, "--trainer.logger=false"]
+    main(["fit", "--config", "experiments/synthetic_rgb.yaml", "--trainer.default_root_dir=runs/synthetic_rgb",
+          "--test_after_fit=true", *args])
+    record = json.loads(Path("runs/synthetic_rgb/run.json").read_text())
+    assert record["data"]["path"] == "data/tiny.h5" and record["data"]["size"] == Path("data/tiny.h5").stat().st_size
+    assert runner.current("synthetic_rgb", args) is None
+    assert "trainer.max_epochs was 1 in the run, is 2 now" in runner.current("synthetic_rgb", [*args, "--trainer.max_epochs=2"])
