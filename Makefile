@@ -26,7 +26,7 @@ export WANDB_SILENT ?= true
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
-	@echo "  variables: EXP=name ARGS=\"--key=value ...\" RESUME=1 DATASET=name RAW=dir SEEDS=3 COUNT=20 QUICK=1 DEVICE=cuda"
+	@echo "  variables: EXP=name ARGS=\"--key=value ...\" RESUME=1 DATASET=name RAW=dir OUT=file SEEDS=3 COUNT=20 QUICK=1 DEVICE=cuda"
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -81,17 +81,28 @@ runs/%/teacher_cache.h5: runs/%/best.ckpt
 data/synthetic.h5: | $(STAMP)
 	$(PY) -m data_prep.synthetic --out $@
 
-data/%.h5:
-	@echo "error: $@ is missing. Create it from the public release with:" >&2; \
-	 echo "    make data DATASET=$* RAW=/path/to/$*" >&2; \
-	 echo "(README, section Datasets, says what to download and where to put it)" >&2; exit 1
+# The converters `make data DATASET=name` can run: data_prep/<name>.py (not the private helpers).
+CONVERTERS := $(sort $(filter-out _% synthetic_check,$(basename $(notdir $(wildcard data_prep/*.py)))))
 
-data: $(STAMP) ## convert a dataset into data/<DATASET>.h5 (RAW=dir; synthetic needs none)
+# A missing data file: one line naming the command that makes it (a converter of that name,
+# the generator for a synthetic variant, else the generic converter).
+data/%.h5:
+	@if [ -n "$(filter $*,$(CONVERTERS))" ]; then \
+	   echo "error: $@ is missing; convert the public release with: make data DATASET=$* RAW=/path/to/$* (README, Datasets, says what to download)" >&2; \
+	 elif [ -n "$(filter synthetic%,$*)" ]; then \
+	   echo "error: $@ is missing; a synthetic variant is written by the generator: make data DATASET=synthetic OUT=$@ ARGS=\"--seed 1 ...\" (options: $(PY) -m data_prep.synthetic --help)" >&2; \
+	 else \
+	   echo "error: $@ is missing and no converter is named '$*' (converters: $(CONVERTERS)); convert your own features with: make data DATASET=generic OUT=$@ RAW=/path/to/features ARGS=\"--annotations FILE ...\" (README, Datasets)" >&2; \
+	 fi; exit 1
+
+OUT ?= data/$(DATASET).h5
+data: $(STAMP) ## convert a dataset into OUT=data/<DATASET>.h5 (RAW=dir; synthetic needs none)
+	@test -n "$(filter $(DATASET),$(CONVERTERS))" || { echo "error: no converter named '$(DATASET)': DATASET is one of $(CONVERTERS) (your own features: DATASET=generic)" >&2; exit 1; }
 ifeq ($(DATASET),synthetic)
-	$(PY) -m data_prep.synthetic --out data/synthetic.h5 $(ARGS)
+	$(PY) -m data_prep.synthetic --out $(OUT) $(ARGS)
 else
-	@test -n "$(RAW)" || { echo "error: give RAW=/path/to/the/$(DATASET)/release (see README, Datasets)" >&2; exit 1; }
-	$(PY) -m data_prep.$(DATASET) --raw "$(RAW)" --out data/$(DATASET).h5 $(ARGS)
+	@test -n "$(RAW)$(filter generic,$(DATASET))" || { echo "error: give RAW=/path/to/the/$(DATASET)/release (see README, Datasets)" >&2; exit 1; }
+	$(PY) -m data_prep.$(DATASET) $(if $(RAW),--raw "$(RAW)",) --out $(OUT) $(ARGS)
 endif
 
 JOBS ?= 2

@@ -1,0 +1,48 @@
+"""Issue 16: the Makefile's hint for a missing data file names a command that exists: the
+converter of that name, the generator (synthetic variants) or the generic converter; and
+``make data`` refuses a DATASET without a converter in one line."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+# -o: never rebuild the venv stamp from a test; -B: run the hint even if such a file exists
+MAKE = ["make", "--no-print-directory", "-s", "-o", ".venv/.installed"]
+
+
+def make(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*MAKE, *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("name, module", [
+    ("tsu", "tsu"), ("charades", "charades"), ("synthetic_noisy", "synthetic"), ("missing", "generic"),
+])
+def test_missing_data_hint_names_a_command_that_runs(name, module):
+    proc = make("-B", f"data/{name}.h5")
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if not ln.startswith("make")]
+    assert len(lines) == 1 and lines[0].startswith(f"error: data/{name}.h5 is missing"), proc.stderr
+    hint = re.search(r"make data (DATASET=\S+(?: OUT=\S+)?)", lines[0])
+    assert hint, lines[0]
+    # the hinted `make data` resolves to an existing converter writing the missing file
+    dry = make("-n", "data", *shlex.split(hint.group(1)), "RAW=/some/release")
+    assert dry.returncode == 0, dry.stderr
+    assert f"-m data_prep.{module} " in dry.stdout and f"--out data/{name}.h5" in dry.stdout
+    assert (ROOT / "data_prep" / f"{module}.py").is_file()
+
+
+@pytest.mark.parametrize("dataset", ["missing", "synthetic_noisy", "_common"])
+def test_make_data_refuses_a_dataset_without_a_converter(dataset):
+    proc = make("data", f"DATASET={dataset}", "RAW=/x")
+    assert proc.returncode != 0
+    assert proc.stderr.splitlines()[0] == (
+        f"error: no converter named '{dataset}': DATASET is one of charades generic multithumos pku_mmd "
+        "synthetic tsu (your own features: DATASET=generic)")
