@@ -206,3 +206,24 @@ def test_check_does_not_import_torch_or_lightning():
             "print(any(m in sys.modules for m in ('torch', 'pytorch_lightning')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("mutate, header", [
+    (lambda h5: h5.attrs.__setitem__("kd_detect_format", 2),
+     "  format unknown (attr 'kd_detect_format' = 2; this version reads v1), 5 videos, 3 classes; videos not checked"),
+    (lambda h5: h5.attrs.__setitem__("kd_detect_format", "two"),
+     "  format unknown (attr 'kd_detect_format' = 'two'; this version reads v1), 5 videos, 3 classes; "
+     "videos not checked"),
+    (lambda h5: h5.attrs.__delitem__("kd_detect_format"),
+     "  format unknown (attr 'kd_detect_format' missing), 5 videos, 3 classes, 10 segments"),
+])
+def test_summary_of_an_unknown_or_missing_format_tells_the_real_counts(mutate, header, tmp_path, capsys):
+    """Issue 16: before, an unknown format said "format v2, 0 videos, 0 classes" and a
+    missing one printed no header at all."""
+    path = _good(tmp_path / "f.h5", videos=5)
+    with h5py.File(path, "r+") as h5:
+        mutate(h5)
+    assert main([str(path)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == [f"kd-detect check {path}", header]
+    assert lines[-1].startswith(f"  {path}: root: attr 'kd_detect_format' ")

@@ -83,6 +83,9 @@ class _Checker:
         self.class_segments: np.ndarray | None = None
         self.num_segments = 0
         self.version = None
+        self.format_state: str | None = None  # "ok", "missing" or "unknown" once the root was read
+        self.format_raw: object = None
+        self.unchecked_videos: int | None = None  # counted, not checked (unknown format)
 
     def problem(self, where: str, message: str) -> None:
         self.problems.append(f"{self.path}: {where}: {message}" if where else f"{self.path}: {message}")
@@ -92,6 +95,7 @@ class _Checker:
         """Root attrs; returns False when the rest cannot be interpreted."""
         attrs = h5.attrs
         if FORMAT_ATTR not in attrs:
+            self.format_state = "missing"
             self.problem("root", f"attr {FORMAT_ATTR!r} missing (not a kd_detect feature file?)")
         else:
             raw = attrs[FORMAT_ATTR]
@@ -101,10 +105,13 @@ class _Checker:
                 self.version = None
             if self.version not in SUPPORTED_VERSIONS:
                 shown = raw.item() if isinstance(raw, np.generic) else raw
+                shown = shown.decode(errors="replace") if isinstance(shown, bytes) else shown
+                self.format_state, self.format_raw, self.version = "unknown", shown, None
                 self.problem(
                     "root", f"attr {FORMAT_ATTR!r} = {shown!r} is not a known format version {list(SUPPORTED_VERSIONS)}"
                 )
                 return False
+            self.format_state = "ok"
         if "classes" not in attrs:
             self.problem("root", "attr 'classes' missing (expected a list of class names)")
         else:
@@ -321,12 +328,23 @@ class _Checker:
             )
 
     # ------------------------------------------------------------------ summary
+    def count_unchecked(self, h5: h5py.File) -> None:
+        """A file of an unknown format is not checked further, but its summary still gives
+        its real video and class counts (read from the group and the attr, unvalidated)."""
+        videos = h5.get(VIDEOS_GROUP)
+        self.unchecked_videos = len(videos) if isinstance(videos, h5py.Group) else 0
+        if "classes" in h5.attrs and self.classes is None:
+            self.classes = _names(h5.attrs["classes"])
+
     def summary(self) -> dict:
         lengths = np.asarray(self.lengths, dtype=np.int64)
+        videos = int(sum(self.subsets.values())) if self.subsets else len(self.lengths)
         out: dict = {
             "path": str(self.path),
             "format": self.version,
-            "videos": int(sum(self.subsets.values())) if self.subsets else len(self.lengths),
+            "format_state": self.format_state,
+            "format_raw": self.format_raw,
+            "videos": self.unchecked_videos if self.unchecked_videos is not None else videos,
             "subsets": dict(sorted(self.subsets.items())),
             "classes": list(self.classes or []),
             "modalities": {
@@ -365,7 +383,9 @@ def validate_file(
     else:
         try:
             with h5py.File(path, "r") as h5:
-                if checker.check_root(h5):
+                if not checker.check_root(h5):
+                    checker.count_unchecked(h5)
+                else:
                     videos = h5.get(VIDEOS_GROUP)
                     if not isinstance(videos, h5py.Group):
                         checker.problem("root", f"group '/{VIDEOS_GROUP}' missing")
@@ -409,9 +429,15 @@ def format_report(report: ValidationReport, max_problems: int = 50) -> str:
     """The human-readable text printed by ``kd-detect check``."""
     s = report.summary
     lines = [f"kd-detect check {report.path}"]
-    if s.get("format") is not None:
-        lines.append(f"  format v{s['format']}, {s.get('videos', 0)} videos, {len(s.get('classes', []))} classes, "
-                     f"{s.get('segments', 0)} segments")
+    counts = f"{s.get('videos', 0)} videos, {len(s.get('classes') or [])} classes"
+    state = s.get("format_state")
+    if state == "ok":
+        lines.append(f"  format v{s['format']}, {counts}, {s.get('segments', 0)} segments")
+    elif state == "missing":
+        lines.append(f"  format unknown (attr {FORMAT_ATTR!r} missing), {counts}, {s.get('segments', 0)} segments")
+    elif state == "unknown":
+        lines.append(f"  format unknown (attr {FORMAT_ATTR!r} = {s.get('format_raw')!r}; this version reads "
+                     f"{', '.join(f'v{v}' for v in SUPPORTED_VERSIONS)}), {counts}; videos not checked")
     if s.get("subsets"):
         lines.append("  subsets: " + ", ".join(f"{k} {v}" for k, v in s["subsets"].items()))
     for m, info in s.get("modalities", {}).items():
