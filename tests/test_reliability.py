@@ -95,6 +95,14 @@ def _labels_short(h5, train, test):
     return rf"video '{train}': field 'labels' has shape \(\d+, 5\), expected \(\d+, 6\)"
 
 
+def _rgb_short(h5, train, test):
+    """Before: the labels were blamed ('labels' has shape (T, C), expected (T - 3, C))."""
+    _replace(h5, f"videos/{train}/rgb", h5[f"videos/{train}/rgb"][()][:-3])
+    t = h5[f"videos/{train}/labels"].shape[0]
+    return (rf"video '{train}': modality 'rgb' has T={t - 3} but field 'labels' and modalities "
+            rf"\['flow', 'pose'\] have T={t} \(every modality and the labels share T\)")
+
+
 def _bad_test_labels(h5, train, test):
     lab = h5[f"videos/{test}/labels"][()]
     lab[:, 0] = 7
@@ -103,7 +111,7 @@ def _bad_test_labels(h5, train, test):
 
 
 CASES = [_dup_classes, _non_binary, _backwards_segment, _class_out_of_range, _class_nan, _float64,
-         _zero_length, _nan_features, _labels_short, _bad_test_labels]
+         _zero_length, _nan_features, _labels_short, _rgb_short, _bad_test_labels]
 
 
 def _broken(synthetic_h5: Path, tmp_path: Path, case) -> tuple[Path, str]:

@@ -55,7 +55,11 @@ VIOLATIONS = {
     "missing_modality": (lambda h5: h5["videos/v2"].__delitem__("flow"), "video 'v2'", "'flow'", "missing"),
     "different_T": (
         lambda h5: _replace(h5["videos/v1"], "flow", np.zeros((T - 2, 2), np.float32)),
-        "video 'v1'", "different T", "'flow': 10",
+        "video 'v1'", "modality 'flow' has T=10", "but field 'labels' and modalities ['rgb'] have T=12",
+    ),
+    "features_shorter_than_labels": (
+        lambda h5: [_replace(h5["videos/v1"], m, h5[f"videos/v1/{m}"][()][:-3]) for m in ("rgb", "flow")],
+        "video 'v1'", "modalities ['rgb', 'flow'] have T=9", "field 'labels' T=12",
     ),
     "labels_shape": (
         lambda h5: _replace(h5["videos/v0"], "labels", np.zeros((T, 4), np.uint8)),
@@ -227,3 +231,15 @@ def test_summary_of_an_unknown_or_missing_format_tells_the_real_counts(mutate, h
     lines = capsys.readouterr().out.splitlines()
     assert lines[:2] == [f"kd-detect check {path}", header]
     assert lines[-1].startswith(f"  {path}: root: attr 'kd_detect_format' ")
+
+
+def test_rgb_only_file_with_rgb_shorter_than_labels_names_the_modality_and_both_T(tmp_path):
+    """Issue 16: before, the labels alone were blamed ("'labels' has shape (12, 3), expected (9, 3)")."""
+    rng = np.random.default_rng(0)
+    rec = VideoRecord("v0", "training", float(T), {"rgb": rng.standard_normal((T, 4))}, np.array([[0, 1.5, 6.5]]))
+    path = write_feature_file(tmp_path / "rgb.h5", CLASSES, ["rgb"], [rec], dtype="float32")
+    with h5py.File(path, "a") as h5:
+        _replace(h5["videos/v0"], "rgb", h5["videos/v0/rgb"][()][:-3].astype(np.float32))
+    assert validate_file(path).problems == [
+        f"{path}: video 'v0': the features and the labels differ in T: modality 'rgb' has T=9, field 'labels' T=12 "
+        "(every modality and the labels share T)"]

@@ -191,8 +191,8 @@ class _Checker:
             if dim != ref[0]:
                 self.problem(where, f"modality {m!r} has dim {dim}, expected {ref[0]} (as in video {ref[1]!r})")
             steps[m] = int(ds.shape[0])
-        if len(set(steps.values())) > 1:
-            self.problem(where, f"modalities have different T: {steps} (every modality must share T)")
+        label_steps = self.label_steps(group)
+        t_mismatch = self.check_steps(where, steps, label_steps)
         num_steps = max(steps.values()) if steps else None
         if steps and min(steps.values()) == 0:
             self.problem(where, f"zero-length video (T=0 in {[m for m, t in steps.items() if t == 0]})")
@@ -203,8 +203,50 @@ class _Checker:
                 self.check_finite(where, m, group[m])
 
         segments = self.check_segments(where, group)
-        self.check_labels(where, group, num_steps if len(set(steps.values())) == 1 else None,
-                          segments, duration if duration_ok else None)
+        # a T mismatch was reported above, naming the features: the labels' check skips it
+        self.check_labels(where, group, None if t_mismatch else num_steps, segments,
+                          duration if duration_ok else None)
+
+    @staticmethod
+    def label_steps(group: h5py.Group) -> int | None:
+        """The labels' T when they are a 2-D dataset (their other faults are check_labels')."""
+        ds = group.get(LABELS)
+        return int(ds.shape[0]) if isinstance(ds, h5py.Dataset) and ds.ndim == 2 else None
+
+    def check_steps(self, where: str, steps: dict[str, int], label_steps: int | None) -> bool:
+        """Every modality and the labels share T. A mismatch names the modalities whose T
+        differs from the labels' (or, without labels, from the most common T) with both T;
+        when all modalities agree and only the labels differ, it names both sides. Returns
+        whether there was a mismatch."""
+        if not steps:
+            return False
+        if label_steps is not None:
+            reference, what = label_steps, "field 'labels'"
+        else:
+            reference = Counter(steps.values()).most_common(1)[0][0]
+            what = "the other modalities"
+        odd = [m for m, t in steps.items() if t != reference]
+        if not odd:
+            return False
+        if label_steps is None and len(odd) == len(steps):  # pragma: no cover - most_common is one of them
+            return False
+        others = [m for m in steps if m not in odd]
+        if label_steps is not None and others:
+            what = f"field 'labels' and modalities {others}"
+        verb = "has" if what == "field 'labels'" else "have"
+        rule = "(every modality and the labels share T)"
+        if not others and len(set(steps.values())) == 1:  # the features agree, the labels do not
+            t = steps[odd[0]]
+            feats = f"modality {odd[0]!r} has" if len(odd) == 1 else f"modalities {odd} have"
+            self.problem(where, f"the features and the labels differ in T: {feats} T={t}, field 'labels' "
+                                f"T={reference} {rule}")
+        elif len(odd) == 1:
+            m = odd[0]
+            self.problem(where, f"modality {m!r} has T={steps[m]} but {what} {verb} T={reference} {rule}")
+        else:
+            found = ", ".join(f"{m!r} (T={steps[m]})" for m in odd)
+            self.problem(where, f"modalities {found} differ from {what} (T={reference}) {rule}")
+        return True
 
     def check_finite(self, where: str, m: str, ds: h5py.Dataset) -> None:
         bad, first = 0, None
