@@ -96,6 +96,10 @@ class WandbLogger(_LightningWandbLogger):
             **kwargs,
         )
         self.mode = resolved
+        if not kwargs.get("anonymous"):
+            # Lightning always hands wandb.init anonymous=None, which wandb >= 0.19 warns about
+            # ("The anonymous setting has no effect") on every run, even when disabled
+            self._wandb_init.pop("anonymous", None)
 
     @rank_zero_only
     def log_resolved_config(self, config: dict[str, Any]) -> None:

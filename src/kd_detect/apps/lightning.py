@@ -10,6 +10,7 @@ where ``last.ckpt`` is and how to resume; exit status 1) instead of Lightning's 
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Any
@@ -163,7 +164,46 @@ class KDCLI(LightningCLI):
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit"):
             ckpt = "best" if self.trainer.checkpoint_callback and self.trainer.checkpoint_callback.best_model_path else None
-            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+            # verbose=False: RunReport prints the figures once (Lightning's table repeated them)
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt, verbose=False)
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> Any:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "test":  # RunReport prints the test figures: not Lightning's table too
+            parser.set_defaults(verbose=False)
+        return parser
+
+
+class _DropMessages(logging.Filter):
+    """Drops log records whose message starts with one of ``prefixes``."""
+
+    def __init__(self, *prefixes: str) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(self.prefixes)
+
+
+def quiet_third_party_noise() -> None:
+    """Silence, precisely, what every fit printed without telling the user anything about it:
+
+    * Lightning's advertisement for litlogger (an info record of its rank-zero logger);
+    * torch's deprecation of ``LeafSpec``, which Lightning's own ``_pytree`` still calls;
+    * "number of training batches is smaller than the logging interval" (a small file: the
+      epoch-level metrics are logged anyway);
+    * wandb's "anonymous setting has no effect" is fixed at its cause in
+      :class:`kd_detect.loggers.WandbLogger`.
+    """
+    import warnings
+
+    tip = _DropMessages("💡 Tip: For seamless cloud logging")
+    rank_zero = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    if not any(isinstance(f, _DropMessages) for f in rank_zero.filters):
+        rank_zero.addFilter(tip)
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging "
+                                              r"interval")
 
 
 def lightning_main(args: list[str] | None = None, run: bool = True, cli_class: type[KDCLI] = KDCLI) -> KDCLI:
@@ -177,6 +217,7 @@ def lightning_main(args: list[str] | None = None, run: bool = True, cli_class: t
     # design (docs/format.md, "The batch a model sees"); Lightning warns whenever a
     # DataModule is also present, although the DataModule defines no such hook.
     warnings.filterwarnings("ignore", message="You have overridden `on_after_batch_transfer`")
+    quiet_third_party_noise()
     if args is None:
         args = sys.argv[1:]
     KDArgumentParser.verbose = "--verbose" in args
