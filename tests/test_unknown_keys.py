@@ -73,3 +73,21 @@ def test_helpers():
     assert "weight" in class_parameters("kd_detect.distill.AtomicContrastive")
     assert class_parameters("kd_detect.NoSuchClass") == []
     assert unknown_key_line("Parser key 'x': expected int", []) is None
+
+
+def test_verbose_is_ours_only_as_a_bare_flag():
+    """`kd-detect test --verbose true` is trainer.test's own option: left to the parser."""
+    import kd_detect.apps.lightning as app
+
+    seen = {}
+
+    class Probe(app.KDCLI):
+        def __init__(self, *args, **kwargs):  # records what would be parsed, runs nothing
+            seen["args"] = kwargs["args"]
+
+    app.lightning_main(["test", "--verbose", "true", "--trainer.max_epochs=1"], cli_class=Probe)
+    assert seen["args"] == ["test", "--verbose", "true", "--trainer.max_epochs=1"]
+    assert app.KDArgumentParser.verbose is False
+    app.lightning_main(["fit", "--trainer.max_epochs=1", "--verbose"], cli_class=Probe)
+    assert seen["args"] == ["fit", "--trainer.max_epochs=1"] and app.KDArgumentParser.verbose is True
+    app.KDArgumentParser.verbose = False

@@ -220,8 +220,10 @@ def lightning_main(args: list[str] | None = None, run: bool = True, cli_class: t
     quiet_third_party_noise()
     if args is None:
         args = sys.argv[1:]
-    KDArgumentParser.verbose = "--verbose" in args
-    args = [a for a in args if a != "--verbose"]
+    # our --verbose is a bare flag; `kd-detect test --verbose true` is trainer.test's own
+    ours = [i for i, a in enumerate(args) if a == "--verbose" and (i + 1 == len(args) or args[i + 1].startswith("-"))]
+    KDArgumentParser.verbose = bool(ours)
+    args = [a for i, a in enumerate(args) if i not in ours]
     KDArgumentParser.argv = list(args)
     try:
         args = expand_config_includes(args)
