@@ -34,10 +34,10 @@ def blocker(tmp_path) -> Path:
 
 # ------------------------------------------------------------------------- io helpers
 def test_a_file_in_the_way_is_named(blocker):
-    with pytest.raises(UnwritableOutputError, match=rf"^{blocker}/sub/x.h5: cannot write the output here: "
+    with pytest.raises(UnwritableOutputError, match=rf"^{blocker}/sub/x.h5: cannot write here \(output\): "
                                                     rf"{blocker} is a file, not a folder$"):
         ensure_writable_file(blocker / "sub" / "x.h5")
-    with pytest.raises(UnwritableOutputError, match=rf"^{blocker}: cannot write the plots here: it is a file"):
+    with pytest.raises(UnwritableOutputError, match=rf"^{blocker}: cannot write here \(plots\): it is a file"):
         ensure_writable_dir(blocker, "plots")
     assert blocker.read_text() == "not a folder"
 
@@ -51,7 +51,7 @@ def test_a_folder_is_not_a_file(tmp_path):
 
 @pytest.mark.skipif(not HAS_PROC, reason="needs /proc")
 def test_a_virtual_folder_is_refused_by_a_probe():
-    with pytest.raises(UnwritableOutputError, match=r"^/proc/x.h5: cannot write the output here \("):
+    with pytest.raises(UnwritableOutputError, match=r"^/proc/x.h5: cannot write here \(output\): "):
         ensure_writable_file("/proc/x.h5")
 
 
@@ -90,12 +90,12 @@ def test_generator_unwritable_out_is_one_line(blocker, tmp_path):
 
     prog = "python -m data_prep.synthetic"
     err = exit_line(main, ["--out", str(blocker / "x.h5"), "--videos", "4"], prog)
-    assert err.endswith(f"{blocker / 'x.h5'}: cannot write the output here: {blocker} is a file, not a folder")
+    assert err.endswith(f"{blocker / 'x.h5'}: cannot write here (output): {blocker} is a file, not a folder")
     err = exit_line(main, ["--out", str(tmp_path), "--videos", "4"], prog)
-    assert err.endswith(f"{tmp_path}: cannot write the output here: it is a folder, not a file")
+    assert err.endswith(f"{tmp_path}: cannot write here (output): it is a folder, not a file")
     if HAS_PROC:
         err = exit_line(main, ["--out", "/proc/x.h5", "--videos", "4"], prog)
-        assert "/proc/x.h5: cannot write the output here (" in err
+        assert "/proc/x.h5: cannot write here (output): " in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
@@ -116,7 +116,7 @@ def test_cache_teacher_unwritable_out_is_one_line_before_the_teacher_runs(blocke
     before = {p: sha256(p) for p in (data, ckpt)}
     err = one_line_failure(main, ["--ckpt", str(ckpt), "--data", str(data), "--out", str(blocker / "c.h5")], capsys,
                            prog="kd-detect cache-teacher")
-    assert err.endswith(f"{blocker / 'c.h5'}: cannot write the teacher cache here: {blocker} is a file, not a folder")
+    assert err.endswith(f"{blocker / 'c.h5'}: cannot write here (teacher cache): {blocker} is a file, not a folder")
     assert {p: sha256(p) for p in (data, ckpt)} == before
 
 
@@ -127,7 +127,7 @@ def test_plot_when_plots_is_a_file(tmp_path, capsys):
     run.mkdir()
     (run / "plots").write_text("a file")
     err = one_line_failure(main, [str(run)], capsys, prog="kd-detect plot")
-    assert err.endswith(f"{run / 'plots'}: cannot write the plots folder here: it is a file, not a folder")
+    assert err.endswith(f"{run / 'plots'}: cannot write here (plots folder): it is a file, not a folder")
     assert (run / "plots").read_text() == "a file"
 
 
@@ -142,6 +142,6 @@ def test_fit_unwritable_run_dir_is_one_line_before_any_logger(blocker, synthetic
     assert exc.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert "Traceback" not in "\n".join(err)
-    assert err[-1] == (f"kd-detect: error: {blocker / 'run'}: cannot write the run directory "
-                       f"(--trainer.default_root_dir) here: {blocker} is a file, not a folder")
+    assert err[-1] == (f"kd-detect: error: {blocker / 'run'}: cannot write here (run directory, "
+                       f"--trainer.default_root_dir): {blocker} is a file, not a folder")
     assert sha256(synthetic_h5) == before and blocker.read_text() == "not a folder"

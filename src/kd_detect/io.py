@@ -84,7 +84,7 @@ def _writable_dir(folder: Path, named: Path, what: str, create: bool = True) -> 
     blocker = _file_in_the_way(folder)
     if blocker is not None:
         where = "it is" if blocker == named else f"{blocker} is"
-        raise UnwritableOutputError(f"{named}: cannot write the {what} here: {where} a file, not a folder")
+        raise UnwritableOutputError(f"{named}: cannot write here ({what}): {where} a file, not a folder")
     try:
         if create:
             folder.mkdir(parents=True, exist_ok=True)
@@ -94,7 +94,7 @@ def _writable_dir(folder: Path, named: Path, what: str, create: bool = True) -> 
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
-        raise UnwritableOutputError(f"{named}: cannot write the {what} here ({err.strerror or err})") from err
+        raise UnwritableOutputError(f"{named}: cannot write here ({what}): {err.strerror or err}") from err
 
 
 def ensure_writable_dir(path: PathLike, what: str = "output folder", create: bool = True) -> Path:
@@ -115,7 +115,7 @@ def ensure_writable_file(path: PathLike, what: str = "output") -> Path:
     :func:`ensure_writable_dir`). Raises :class:`UnwritableOutputError`; returns ``path``."""
     path = Path(path)
     if path.is_dir():
-        raise UnwritableOutputError(f"{path}: cannot write the {what} here: it is a folder, not a file")
+        raise UnwritableOutputError(f"{path}: cannot write here ({what}): it is a folder, not a file")
     _writable_dir(path.parent, path, what)
     return path
 
@@ -237,7 +237,7 @@ class AtomicFile:
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.pid{os.getpid()}.", suffix=".tmp", dir=self.path.parent)
         except OSError as err:  # pragma: no cover - the folder changed since the probe
-            raise UnwritableOutputError(f"{self.path}: cannot write the output here ({err.strerror or err})") from err
+            raise UnwritableOutputError(f"{self.path}: cannot write here (output): {err.strerror or err}") from err
         os.close(fd)
         self.tmp = Path(tmp)
         self._handlers = _install_handlers()

@@ -132,7 +132,7 @@ class KDCLI(LightningCLI):
             root = os.path.join(root, os.environ["WANDB_RUN_ID"])
             cfg.trainer.default_root_dir = root
         # before any logger, callback or data is built: one line instead of a logger's traceback
-        ensure_writable_dir(root, "run directory (--trainer.default_root_dir)")
+        ensure_writable_dir(root, "run directory, --trainer.default_root_dir")
         loggers = cfg.trainer.get("logger")
         items = loggers if isinstance(loggers, list) else [loggers]
         for item in items:
