@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kd_detect.apps.lightning import write_run_record
 from kd_detect.lab import runner
 from kd_detect.runs import RunDir
 
@@ -45,7 +46,7 @@ def fake_run(exp: str, args: list[str], *, finished: bool = True, **changes) -> 
     run.path.mkdir(parents=True)
     (run.path / "config.yaml").write_text(yaml.safe_dump(cfg))
     (run.path / "best.ckpt").write_bytes(b"ckpt")
-    run.write_record("data/tiny.h5")
+    write_run_record(run.path, "data/tiny.h5")
     if finished:
         (run.path / "metrics.json").write_text("{}")
     return run

@@ -7,6 +7,7 @@ Layout (DESIGN.md §7)::
     runs/<EXP>/config.yaml      the resolved config (RunConfigSaver)
     runs/<EXP>/run.json         what the run was trained on: the data file's identity
                                 (kd_detect.io.file_identity), written when the fit starts
+                                (kd_detect.apps.lightning.write_run_record)
     runs/<EXP>/metrics.json     test figures (RunReport)
     runs/<EXP>/plots/           pictures (kd-detect plot)
 
@@ -97,17 +98,6 @@ class RunDir:
         except json.JSONDecodeError as err:
             raise UsageError(f"{path}: invalid JSON ({err})") from None
         return record if isinstance(record, dict) else None
-
-    def write_record(self, data_path: str | Path | None) -> Path:
-        """Write ``run.json``: the data file's path and identity (size, mtime, content hash)."""
-        from kd_detect.io import atomic_write, file_identity
-
-        record: dict[str, Any] = {"data": None}
-        if data_path is not None and Path(data_path).is_file():
-            record["data"] = {"path": str(data_path), **file_identity(data_path)}
-        with atomic_write(self.path / RECORD) as tmp:
-            tmp.write_text(json.dumps(record, indent=2) + "\n")
-        return self.path / RECORD
 
     def finished(self) -> bool:
         """The last fit ended with a test (``metrics.json`` written after ``run.json``)."""

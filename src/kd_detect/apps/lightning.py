@@ -10,6 +10,7 @@ where ``last.ckpt`` is and how to resume; exit status 1) instead of Lightning's 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -22,9 +23,9 @@ from kd_detect.callbacks.teachers import TeacherMetrics
 from kd_detect.config import expand_config_includes
 from kd_detect.data.datamodule import FeatureDataModule
 from kd_detect.errors import ConfigError, TrainingInterrupted
-from kd_detect.io import ensure_writable_dir
+from kd_detect.io import atomic_write, ensure_writable_dir, file_identity
 from kd_detect.modules.detector import DetectorModule
-from kd_detect.runs import RunDir
+from kd_detect.runs import RECORD
 
 
 class KDArgumentParser(LightningArgumentParser):
@@ -52,9 +53,22 @@ class KDArgumentParser(LightningArgumentParser):
         return super().error(message, ex)
 
 
+def write_run_record(run_dir: str | os.PathLike, data_path: str | os.PathLike | None) -> str:
+    """Write ``<run_dir>/run.json``: the data file's path and identity (size, mtime, content
+    hash; :func:`kd_detect.io.file_identity`), what ``make train`` compares before reusing
+    the run (:mod:`kd_detect.lab.runner`). Returns its path."""
+    record: dict[str, Any] = {"data": None}
+    if data_path is not None and os.path.isfile(data_path):
+        record["data"] = {"path": str(data_path), **file_identity(data_path)}
+    path = os.path.join(run_dir, RECORD)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+    return path
+
+
 class RunConfigSaver(SaveConfigCallback):
     """Writes the resolved config to ``<run dir>/config.yaml`` and the data file's identity
-    to ``<run dir>/run.json`` (:meth:`~kd_detect.runs.RunDir.write_record`; overwriting: a
+    to ``<run dir>/run.json`` (:func:`write_run_record`; overwriting: a
     rerun of the same experiment replaces them) and attaches the config to the wandb run
     when wandb logs."""
 
@@ -68,7 +82,7 @@ class RunConfigSaver(SaveConfigCallback):
             if stage == "fit":  # what `make train` compares (kd_detect.lab.runner)
                 data = self.config.get("data")
                 data_path = (data.get("path") or data.get("init_args", {}).get("path")) if data else None
-                RunDir(trainer.default_root_dir).write_record(data_path)
+                write_run_record(trainer.default_root_dir, data_path)
             for logger in trainer.loggers:
                 if hasattr(logger, "log_resolved_config"):
                     logger.log_resolved_config(self.config.as_dict())
