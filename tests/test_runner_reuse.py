@@ -145,3 +145,12 @@ def test_a_real_fit_records_what_the_runner_compares(sandbox, monkeypatch):
     assert record["data"]["path"] == "data/tiny.h5" and record["data"]["size"] == Path("data/tiny.h5").stat().st_size
     assert runner.current("synthetic_rgb", args) is None
     assert "trainer.max_epochs was 1 in the run, is 2 now" in runner.current("synthetic_rgb", [*args, "--trainer.max_epochs=2"])
+
+
+def test_a_run_without_run_json_is_reused_with_one_line(sandbox, capsys):
+    run = fake_run("synthetic_teacher", TINY_ARGS)
+    (run.path / "run.json").unlink()  # a run trained before runs recorded their data
+    assert runner.stale_teachers("synthetic_kd", TINY_ARGS) == []
+    assert capsys.readouterr().err == ("runs/synthetic_teacher: no run.json (trained before runs recorded their "
+                                       "data): reused on its config.yaml alone; delete runs/synthetic_teacher to "
+                                       "retrain it\n")

@@ -168,9 +168,13 @@ def config_difference(want: Any, got: Any, key: str = "") -> str | None:
 
 def data_difference(run: RunDir, data_path: Path) -> str | None:
     """Why ``run`` was not trained on the current content of ``data_path``, or ``None``
-    (also when the run has no ``run.json``: then only the path in its config was compared)."""
+    (also when the run has no ``run.json``: then only the path in its config was compared,
+    and one line on stderr says so)."""
     record = run.record()
     data = (record or {}).get("data")
+    if data_path.is_file() and record is None:
+        print(f"{run.path}: no run.json (trained before runs recorded their data): reused on its config.yaml "
+              f"alone; delete {run.path} to retrain it", file=sys.stderr)
     if not data_path.is_file() or not isinstance(data, dict):
         return None
     from kd_detect.io import file_identity
@@ -247,8 +251,9 @@ def stale_teachers(exp: str, args: list[str]) -> list[str]:
                 f"`make train EXP={teacher} RESUME=1` or delete {run.path} to retrain it"
             )
         t_args = shlex.split(teacher_args(args))
-        why = run_difference(teacher, t_args)
-        if why is None and data is not None:
+        why = run_difference(teacher, t_args)  # its own data file included
+        t_data = section(expected_config(teacher, t_args), "data").get("path")
+        if why is None and data is not None and Path(str(t_data)) != data:  # the student's, if another
             why = data_difference(run, data)
         if why:
             print(f"{run.path}: does not match experiments/{teacher}.yaml for {exp} ({why}); retraining it",
