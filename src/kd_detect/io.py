@@ -234,13 +234,21 @@ class AtomicFile:
         refuse_inputs(self.path, inputs)
         ensure_writable_file(self.path)
         remove_stale_temporaries(self.path)
+        # the handlers go in before the temporary file exists, so that a signal in between
+        # cannot leave it behind (the default SIGINT handler would raise with no one to clean)
+        self._handlers = _install_handlers()
+        tmp = None
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.pid{os.getpid()}.", suffix=".tmp", dir=self.path.parent)
-        except OSError as err:  # pragma: no cover - the folder changed since the probe
-            raise UnwritableOutputError(f"{self.path}: cannot write here (output): {err.strerror or err}") from err
-        os.close(fd)
-        self.tmp = Path(tmp)
-        self._handlers = _install_handlers()
+            os.close(fd)
+            self.tmp = Path(tmp)
+        except BaseException as err:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+            self._restore()
+            if isinstance(err, OSError):  # pragma: no cover - the folder changed since the probe
+                raise UnwritableOutputError(f"{self.path}: cannot write here (output): {err.strerror or err}") from err
+            raise
 
     def _restore(self) -> None:
         if self._handlers:
