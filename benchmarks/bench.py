@@ -149,6 +149,8 @@ def headline(res: dict[str, Any]) -> dict[str, Any]:
         "h5_model_over_npy": ch["h5_model_over_npy"] if ch else None,
         "loader_over_raw": ch["loader_over_raw"] if ch else None,
         "loader_over_raw_fp16": ch["loader_over_raw_fp16"] if ch else None,
+        "loader_floor_over_raw": ch["floor_over_raw"] if ch else None,
+        "loader_over_floor": ch["loader_over_floor"] if ch else None,
         "workers_videos_per_s": wk["videos_per_s"] if wk else None,
         "cli_help_seconds": cli["commands"]["help"]["seconds"] if cli else None,
         "cli_check_seconds": cli["commands"]["check"]["seconds"] if cli else None,

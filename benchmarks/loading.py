@@ -11,7 +11,12 @@ Variants (same videos, batch size, workers and collate; page cache warm for all)
 * ``h5_preload_<dtype>``: the same with ``preload=True`` (RAM, collate only);
 * ``npy_<dtype>``: a plain ``Dataset`` doing ``np.load`` per video and modality, labels
   built in memory at init (as earlier action-detection loaders do), the same collate;
-* ``raw_h5_<dtype>`` / ``raw_npy_<dtype>``: ``readinto`` of the files' bytes, nothing else;
+* ``raw_h5_<dtype>`` / ``raw_npy_<dtype>``: ``readinto`` of the files' bytes, nothing else
+  (1 MiB blocks into one reused buffer, which stays in the CPU cache);
+* ``floor_h5_<dtype>``: the loader's own copies of one epoch -- the same rows from the
+  mapped file into batch arrays of the same shapes, padding zeroed, two sets of arrays
+  alternating (the consumer holds one batch while the next is read) -- precomputed, with
+  no Python work per item: what any loader delivering padded batches must at least do;
 * ``h5_items_<dtype>`` / ``npy_items_<dtype>``: the datasets' items alone (no collate), to
   split the loader's time into reading and batching.
 
@@ -114,6 +119,46 @@ def _raw_reader(paths: list[Path], block: int = 1 << 20):
     return run
 
 
+def _floor_copier(loader: DataLoader):
+    """The bare copies of one epoch of ``loader`` (see the module docstring): ``(dst, src)``
+    pairs of ``uint8`` arrays and the padding rows, prepared once; the returned function
+    only runs ``np.copyto`` and the zeroing over them. Its ``batches`` attribute holds the
+    destination arrays per batch (field order of the dataset), for tests."""
+    dataset = loader.dataset
+    mapped = dataset._mapped()
+    sets: list[tuple[list, list]] = [([], []), ([], [])]
+    batches: list[list[np.ndarray]] = []
+    for n_batch, keys in enumerate(loader.batch_sampler):
+        windows = [dataset._window(k) for k in keys]
+        offsets = [dataset._direct_offsets(w[0]) for w in windows]
+        if mapped is None or any(o is None for o in offsets):
+            raise RuntimeError("floor: the bench file is not read directly (not contiguous?)")
+        spans = [(offset, length if stop is None else stop) for _, _, length, offset, stop in windows]
+        steps = max(b - a for a, b in spans)
+        copies, zeros = sets[n_batch % 2]
+        batches.append([])
+        for f, (width, dtype) in enumerate(dataset._spec):
+            buf = np.ones((len(keys), steps, width), dtype)  # allocated and faulted in once
+            batches[-1].append(buf)
+            row = width * dtype.itemsize
+            for b, (start, stop) in enumerate(spans):
+                pos = offsets[b][f] + start * row
+                copies.append((buf[b, :stop - start].view(np.uint8), mapped[pos:pos + (stop - start) * row]
+                               .reshape(stop - start, row)))
+                zeros.append(buf[b, stop - start:])
+
+    def run() -> int:
+        for copies, zeros in sets:
+            for dst, src in copies:
+                np.copyto(dst, src)
+            for z in zeros:
+                z[...] = 0
+        return len(sets)
+
+    run.batches = batches  # type: ignore[attr-defined]
+    return run
+
+
 def payload_bytes(data: GeneratedData, dtype: str) -> int:
     """Stored feature bytes of all videos in ``dtype``."""
     from kd_detect.data.format import FeatureFile
@@ -158,11 +203,12 @@ def bench_loading(data: GeneratedData, batch_size: int, workers: int, repeats: i
         fns[f"h5_items_{dt}"] = lambda ds=h5_ds, order=order: _items(ds, order)
         fns[f"npy_items_{dt}"] = lambda ds=ds, order=order: _items(ds, order)
         fns[f"raw_h5_{dt}"] = _raw_reader([data.h5[dt]])
+        fns[f"floor_h5_{dt}"] = _floor_copier(loader)
         npy_files = sorted(data.npy[dt].iterdir())
         fns[f"raw_npy_{dt}"] = _raw_reader(npy_files)
         payload = payload_bytes(data, dt)
         for key in (f"h5_{dt}", f"h5_model_{dt}", f"h5_preload_{dt}", f"npy_{dt}", f"h5_items_{dt}",
-                    f"npy_items_{dt}"):
+                    f"npy_items_{dt}", f"floor_h5_{dt}"):
             bytes_of[key] = payload
         bytes_of[f"raw_h5_{dt}"] = os.path.getsize(data.h5[dt])
         bytes_of[f"raw_npy_{dt}"] = sum(os.path.getsize(p) for p in npy_files)
@@ -187,6 +233,9 @@ def bench_loading(data: GeneratedData, batch_size: int, workers: int, repeats: i
         v = variants
         out[f"h5_over_npy{tag}"] = v[f"h5_{dt}"]["videos_per_s"] / v[f"npy_{dt}"]["videos_per_s"]
         out[f"loader_over_raw{tag}"] = v[f"h5_{dt}"]["mb_per_s"] / v[f"raw_h5_{dt}"]["mb_per_s"]
+        # the floor: the loader's copies alone, and how close the loader comes to it
+        out[f"floor_over_raw{tag}"] = v[f"floor_h5_{dt}"]["mb_per_s"] / v[f"raw_h5_{dt}"]["mb_per_s"]
+        out[f"loader_over_floor{tag}"] = v[f"h5_{dt}"]["mb_per_s"] / v[f"floor_h5_{dt}"]["mb_per_s"]
         out[f"npy_loader_over_raw{tag}"] = v[f"npy_{dt}"]["mb_per_s"] / v[f"raw_npy_{dt}"]["mb_per_s"]
         out[f"h5_read_over_npy_read{tag}"] = v[f"h5_items_{dt}"]["videos_per_s"] / v[f"npy_items_{dt}"]["videos_per_s"]
         # end to end on this machine: the loader plus the model-layout conversion (on `device`)

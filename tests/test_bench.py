@@ -21,7 +21,8 @@ TINY_SIZES = dict(charades_videos=6, tsu_videos=3, load_batch=4, tsu_batch=2, lo
                   matmul_n=64, worker_repeats=1, cli_repeats=1)
 HEADLINE = ["kd_cached_over_plain", "kd_live_over_plain", "kd_live_over_floor", "h5_over_npy", "h5_over_npy_read",
             "h5_over_npy_fp16", "loader_over_raw", "global_kl_extra_mb_T16384", "global_gram_extra_mb_T16384",
-            "student_steps_per_s", "pdan_flops_over_matmul", "cli_help_seconds", "cli_check_seconds"]
+            "student_steps_per_s", "pdan_flops_over_matmul", "cli_help_seconds", "cli_check_seconds",
+            "loader_floor_over_raw", "loader_over_floor"]
 
 
 def test_quick_mode_end_to_end(tmp_path, monkeypatch):
@@ -59,6 +60,27 @@ def test_quick_mode_end_to_end(tmp_path, monkeypatch):
     md = (out / "report.md").read_text()
     assert "## Targets" in md and "kd_live_over_floor" in md and "workers" in md and "## 7. Command line" in md
     assert not list(out.glob(".*.tmp"))  # written atomically
+
+
+def test_floor_copies_are_the_loaders_batches(tmp_path):
+    """The loading floor does the loader's work and no less: after one run its arrays hold
+    exactly the host batches of the loader's epoch (rows, padding zeros, shapes, dtypes)."""
+    from benchmarks.loading import _floor_copier
+    from kd_detect.data.datamodule import FeatureDataModule
+
+    data = write_data(TINY_CHARADES, tmp_path, dtypes=("float16",))
+    dm = FeatureDataModule(str(data.h5["float16"]), batch_size=4, val_subset="training", test_subset="training")
+    loader = dm.train_dataloader()
+    floor = _floor_copier(loader)
+    floor()
+    got = list(loader)
+    assert len(got) == len(floor.batches) == 2
+    for batch, arrays in zip(got, floor.batches):
+        for field, array in zip(["rgb", "flow", "labels"], arrays):
+            assert batch[field].dtype == torch.from_numpy(array).dtype
+            assert torch.equal(batch[field], torch.from_numpy(array)), field
+    assert (~got[0]["mask"]).any() or (~got[1]["mask"]).any()  # padding was part of it
+    dm.teardown("fit")
 
 
 def test_interleaved_runs_round_robin():
