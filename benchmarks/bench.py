@@ -63,6 +63,10 @@ TARGETS = [
 ]
 
 
+TRANSPORT_LABELS = {"fresh_0": "new tensors in-process", "fresh_1": "new tensors from 1 worker",
+                    "reused_1": "the same shared tensors from 1 worker"}
+
+
 def sizes(quick: bool) -> dict[str, Any]:
     """Problem sizes and repeats of the full and the quick run."""
     if quick:
@@ -226,7 +230,10 @@ def markdown(report: dict[str, Any]) -> str:
         w = res["workers"]
         lines += [f"**workers** (Charades-like, {w['dtype']}, batch {w['batch_size']}, {w['cpus']} logical CPUs): "
                   + ", ".join(f"{k}: {v:,.0f} videos/s (×{w['speedup_over_0'][k]:.2f})"
-                              for k, v in w["videos_per_s"].items()), ""]
+                              for k, v in w["videos_per_s"].items())
+                  + "; handing over batches of the same shapes without reading them: "
+                  + ", ".join(f"{TRANSPORT_LABELS.get(k, k)} {v:,.0f} videos/s"
+                              for k, v in w["transport_videos_per_s"].items()), ""]
     if "distill" in res:
         d = res["distill"]
         lines += ["## 2. Distillation overhead (training step)", "",

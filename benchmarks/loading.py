@@ -254,10 +254,47 @@ def bench_loading(data: GeneratedData, batch_size: int, workers: int, repeats: i
     return out
 
 
+class _Transport(Dataset):
+    """Items are indices; with :class:`_FreshBatches` as collate a worker returns batches of
+    given shapes without reading anything (the cost of handing batches across processes)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+
+class _FreshBatches:
+    """Collate: new tensors of the shapes and dtypes of ``template`` (what a worker's
+    batch is); ``reuse=True`` returns the same tensors every time instead (after the first
+    hand-over they live in shared memory and only a handle crosses -- unsafe for real
+    batches, whose memory the worker cannot know to be released: shown for comparison)."""
+
+    def __init__(self, template: dict[str, torch.Tensor], reuse: bool = False) -> None:
+        self.shapes = {k: (tuple(v.shape), v.dtype) for k, v in template.items()}
+        self.reuse, self.kept = reuse, None
+
+    def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        if self.reuse and self.kept is not None:
+            return self.kept
+        batch = {k: torch.empty(shape, dtype=dtype) for k, (shape, dtype) in self.shapes.items()}
+        if self.reuse:
+            self.kept = {k: v.share_memory_() for k, v in batch.items()}
+            return self.kept
+        return batch
+
+
 def bench_workers(data: GeneratedData, batch_size: int, repeats: int, counts: tuple[int, ...] = (0, 1, 2),
                   dtype: str = "float16") -> dict[str, Any]:
     """One epoch of the HDF5 loader with each number of worker processes (persistent,
-    interleaved); ``videos_per_s`` per count and the speed-up over 0 workers."""
+    interleaved); ``videos_per_s`` per count and the speed-up over 0 workers. Next to them,
+    the hand-over alone (``transport_videos_per_s``): one worker returning batches of the
+    loader's shapes without reading (``fresh``: new tensors per batch, as the loader's
+    workers must; ``reused``: the same shared tensors each time) and the same in-process."""
     from kd_detect.data.datamodule import FeatureDataModule
 
     fns, keep = {}, []
@@ -266,10 +303,20 @@ def bench_workers(data: GeneratedData, batch_size: int, repeats: int, counts: tu
                                val_subset="training", test_subset="training")
         keep.append(dm)
         fns[str(n)] = lambda loader=dm.train_dataloader(): _drain(loader)  # noqa: B008 (bound once, on purpose)
+    template = {k: v for k, v in next(iter(keep[0].train_dataloader())).items() if isinstance(v, torch.Tensor)}
+    transports = {"fresh_0": (0, False), "fresh_1": (1, False), "reused_1": (1, True)}
+    for key, (n, reuse) in transports.items():
+        collate = _FreshBatches(template, reuse=reuse)
+        loader = DataLoader(_Transport(data.shape.videos), batch_size=batch_size, collate_fn=collate,
+                            num_workers=n, persistent_workers=n > 0)
+        fns[f"transport_{key}"] = lambda loader=loader: sum(1 for _ in loader)
     times = interleaved(fns, repeats, warmup=1)
     vps = {k: data.shape.videos / median(ts) for k, ts in times.items()}
     for dm in keep:
         dm.teardown("fit")
-    return {"dtype": dtype, "batch_size": batch_size, "cpus": os.cpu_count(), "videos_per_s": vps,
-            "speedup_over_0": {k: v / vps[str(counts[0])] for k, v in vps.items()},
+    loaders = {k: v for k, v in vps.items() if not k.startswith("transport_")}
+    return {"dtype": dtype, "batch_size": batch_size, "cpus": os.cpu_count(), "videos_per_s": loaders,
+            "speedup_over_0": {k: v / loaders[str(counts[0])] for k, v in loaders.items()},
+            "transport_videos_per_s": {k.removeprefix("transport_"): v for k, v in vps.items()
+                                       if k.startswith("transport_")},
             "noise": {k: spread(ts) for k, ts in times.items()}}

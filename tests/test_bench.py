@@ -46,6 +46,8 @@ def test_quick_mode_end_to_end(tmp_path, monkeypatch):
     assert report["kd_live_over_floor"] == pytest.approx(d["over_plain"]["kd_live"] / d["live_flop_floor_over_plain"])
     assert d["live_flop_floor_over_plain"] > 1.0
     assert set(report["workers_videos_per_s"]) == {"0", "1", "2"}
+    transport = report["results"]["workers"]["transport_videos_per_s"]
+    assert set(transport) == {"fresh_0", "fresh_1", "reused_1"} and all(v > 0 for v in transport.values())
     assert report["results"]["cli"]["commands"]["check"] == {"argv": sys.executable.rsplit("/", 1)[-1] + " -c raise "
                                                              "SystemExit(3)", "exit_code": 3, "seconds": None}
     assert report["cli_check_seconds"] is None
@@ -81,6 +83,18 @@ def test_floor_copies_are_the_loaders_batches(tmp_path):
             assert torch.equal(batch[field], torch.from_numpy(array)), field
     assert (~got[0]["mask"]).any() or (~got[1]["mask"]).any()  # padding was part of it
     dm.teardown("fit")
+
+
+def test_transport_batches_have_the_template_shapes_and_reuse_only_when_asked():
+    from benchmarks.loading import _FreshBatches
+
+    template = {"rgb": torch.ones(2, 3, 4, dtype=torch.float16), "mask": torch.ones(2, 3, dtype=torch.bool)}
+    fresh, reused = _FreshBatches(template), _FreshBatches(template, reuse=True)
+    a, b = fresh([0, 1]), fresh([0, 1])
+    assert {k: (v.shape, v.dtype) for k, v in a.items()} == {k: (v.shape, v.dtype) for k, v in template.items()}
+    assert a["rgb"] is not b["rgb"] and not a["rgb"].is_shared()
+    c, d = reused([0, 1]), reused([0, 1])
+    assert c["rgb"] is d["rgb"] and c["rgb"].is_shared()
 
 
 def test_interleaved_runs_round_robin():
