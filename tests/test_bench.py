@@ -45,6 +45,8 @@ def test_quick_mode_end_to_end(tmp_path, monkeypatch):
     d = report["results"]["distill"]
     assert report["kd_live_over_floor"] == pytest.approx(d["over_plain"]["kd_live"] / d["live_flop_floor_over_plain"])
     assert d["live_flop_floor_over_plain"] > 1.0
+    assert report["kd_live_over_parts"] == pytest.approx(
+        d["over_plain"]["kd_live"] / (d["over_plain"]["kd_cached"] + d["teacher_forward_over_plain_step"]))
     assert set(report["workers_videos_per_s"]) == {"0", "1", "2"}
     transport = report["results"]["workers"]["transport_videos_per_s"]
     assert set(transport) == {"fresh_0", "fresh_1", "reused_1"} and all(v > 0 for v in transport.values())
