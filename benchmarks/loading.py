@@ -123,7 +123,8 @@ def _floor_copier(loader: DataLoader):
     """The bare copies of one epoch of ``loader`` (see the module docstring): ``(dst, src)``
     pairs of ``uint8`` arrays and the padding rows, prepared once; the returned function
     only runs ``np.copyto`` and the zeroing over them. Its ``batches`` attribute holds the
-    destination arrays per batch (field order of the dataset), for tests."""
+    destination arrays per batch (field order of the dataset), ``sets`` the two sets of
+    ``(copies, zeros)`` (for tests and benchmarks/loader_probe.py)."""
     dataset = loader.dataset
     mapped = dataset._mapped()
     sets: list[tuple[list, list]] = [([], []), ([], [])]
@@ -156,6 +157,7 @@ def _floor_copier(loader: DataLoader):
         return len(sets)
 
     run.batches = batches  # type: ignore[attr-defined]
+    run.sets = sets  # type: ignore[attr-defined]
     return run
 
 
