@@ -126,13 +126,12 @@ def _floor_copier(loader: DataLoader):
     destination arrays per batch (field order of the dataset), ``sets`` the two sets of
     ``(copies, zeros)`` (for tests and benchmarks/loader_probe.py)."""
     dataset = loader.dataset
-    mapped = dataset._mapped()
     sets: list[tuple[list, list]] = [([], []), ([], [])]
     batches: list[list[np.ndarray]] = []
     for n_batch, keys in enumerate(loader.batch_sampler):
         windows = [dataset._window(k) for k in keys]
-        offsets = [dataset._direct_offsets(w[0]) for w in windows]
-        if mapped is None or any(o is None for o in offsets):
+        sources = [dataset._direct_rows(w[0]) for w in windows]
+        if any(s is None for s in sources):
             raise RuntimeError("floor: the bench file is not read directly (not contiguous?)")
         spans = [(offset, length if stop is None else stop) for _, _, length, offset, stop in windows]
         steps = max(b - a for a, b in spans)
@@ -141,11 +140,8 @@ def _floor_copier(loader: DataLoader):
         for f, (width, dtype) in enumerate(dataset._spec):
             buf = np.ones((len(keys), steps, width), dtype)  # allocated and faulted in once
             batches[-1].append(buf)
-            row = width * dtype.itemsize
             for b, (start, stop) in enumerate(spans):
-                pos = offsets[b][f] + start * row
-                copies.append((buf[b, :stop - start].view(np.uint8), mapped[pos:pos + (stop - start) * row]
-                               .reshape(stop - start, row)))
+                copies.append((buf[b, :stop - start].view(np.uint8), sources[b][f][start:stop]))
                 zeros.append(buf[b, stop - start:])
 
     def run() -> int:

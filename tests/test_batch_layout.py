@@ -250,6 +250,7 @@ def test_batched_read_refuses_rows_beyond_the_mapped_file(tmp_path, monkeypatch)
     assert whole is not None and len(whole) == Path(path).stat().st_size
     layout = dataset_layout(dataset.file.h5, f"videos/{dataset.video_ids[2]}/flow")
     monkeypatch.setattr(dataset, "_map", whole[: layout.offset + 8])  # ends inside video 2's flow
+    assert dataset._rows == {}
     items = dataset.__getitems__([0, 1])
     assert type(items) is not list  # videos 0 and 1 lie inside: the batched read
     items = dataset.__getitems__([0, 2])

@@ -128,12 +128,13 @@ def crop_offset(seed: int, epoch: int, index: int, length: int, max_steps: int |
 
 class ReadBatch(list):
     """The items of :meth:`FeatureDataset.__getitems__` (a list of item dicts) with
-    ``arrays``: field -> the ``(B, T_max, ...)`` array (padding rows zeroed), and
-    ``views``: per item, field -> its rows ``arrays[field][b, :n_b]``. :func:`collate_videos`
-    takes ``arrays`` as the batch while every item still holds exactly those views."""
+    ``arrays``: the ``(B, T_max, ...)`` array of every field (the modalities in item order,
+    then labels; padding rows zeroed), and ``views``: per item, its rows
+    ``arrays[f][b, :n_b]`` of every field. :func:`collate_videos` takes ``arrays`` as the
+    batch while every item still holds exactly those views."""
 
-    arrays: dict[str, np.ndarray]
-    views: list[dict[str, np.ndarray]]
+    arrays: list[np.ndarray]
+    views: list[tuple[np.ndarray, ...]]
 
 
 class FeatureDataset(Dataset):
@@ -165,7 +166,7 @@ class FeatureDataset(Dataset):
         self._segments: dict[str, np.ndarray] = {}
         self._layouts: dict[str, Layout] = {}
         self._fields = (*self.modalities, LABELS)  # what __getitems__ reads, in this order
-        self._offsets: dict[int, tuple[int, ...] | None] = {}  # per video index (_direct_offsets)
+        self._rows: dict[int, tuple[np.ndarray, ...] | None] = {}  # per video index (_direct_rows)
         self._spec: tuple[tuple[int, np.dtype], ...] | None = None  # (width, dtype) per field
         self._cache: dict[str, dict[str, np.ndarray | None]] | None = None
         self._pool: list[np.ndarray] = []  # batch memory for __getitems__, reused once released
@@ -250,16 +251,17 @@ class FeatureDataset(Dataset):
             "segments": self._read_segments(video_id),
         }
 
-    def _direct_offsets(self, index: int) -> tuple[int, ...] | None:
-        """Byte offsets of row 0 of every field (modalities, then labels) of video ``index``
-        when all of them can go into a batch array with a direct read -- contiguous, 2-D,
-        ``length`` rows, and the width and dtype of the dataset's first such video
-        (``self._spec``) -- else ``None``. Looked up once per video and kept."""
-        cached = self._offsets.get(index)
-        if cached is not None or index in self._offsets:
+    def _direct_rows(self, index: int) -> tuple[np.ndarray, ...] | None:
+        """Every field (modalities, then labels) of video ``index`` as a ``(length,
+        row_bytes)`` ``uint8`` view of the mapped file (:meth:`_mapped`) when all of them can
+        be copied into a batch array directly -- contiguous, 2-D, ``length`` rows, inside the
+        file, and the width and dtype of the dataset's first such video (``self._spec``) --
+        else ``None``. Looked up once per video and process, and kept."""
+        mapped = self._mapped()  # first: a new process starts a new table
+        cached = self._rows.get(index)
+        if cached is not None or index in self._rows:
             return cached
         h5, video_id, length = self.file.h5, self.video_ids[index], self.lengths[index]
-        mapped = self._mapped()
         layouts = []
         for field in self._fields:
             try:
@@ -268,7 +270,7 @@ class FeatureDataset(Dataset):
                 layout = None
             if (layout is None or layout.offset is None or len(layout.shape) != 2 or layout.shape[0] != length
                     or mapped is None or layout.offset + length * layout.shape[1] * layout.dtype.itemsize > len(mapped)):
-                self._offsets[index] = None  # (a file shorter than its data: the per-item read says so)
+                self._rows[index] = None  # (a file shorter than its data: the per-item read says so)
                 return None
             layouts.append(layout)
         spec = tuple((layout.shape[1], layout.dtype) for layout in layouts)
@@ -277,56 +279,53 @@ class FeatureDataset(Dataset):
                 for _, dtype in spec:
                     _torch_dtype(dtype)
             except TypeError:  # a dtype torch has no tensor for
-                self._offsets[index] = None
+                self._rows[index] = None
                 return None
             self._spec = spec
-        offsets = tuple(layout.offset for layout in layouts) if spec == self._spec else None
-        self._offsets[index] = offsets
-        return offsets
+        rows = None
+        if spec == self._spec:
+            rows = tuple(mapped[lay.offset:lay.offset + length * width * dtype.itemsize].reshape(length, -1)
+                         for lay, (width, dtype) in zip(layouts, spec))
+        self._rows[index] = rows
+        return rows
 
     def __getitems__(self, keys: Sequence[Key]) -> list[dict]:
-        """The items of one batch (what the DataLoader asks for), each field read with one
-        ``pread`` per video straight into a shared ``(B, T_max, ...)`` array of its stored
+        """The items of one batch (what the DataLoader asks for), each field copied per video
+        from the mapped file straight into a shared ``(B, T_max, ...)`` array of its stored
         dtype, padding rows zeroed: a :class:`ReadBatch` whose items' arrays are row views
         of those arrays, which :func:`collate_videos` takes as the batch without copying.
-        Only for what the direct read covers (:meth:`_direct_offsets`: lazy reads of
+        Only for what the direct read covers (:meth:`_direct_rows`: lazy reads of
         contiguous datasets of one width and dtype whose row count is the video's length);
         anything else, and every error, goes through :meth:`__getitem__` item by item, with
         the same batch."""
         if self._cache is not None or not keys:
             return [self[k] for k in keys]
         windows = [self._window(k) for k in keys]
-        offsets = []
+        sources = []
         for index, *_ in windows:
-            video_offsets = self._direct_offsets(index)
-            if video_offsets is None:
+            video_rows = self._direct_rows(index)
+            if video_rows is None:
                 return [self[k] for k in keys]
-            offsets.append(video_offsets)
+            sources.append(video_rows)
         spans = [(offset, length if stop is None else stop) for _, _, length, offset, stop in windows]
         steps = max(b - a for a, b in spans)
-        mapped = self._mapped()
         arrays, rows = [], []
         for f, (width, dtype) in enumerate(self._spec):
             buf = self._batch_array((len(windows), steps, width), dtype)
-            row_bytes = width * dtype.itemsize
+            raw = buf.view(np.uint8)  # (B, steps, row bytes): plain byte copies
             views = []
             for b, (start, stop) in enumerate(spans):
-                n = stop - start
-                view = buf[b, :n]
-                if n:
-                    pos = offsets[b][f] + start * row_bytes
-                    np.copyto(view.view(np.uint8), mapped[pos:pos + n * row_bytes].reshape(n, row_bytes))
-                if n < steps:
-                    buf[b, n:] = 0
-                views.append(view)
+                raw[b, :stop - start] = sources[b][f][start:stop]
+                if stop - start < steps:
+                    raw[b, stop - start:] = 0
+                views.append(buf[b, :stop - start])
             arrays.append(buf)
             rows.append(views)
         items = ReadBatch()
-        items.arrays = dict(zip(self._fields, arrays))
-        items.views = [dict(zip(self._fields, per_item)) for per_item in zip(*rows)]
+        items.arrays = arrays
+        items.views = list(zip(*rows))
         for (_, video_id, length, offset, _), views in zip(windows, items.views):
-            features = {m: views[m] for m in self.modalities}
-            items.append(self._item(video_id, length, offset, features, views[LABELS]))
+            items.append(self._item(video_id, length, offset, dict(zip(self.modalities, views)), views[-1]))
         return items
 
     def _mapped(self) -> np.ndarray | None:
@@ -337,7 +336,7 @@ class FeatureDataset(Dataset):
         kd_detect writer, which a mapping survives (it keeps the old inode); truncating a
         file in place while it is read is not supported (as with any mapped reader)."""
         if self._map_pid != os.getpid():
-            self._map, self._map_pid = None, os.getpid()
+            self._map, self._map_pid, self._rows = None, os.getpid(), {}
             try:
                 fd = self.file.h5.id.get_vfd_handle()
                 self._map = np.frombuffer(mmap.mmap(fd, 0, access=mmap.ACCESS_READ), np.uint8)
@@ -367,7 +366,7 @@ class FeatureDataset(Dataset):
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_pool"] = []  # batch memory stays with its process
-        state["_map"], state["_map_pid"] = None, None  # so does the file mapping
+        state["_map"], state["_map_pid"], state["_rows"] = None, None, {}  # so do the mapping and its views
         return state
 
     def __getitem__(self, key: Key) -> dict:
@@ -415,16 +414,18 @@ def _torch_dtype(dtype: np.dtype) -> torch.dtype:
     return torch.from_numpy(np.empty(0, dtype)).dtype
 
 
-def _read_arrays(items: list[dict]) -> dict[str, torch.Tensor] | None:
-    """The batch arrays of a :class:`ReadBatch` as tensors (no copy) when every item still
-    holds the row views it was read into; ``None`` for any other list of items."""
+def _read_arrays(items: list[dict]) -> list[torch.Tensor] | None:
+    """The batch arrays of a :class:`ReadBatch` as tensors (no copy; modalities in item
+    order, then labels) when every item still holds the row views it was read into and
+    nothing else; ``None`` for any other list of items."""
     if not isinstance(items, ReadBatch) or len(items.views) != len(items):
         return None
     for item, views in zip(items, items.views):
         features = item["features"]
-        if item[LABELS] is not views[LABELS] or any(features.get(m) is not v for m, v in views.items() if m != LABELS):
+        if (item[LABELS] is not views[-1] or len(features) != len(views) - 1
+                or any(a is not v for a, v in zip(features.values(), views))):
             return None
-    return {field: torch.from_numpy(array) for field, array in items.arrays.items()}
+    return [torch.from_numpy(array) for array in items.arrays]
 
 
 def _pad_rows(arrays: list[np.ndarray | None], steps: int, width: int, dtype: np.dtype) -> torch.Tensor:
@@ -452,9 +453,9 @@ def collate_videos(items: list[dict], num_classes: int) -> dict:
     steps = max(lengths)
     batch: dict = {}
     read = _read_arrays(items)
-    if read is not None and read[LABELS].shape[1] == steps and read.keys() == {*items[0]["features"], LABELS}:
-        batch.update((m, read[m]) for m in items[0]["features"])  # read in place, padding zeroed
-        batch[LABELS] = read[LABELS]
+    if read is not None and read[-1].shape[1] == steps:
+        batch.update(zip(items[0]["features"], read[:-1]))  # read in place, padding zeroed
+        batch[LABELS] = read[-1]
     else:
         for m in items[0]["features"]:
             arrays = [it["features"][m] for it in items]
