@@ -266,8 +266,26 @@ def test_a_pickled_dataset_maps_the_file_in_its_own_process(tmp_path):
     dataset = FeatureDataModule(path, val_subset="testing", batch_size=3).dataset("train")
     want = collate_videos(dataset.__getitems__([2, 0, 1]), len(CLASSES))
     copy = pickle.loads(pickle.dumps(dataset))
-    assert copy._map is None and copy._pool == []
-    copy._map_pid = -1  # as in another process: map anew
+    assert copy._map is None and copy._pool == [] and copy._rows == {}
+    copy._map_key = (-1,)  # as in another process: map anew
     got = collate_videos(copy.__getitems__([2, 0, 1]), len(CLASSES))
     assert copy._map is not None and copy._map is not dataset._map
     assert_bit_identical(to_model_layout(got), to_model_layout(want))
+
+
+def test_a_file_replaced_at_the_same_path_is_read_anew(tmp_path):
+    """An atomic replacement of the file (what every kd_detect writer does) while a dataset
+    lives: once the handle is reopened, batches come from the new file, not the old mapping."""
+    path = _write(tmp_path / "x.h5", "float32")
+    dataset = FeatureDataModule(path, val_subset="testing", batch_size=3).dataset("train")
+    old = collate_videos(dataset.__getitems__([0, 1, 2]), len(CLASSES))
+    with h5py.File(path) as h5:
+        videos = {v: {m: h5[f"videos/{v}/{m}"][()] for m in ("rgb", "flow")} for v in h5["videos"]}
+        records = [VideoRecord(v, h5[f"videos/{v}"].attrs["subset"], float(h5[f"videos/{v}"].attrs["duration"]),
+                               {m: -a for m, a in feats.items()}, h5[f"videos/{v}/segments"][()])
+                   for v, feats in videos.items()]
+    write_feature_file(path, CLASSES, [m for m, _ in DIMS], records, dtype="float32")
+    dataset.file.close()
+    new = collate_videos(dataset.__getitems__([0, 1, 2]), len(CLASSES))
+    assert torch.equal(new["rgb"], -old["rgb"]) and torch.equal(new["labels"], old["labels"])
+    assert_bit_identical(to_model_layout(new), reference_collate([dataset[k] for k in (0, 1, 2)], len(CLASSES)))

@@ -1,10 +1,13 @@
 """Map-style dataset over a format-v1 file, the batch collate and the samplers
-behind :class:`~kd_detect.data.datamodule.FeatureDataModule` (DESIGN.md §2, §4, §5).
+behind :class:`~kd_detect.data.feature_data.FeatureData` and its Lightning face
+``FeatureDataModule`` (DESIGN.md §2, §4, §5).
 
 * :class:`FeatureDataset` reads one video (or a window of it) with one read per field
   (:func:`read_rows`: a single ``pread`` of the rows' bytes for the contiguous datasets
   the writer produces, h5py otherwise); with ``preload`` it keeps the needed videos in
   RAM in their stored dtype, so lazy and preloaded datasets give bit-identical items.
+  A whole batch (:meth:`FeatureDataset.__getitems__`) is copied per field and video from
+  a mapping of the file straight into the batch's arrays (:class:`ReadBatch`).
 * Training crops are derived from ``(seed, epoch, index)`` only: the training sampler
   yields ``(index, epoch)`` keys, so every worker and every rank agrees without any
   global RNG state.
@@ -170,8 +173,8 @@ class FeatureDataset(Dataset):
         self._spec: tuple[tuple[int, np.dtype], ...] | None = None  # (width, dtype) per field
         self._cache: dict[str, dict[str, np.ndarray | None]] | None = None
         self._pool: list[np.ndarray] = []  # batch memory for __getitems__, reused once released
-        self._map: np.ndarray | None = None  # the file, mapped (_mapped), for this process:
-        self._map_pid: int | None = None
+        self._map: np.ndarray | None = None  # the file, mapped (_mapped), for this process
+        self._map_key: tuple[int, ...] | None = None  # (pid, device, inode, size) it was made for
         if preload:
             self.preload()
 
@@ -256,11 +259,12 @@ class FeatureDataset(Dataset):
         row_bytes)`` ``uint8`` view of the mapped file (:meth:`_mapped`) when all of them can
         be copied into a batch array directly -- contiguous, 2-D, ``length`` rows, inside the
         file, and the width and dtype of the dataset's first such video (``self._spec``) --
-        else ``None``. Looked up once per video and process, and kept."""
-        mapped = self._mapped()  # first: a new process starts a new table
+        else ``None``. Looked up once per video and kept until :meth:`_mapped` maps anew
+        (which :meth:`__getitems__` asks first)."""
         cached = self._rows.get(index)
         if cached is not None or index in self._rows:
             return cached
+        mapped = self._mapped()
         h5, video_id, length = self.file.h5, self.video_ids[index], self.lengths[index]
         layouts = []
         for field in self._fields:
@@ -298,7 +302,7 @@ class FeatureDataset(Dataset):
         contiguous datasets of one width and dtype whose row count is the video's length);
         anything else, and every error, goes through :meth:`__getitem__` item by item, with
         the same batch."""
-        if self._cache is not None or not keys:
+        if self._cache is not None or not keys or self._mapped() is None:
             return [self[k] for k in keys]
         windows = [self._window(k) for k in keys]
         sources = []
@@ -329,18 +333,26 @@ class FeatureDataset(Dataset):
         return items
 
     def _mapped(self) -> np.ndarray | None:
-        """The whole file as a read-only ``uint8`` array (``mmap`` of h5py's own handle, made
-        once per process), ``None`` when it cannot be mapped. The batched read copies rows
-        from it: one ``memcpy`` per field and video, measured ~15 % faster than ``pread`` into
-        the same batch memory (docs/performance.md). Files are replaced atomically by every
-        kd_detect writer, which a mapping survives (it keeps the old inode); truncating a
-        file in place while it is read is not supported (as with any mapped reader)."""
-        if self._map_pid != os.getpid():
-            self._map, self._map_pid, self._rows = None, os.getpid(), {}
+        """The whole file as a read-only ``uint8`` array (``mmap`` of h5py's own handle),
+        ``None`` when it cannot be mapped. Made once per process and file: a new process
+        (a DataLoader worker), or a handle reopened on another file at the same path (an
+        atomic replacement), maps anew and forgets the row views of :meth:`_direct_rows`.
+        The batched read copies rows from it: one ``memcpy`` per field and video, measured
+        ≈ 10 % faster than ``pread`` into the same batch memory for ~90-step videos and as
+        fast for long ones (docs/performance.md). Truncating a file *in place* while it is
+        read is not supported (as with any mapped reader); every kd_detect writer replaces
+        files atomically, which an existing mapping survives."""
+        try:
+            fd = self.file.h5.id.get_vfd_handle()
+            stat = os.fstat(fd)
+        except (OSError, ValueError, TypeError):  # a driver without a descriptor...
+            return None
+        key = (os.getpid(), stat.st_dev, stat.st_ino, stat.st_size)
+        if key != self._map_key:
+            self._map, self._map_key, self._rows = None, key, {}
             try:
-                fd = self.file.h5.id.get_vfd_handle()
                 self._map = np.frombuffer(mmap.mmap(fd, 0, access=mmap.ACCESS_READ), np.uint8)
-            except (OSError, ValueError, TypeError):  # empty file, a driver without a descriptor...
+            except (OSError, ValueError):  # an empty file...
                 self._map = None
         return self._map
 
@@ -366,7 +378,7 @@ class FeatureDataset(Dataset):
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_pool"] = []  # batch memory stays with its process
-        state["_map"], state["_map_pid"], state["_rows"] = None, None, {}  # so do the mapping and its views
+        state["_map"], state["_map_key"], state["_rows"] = None, None, {}  # so do the mapping and its views
         return state
 
     def __getitem__(self, key: Key) -> dict:
