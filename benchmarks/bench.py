@@ -63,12 +63,16 @@ TARGETS = [
 ]
 
 
+TRANSPORT_LABELS = {"fresh_0": "new tensors in-process", "fresh_1": "new tensors from 1 worker",
+                    "reused_1": "the same shared tensors from 1 worker"}
+
+
 def sizes(quick: bool) -> dict[str, Any]:
     """Problem sizes and repeats of the full and the quick run."""
     if quick:
-        return dict(charades_videos=64, tsu_videos=8, load_batch=32, tsu_batch=8, load_repeats=3,
-                    distill_batch=8, distill_batches=2, distill_repeats=3, infer_repeats=3,
-                    seq_steps=[1024, 8192, 16384], seq_repeats=1, matmul_n=1024, worker_repeats=3, cli_repeats=1)
+        return dict(charades_videos=64, tsu_videos=8, load_batch=32, tsu_batch=8, load_repeats=9,
+                    distill_batch=8, distill_batches=2, distill_repeats=7, infer_repeats=3,
+                    seq_steps=[1024, 8192, 16384], seq_repeats=1, matmul_n=1024, worker_repeats=5, cli_repeats=1)
     return dict(charades_videos=256, tsu_videos=32, load_batch=32, tsu_batch=8, load_repeats=7,
                 distill_batch=32, distill_batches=2, distill_repeats=7, infer_repeats=5,
                 seq_steps=[256, 512, 1024, 2048, 4096, 8192, 16384], seq_repeats=3, matmul_n=2048,
@@ -142,6 +146,7 @@ def headline(res: dict[str, Any]) -> dict[str, Any]:
         "kd_live_over_plain": d["over_plain"]["kd_live"] if d else None,
         "kd_live_over_floor": d["kd_live_over_floor"] if d else None,
         "live_flop_floor_over_plain": d["live_flop_floor_over_plain"] if d else None,
+        "kd_live_over_parts": d["kd_live_over_parts"] if d else None,
         "h5_over_npy": ch["h5_over_npy"] if ch else None,
         "h5_over_npy_read": ch["h5_read_over_npy_read"] if ch else None,
         "h5_over_npy_fp16": ch["h5_over_npy_fp16"] if ch else None,
@@ -149,6 +154,8 @@ def headline(res: dict[str, Any]) -> dict[str, Any]:
         "h5_model_over_npy": ch["h5_model_over_npy"] if ch else None,
         "loader_over_raw": ch["loader_over_raw"] if ch else None,
         "loader_over_raw_fp16": ch["loader_over_raw_fp16"] if ch else None,
+        "loader_floor_over_raw": ch["floor_over_raw"] if ch else None,
+        "loader_over_floor": ch["loader_over_floor"] if ch else None,
         "workers_videos_per_s": wk["videos_per_s"] if wk else None,
         "cli_help_seconds": cli["commands"]["help"]["seconds"] if cli else None,
         "cli_check_seconds": cli["commands"]["check"]["seconds"] if cli else None,
@@ -224,7 +231,10 @@ def markdown(report: dict[str, Any]) -> str:
         w = res["workers"]
         lines += [f"**workers** (Charades-like, {w['dtype']}, batch {w['batch_size']}, {w['cpus']} logical CPUs): "
                   + ", ".join(f"{k}: {v:,.0f} videos/s (×{w['speedup_over_0'][k]:.2f})"
-                              for k, v in w["videos_per_s"].items()), ""]
+                              for k, v in w["videos_per_s"].items())
+                  + "; handing over batches of the same shapes without reading them: "
+                  + ", ".join(f"{TRANSPORT_LABELS.get(k, k)} {v:,.0f} videos/s"
+                              for k, v in w["transport_videos_per_s"].items()), ""]
     if "distill" in res:
         d = res["distill"]
         lines += ["## 2. Distillation overhead (training step)", "",
@@ -240,7 +250,8 @@ def markdown(report: dict[str, Any]) -> str:
                   f"plain step, so at equal FLOP/s the live path costs ≥ {d['live_flop_floor_over_plain']:.2f} × plain; "
                   f"measured {d['over_plain']['kd_live']:.2f} → **{d['kd_live_over_floor']:.2f} × the floor**. "
                   f"Its parts, measured: cached KD step (student + plugins) {d['over_plain']['kd_cached']:.2f} + "
-                  f"teacher forward {d['teacher_forward_over_plain_step']:.2f} = {d['kd_live_parts_over_plain']:.2f}; "
+                  f"teacher forward {d['teacher_forward_over_plain_step']:.2f} = {d['kd_live_parts_over_plain']:.2f} "
+                  f"(live step ÷ its parts: {d['kd_live_over_parts']:.3f}); "
                   f"the teacher forward runs at {d['teacher_gflops_per_s_over_plain']:.2f} × the plain step's FLOP/s.",
                   ""]
         lines += ["## 5. Compute efficiency", "",

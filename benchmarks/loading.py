@@ -11,7 +11,12 @@ Variants (same videos, batch size, workers and collate; page cache warm for all)
 * ``h5_preload_<dtype>``: the same with ``preload=True`` (RAM, collate only);
 * ``npy_<dtype>``: a plain ``Dataset`` doing ``np.load`` per video and modality, labels
   built in memory at init (as earlier action-detection loaders do), the same collate;
-* ``raw_h5_<dtype>`` / ``raw_npy_<dtype>``: ``readinto`` of the files' bytes, nothing else;
+* ``raw_h5_<dtype>`` / ``raw_npy_<dtype>``: ``readinto`` of the files' bytes, nothing else
+  (1 MiB blocks into one reused buffer, which stays in the CPU cache);
+* ``floor_h5_<dtype>``: the loader's own copies of one epoch -- the same rows from the
+  mapped file into batch arrays of the same shapes, padding zeroed, two sets of arrays
+  alternating (the consumer holds one batch while the next is read) -- precomputed, with
+  no Python work per item: what any loader delivering padded batches must at least do;
 * ``h5_items_<dtype>`` / ``npy_items_<dtype>``: the datasets' items alone (no collate), to
   split the loader's time into reading and batching.
 
@@ -114,6 +119,44 @@ def _raw_reader(paths: list[Path], block: int = 1 << 20):
     return run
 
 
+def _floor_copier(loader: DataLoader):
+    """The bare copies of one epoch of ``loader`` (see the module docstring): ``(dst, src)``
+    pairs of ``uint8`` arrays and the padding rows, prepared once; the returned function
+    only runs ``np.copyto`` and the zeroing over them. Its ``batches`` attribute holds the
+    destination arrays per batch (field order of the dataset), ``sets`` the two sets of
+    ``(copies, zeros)`` (for tests and benchmarks/loader_probe.py)."""
+    dataset = loader.dataset
+    sets: list[tuple[list, list]] = [([], []), ([], [])]
+    batches: list[list[np.ndarray]] = []
+    for n_batch, keys in enumerate(loader.batch_sampler):
+        windows = [dataset._window(k) for k in keys]
+        sources = [dataset._direct_rows(w[0]) for w in windows]
+        if any(s is None for s in sources):
+            raise RuntimeError("floor: the bench file is not read directly (not contiguous?)")
+        spans = [(offset, length if stop is None else stop) for _, _, length, offset, stop in windows]
+        steps = max(b - a for a, b in spans)
+        copies, zeros = sets[n_batch % 2]
+        batches.append([])
+        for f, (width, dtype) in enumerate(dataset._spec):
+            buf = np.ones((len(keys), steps, width), dtype)  # allocated and faulted in once
+            batches[-1].append(buf)
+            for b, (start, stop) in enumerate(spans):
+                copies.append((buf[b, :stop - start].view(np.uint8), sources[b][f][start:stop]))
+                zeros.append(buf[b, stop - start:])
+
+    def run() -> int:
+        for copies, zeros in sets:
+            for dst, src in copies:
+                np.copyto(dst, src)
+            for z in zeros:
+                z[...] = 0
+        return len(sets)
+
+    run.batches = batches  # type: ignore[attr-defined]
+    run.sets = sets  # type: ignore[attr-defined]
+    return run
+
+
 def payload_bytes(data: GeneratedData, dtype: str) -> int:
     """Stored feature bytes of all videos in ``dtype``."""
     from kd_detect.data.format import FeatureFile
@@ -158,11 +201,12 @@ def bench_loading(data: GeneratedData, batch_size: int, workers: int, repeats: i
         fns[f"h5_items_{dt}"] = lambda ds=h5_ds, order=order: _items(ds, order)
         fns[f"npy_items_{dt}"] = lambda ds=ds, order=order: _items(ds, order)
         fns[f"raw_h5_{dt}"] = _raw_reader([data.h5[dt]])
+        fns[f"floor_h5_{dt}"] = _floor_copier(loader)
         npy_files = sorted(data.npy[dt].iterdir())
         fns[f"raw_npy_{dt}"] = _raw_reader(npy_files)
         payload = payload_bytes(data, dt)
         for key in (f"h5_{dt}", f"h5_model_{dt}", f"h5_preload_{dt}", f"npy_{dt}", f"h5_items_{dt}",
-                    f"npy_items_{dt}"):
+                    f"npy_items_{dt}", f"floor_h5_{dt}"):
             bytes_of[key] = payload
         bytes_of[f"raw_h5_{dt}"] = os.path.getsize(data.h5[dt])
         bytes_of[f"raw_npy_{dt}"] = sum(os.path.getsize(p) for p in npy_files)
@@ -187,6 +231,9 @@ def bench_loading(data: GeneratedData, batch_size: int, workers: int, repeats: i
         v = variants
         out[f"h5_over_npy{tag}"] = v[f"h5_{dt}"]["videos_per_s"] / v[f"npy_{dt}"]["videos_per_s"]
         out[f"loader_over_raw{tag}"] = v[f"h5_{dt}"]["mb_per_s"] / v[f"raw_h5_{dt}"]["mb_per_s"]
+        # the floor: the loader's copies alone, and how close the loader comes to it
+        out[f"floor_over_raw{tag}"] = v[f"floor_h5_{dt}"]["mb_per_s"] / v[f"raw_h5_{dt}"]["mb_per_s"]
+        out[f"loader_over_floor{tag}"] = v[f"h5_{dt}"]["mb_per_s"] / v[f"floor_h5_{dt}"]["mb_per_s"]
         out[f"npy_loader_over_raw{tag}"] = v[f"npy_{dt}"]["mb_per_s"] / v[f"raw_npy_{dt}"]["mb_per_s"]
         out[f"h5_read_over_npy_read{tag}"] = v[f"h5_items_{dt}"]["videos_per_s"] / v[f"npy_items_{dt}"]["videos_per_s"]
         # end to end on this machine: the loader plus the model-layout conversion (on `device`)
@@ -205,10 +252,47 @@ def bench_loading(data: GeneratedData, batch_size: int, workers: int, repeats: i
     return out
 
 
+class _Transport(Dataset):
+    """Items are indices; with :class:`_FreshBatches` as collate a worker returns batches of
+    given shapes without reading anything (the cost of handing batches across processes)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+
+class _FreshBatches:
+    """Collate: new tensors of the shapes and dtypes of ``template`` (what a worker's
+    batch is); ``reuse=True`` returns the same tensors every time instead (after the first
+    hand-over they live in shared memory and only a handle crosses -- unsafe for real
+    batches, whose memory the worker cannot know to be released: shown for comparison)."""
+
+    def __init__(self, template: dict[str, torch.Tensor], reuse: bool = False) -> None:
+        self.shapes = {k: (tuple(v.shape), v.dtype) for k, v in template.items()}
+        self.reuse, self.kept = reuse, None
+
+    def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        if self.reuse and self.kept is not None:
+            return self.kept
+        batch = {k: torch.empty(shape, dtype=dtype) for k, (shape, dtype) in self.shapes.items()}
+        if self.reuse:
+            self.kept = {k: v.share_memory_() for k, v in batch.items()}
+            return self.kept
+        return batch
+
+
 def bench_workers(data: GeneratedData, batch_size: int, repeats: int, counts: tuple[int, ...] = (0, 1, 2),
                   dtype: str = "float16") -> dict[str, Any]:
     """One epoch of the HDF5 loader with each number of worker processes (persistent,
-    interleaved); ``videos_per_s`` per count and the speed-up over 0 workers."""
+    interleaved); ``videos_per_s`` per count and the speed-up over 0 workers. Next to them,
+    the hand-over alone (``transport_videos_per_s``): one worker returning batches of the
+    loader's shapes without reading (``fresh``: new tensors per batch, as the loader's
+    workers must; ``reused``: the same shared tensors each time) and the same in-process."""
     from kd_detect.data.datamodule import FeatureDataModule
 
     fns, keep = {}, []
@@ -217,10 +301,20 @@ def bench_workers(data: GeneratedData, batch_size: int, repeats: int, counts: tu
                                val_subset="training", test_subset="training")
         keep.append(dm)
         fns[str(n)] = lambda loader=dm.train_dataloader(): _drain(loader)  # noqa: B008 (bound once, on purpose)
+    template = {k: v for k, v in next(iter(keep[0].train_dataloader())).items() if isinstance(v, torch.Tensor)}
+    transports = {"fresh_0": (0, False), "fresh_1": (1, False), "reused_1": (1, True)}
+    for key, (n, reuse) in transports.items():
+        collate = _FreshBatches(template, reuse=reuse)
+        loader = DataLoader(_Transport(data.shape.videos), batch_size=batch_size, collate_fn=collate,
+                            num_workers=n, persistent_workers=n > 0)
+        fns[f"transport_{key}"] = lambda loader=loader: sum(1 for _ in loader)
     times = interleaved(fns, repeats, warmup=1)
     vps = {k: data.shape.videos / median(ts) for k, ts in times.items()}
     for dm in keep:
         dm.teardown("fit")
-    return {"dtype": dtype, "batch_size": batch_size, "cpus": os.cpu_count(), "videos_per_s": vps,
-            "speedup_over_0": {k: v / vps[str(counts[0])] for k, v in vps.items()},
+    loaders = {k: v for k, v in vps.items() if not k.startswith("transport_")}
+    return {"dtype": dtype, "batch_size": batch_size, "cpus": os.cpu_count(), "videos_per_s": loaders,
+            "speedup_over_0": {k: v / loaders[str(counts[0])] for k, v in loaders.items()},
+            "transport_videos_per_s": {k.removeprefix("transport_"): v for k, v in vps.items()
+                                       if k.startswith("transport_")},
             "noise": {k: spread(ts) for k, ts in times.items()}}

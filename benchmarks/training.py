@@ -170,6 +170,8 @@ def bench_distill(dm: Any, batches: list[dict], root: Path, repeats: int, matmul
     out["kd_live_over_floor"] = out["over_plain"]["kd_live"] / out["live_flop_floor_over_plain"]
     # where the live step's time goes, measured: plugins (the cached step) + teacher forward
     out["kd_live_parts_over_plain"] = out["over_plain"]["kd_cached"] + out["teacher_forward_over_plain_step"]
+    # what the live step costs beyond its parts (teacher output copies, autocast/inference contexts...)
+    out["kd_live_over_parts"] = out["over_plain"]["kd_live"] / out["kd_live_parts_over_plain"]
     out["teacher_gflops_per_s_over_plain"] = (
         out["teacher_forward_gflop"] / median(t_times["teacher_forward"])
         / (out["plain_step_gflop"] / median(t_times["plain"])))

@@ -5,6 +5,9 @@ the reference."""
 
 from __future__ import annotations
 
+import pickle
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
@@ -12,7 +15,7 @@ import torch
 
 from kd_detect.data.batch import LAYOUT, is_host_layout, modalities_in, to_model_layout
 from kd_detect.data.datamodule import FeatureDataModule
-from kd_detect.data.dataset import collate_videos
+from kd_detect.data.dataset import collate_videos, dataset_layout
 from kd_detect.data.format import VideoRecord, write_feature_file
 
 CLASSES = ["a", "b", "c", "d"]
@@ -222,3 +225,67 @@ def test_batch_memory_is_reused_only_once_released(tmp_path):
     for _ in range(5):
         collate_videos(dataset.__getitems__([0, 1, 2]), len(CLASSES))
     assert len(dataset._pool) == 3 * fields
+
+
+def test_collate_copies_items_changed_after_the_batched_read(tmp_path):
+    """A batched read's arrays are the batch only while every item holds the rows read
+    into them: an item given other rows is collated from what it holds."""
+    path = _write(tmp_path / "x.h5", "float32")
+    dataset = FeatureDataModule(path, val_subset="testing", batch_size=3).dataset("train")
+    items = dataset.__getitems__([0, 1, 2])
+    items[1]["features"]["flow"] = items[1]["features"]["flow"] + np.float32(1.0)
+    batch = collate_videos(items, len(CLASSES))
+    assert not np.shares_memory(batch["rgb"].numpy(), items[0]["features"]["rgb"])
+    assert_bit_identical(to_model_layout(batch), reference_collate(list(items), len(CLASSES)))
+    n = len(items[1]["features"]["flow"])
+    np.testing.assert_array_equal(batch["flow"][1, :n].numpy(), items[1]["features"]["flow"])
+
+
+def test_batched_read_refuses_rows_beyond_the_mapped_file(tmp_path, monkeypatch):
+    """A video whose bytes lie beyond the mapping (a file shorter than its datasets say)
+    takes the per-item read, which reads or reports it; nothing past the end is copied."""
+    path = _write(tmp_path / "x.h5", "float32")
+    dataset = FeatureDataModule(path, val_subset="testing", batch_size=3).dataset("train")
+    whole = dataset._mapped()
+    assert whole is not None and len(whole) == Path(path).stat().st_size
+    layout = dataset_layout(dataset.file.h5, f"videos/{dataset.video_ids[2]}/flow")
+    monkeypatch.setattr(dataset, "_map", whole[: layout.offset + 8])  # ends inside video 2's flow
+    assert dataset._rows == {}
+    items = dataset.__getitems__([0, 1])
+    assert type(items) is not list  # videos 0 and 1 lie inside: the batched read
+    items = dataset.__getitems__([0, 2])
+    assert type(items) is list  # item by item
+    assert_bit_identical(to_model_layout(collate_videos(items, len(CLASSES))),
+                         reference_collate([dataset[0], dataset[2]], len(CLASSES)))
+
+
+def test_a_pickled_dataset_maps_the_file_in_its_own_process(tmp_path):
+    """What a DataLoader worker gets: no pool and no mapping of the parent's; its batches
+    are the parent's."""
+    path = _write(tmp_path / "x.h5", "float16")
+    dataset = FeatureDataModule(path, val_subset="testing", batch_size=3).dataset("train")
+    want = collate_videos(dataset.__getitems__([2, 0, 1]), len(CLASSES))
+    copy = pickle.loads(pickle.dumps(dataset))
+    assert copy._map is None and copy._pool == [] and copy._rows == {}
+    copy._map_key = (-1,)  # as in another process: map anew
+    got = collate_videos(copy.__getitems__([2, 0, 1]), len(CLASSES))
+    assert copy._map is not None and copy._map is not dataset._map
+    assert_bit_identical(to_model_layout(got), to_model_layout(want))
+
+
+def test_a_file_replaced_at_the_same_path_is_read_anew(tmp_path):
+    """An atomic replacement of the file (what every kd_detect writer does) while a dataset
+    lives: once the handle is reopened, batches come from the new file, not the old mapping."""
+    path = _write(tmp_path / "x.h5", "float32")
+    dataset = FeatureDataModule(path, val_subset="testing", batch_size=3).dataset("train")
+    old = collate_videos(dataset.__getitems__([0, 1, 2]), len(CLASSES))
+    with h5py.File(path) as h5:
+        videos = {v: {m: h5[f"videos/{v}/{m}"][()] for m in ("rgb", "flow")} for v in h5["videos"]}
+        records = [VideoRecord(v, h5[f"videos/{v}"].attrs["subset"], float(h5[f"videos/{v}"].attrs["duration"]),
+                               {m: -a for m, a in feats.items()}, h5[f"videos/{v}/segments"][()])
+                   for v, feats in videos.items()]
+    write_feature_file(path, CLASSES, [m for m, _ in DIMS], records, dtype="float32")
+    dataset.file.close()
+    new = collate_videos(dataset.__getitems__([0, 1, 2]), len(CLASSES))
+    assert torch.equal(new["rgb"], -old["rgb"]) and torch.equal(new["labels"], old["labels"])
+    assert_bit_identical(to_model_layout(new), reference_collate([dataset[k] for k in (0, 1, 2)], len(CLASSES)))

@@ -21,7 +21,8 @@ TINY_SIZES = dict(charades_videos=6, tsu_videos=3, load_batch=4, tsu_batch=2, lo
                   matmul_n=64, worker_repeats=1, cli_repeats=1)
 HEADLINE = ["kd_cached_over_plain", "kd_live_over_plain", "kd_live_over_floor", "h5_over_npy", "h5_over_npy_read",
             "h5_over_npy_fp16", "loader_over_raw", "global_kl_extra_mb_T16384", "global_gram_extra_mb_T16384",
-            "student_steps_per_s", "pdan_flops_over_matmul", "cli_help_seconds", "cli_check_seconds"]
+            "student_steps_per_s", "pdan_flops_over_matmul", "cli_help_seconds", "cli_check_seconds",
+            "loader_floor_over_raw", "loader_over_floor"]
 
 
 def test_quick_mode_end_to_end(tmp_path, monkeypatch):
@@ -44,7 +45,11 @@ def test_quick_mode_end_to_end(tmp_path, monkeypatch):
     d = report["results"]["distill"]
     assert report["kd_live_over_floor"] == pytest.approx(d["over_plain"]["kd_live"] / d["live_flop_floor_over_plain"])
     assert d["live_flop_floor_over_plain"] > 1.0
+    assert report["kd_live_over_parts"] == pytest.approx(
+        d["over_plain"]["kd_live"] / (d["over_plain"]["kd_cached"] + d["teacher_forward_over_plain_step"]))
     assert set(report["workers_videos_per_s"]) == {"0", "1", "2"}
+    transport = report["results"]["workers"]["transport_videos_per_s"]
+    assert set(transport) == {"fresh_0", "fresh_1", "reused_1"} and all(v > 0 for v in transport.values())
     assert report["results"]["cli"]["commands"]["check"] == {"argv": sys.executable.rsplit("/", 1)[-1] + " -c raise "
                                                              "SystemExit(3)", "exit_code": 3, "seconds": None}
     assert report["cli_check_seconds"] is None
@@ -59,6 +64,39 @@ def test_quick_mode_end_to_end(tmp_path, monkeypatch):
     md = (out / "report.md").read_text()
     assert "## Targets" in md and "kd_live_over_floor" in md and "workers" in md and "## 7. Command line" in md
     assert not list(out.glob(".*.tmp"))  # written atomically
+
+
+def test_floor_copies_are_the_loaders_batches(tmp_path):
+    """The loading floor does the loader's work and no less: after one run its arrays hold
+    exactly the host batches of the loader's epoch (rows, padding zeros, shapes, dtypes)."""
+    from benchmarks.loading import _floor_copier
+    from kd_detect.data.datamodule import FeatureDataModule
+
+    data = write_data(TINY_CHARADES, tmp_path, dtypes=("float16",))
+    dm = FeatureDataModule(str(data.h5["float16"]), batch_size=4, val_subset="training", test_subset="training")
+    loader = dm.train_dataloader()
+    floor = _floor_copier(loader)
+    floor()
+    got = list(loader)
+    assert len(got) == len(floor.batches) == 2
+    for batch, arrays in zip(got, floor.batches):
+        for field, array in zip(["rgb", "flow", "labels"], arrays):
+            assert batch[field].dtype == torch.from_numpy(array).dtype
+            assert torch.equal(batch[field], torch.from_numpy(array)), field
+    assert (~got[0]["mask"]).any() or (~got[1]["mask"]).any()  # padding was part of it
+    dm.teardown("fit")
+
+
+def test_transport_batches_have_the_template_shapes_and_reuse_only_when_asked():
+    from benchmarks.loading import _FreshBatches
+
+    template = {"rgb": torch.ones(2, 3, 4, dtype=torch.float16), "mask": torch.ones(2, 3, dtype=torch.bool)}
+    fresh, reused = _FreshBatches(template), _FreshBatches(template, reuse=True)
+    a, b = fresh([0, 1]), fresh([0, 1])
+    assert {k: (v.shape, v.dtype) for k, v in a.items()} == {k: (v.shape, v.dtype) for k, v in template.items()}
+    assert a["rgb"] is not b["rgb"] and not a["rgb"].is_shared()
+    c, d = reused([0, 1]), reused([0, 1])
+    assert c["rgb"] is d["rgb"] and c["rgb"].is_shared()
 
 
 def test_interleaved_runs_round_robin():

@@ -46,6 +46,41 @@ def rgb_file(tmp_path_factory) -> Path:
                               dtype="float32")
 
 
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict[str, Path]:
+    """An RGB-only model as `kd-detect export` writes it (TorchScript and state file), built
+    here from its config so no Lightning checkpoint is loaded: the fixture student's shape."""
+    import torch
+
+    from kd_detect.modules.deploy import STATE_FORMAT, build_from_config
+
+    config = {"kd_detect_export": STATE_FORMAT, "modality": "rgb", "embed": None, "in_dim": 6, "num_classes": 3,
+              "classes": ["a", "b", "c"],
+              "head": {"class_path": "kd_detect.models.heads.PDAN", "init_args": {"hidden": 8, "num_layers": 1}}}
+    torch.manual_seed(0)
+    model = build_from_config(config).eval()
+    root = tmp_path_factory.mktemp("export")
+    torch.save({**config, "state_dict": model.state_dict()}, root / "s.state.pt")
+    torch.jit.save(torch.jit.script(model), str(root / "s.pt"))
+    return {"script": root / "s.pt", "state": root / "s.state.pt"}
+
+
+def test_predict_of_an_export_needs_only_torch(exported, rgb_file, tmp_path):
+    """`predict` reads the file through FeatureData (no LightningDataModule): an exported
+    model predicts with torch alone, from a feature file and from a feature folder."""
+    for kind, model in exported.items():
+        out = tmp_path / f"{kind}.h5"
+        status, heavy = imported(["predict", "--ckpt", str(model), "--data", str(rgb_file), "--out", str(out)])
+        assert status == 0 and out.is_file(), kind
+        assert heavy == {"torch"}, (kind, heavy)  # the probe sees torch: it would see the others
+    folder = tmp_path / "rgb"
+    folder.mkdir()
+    np.save(folder / "v0.npy", np.ones((5, 6), np.float32))
+    status, heavy = imported(["predict", "--ckpt", str(exported["state"]), "--features", str(folder),
+                              "--step-seconds", "0.5", "--out", str(tmp_path / "f.h5")])
+    assert status == 0 and (tmp_path / "f.h5").is_file() and heavy == {"torch"}
+
+
 def test_help_imports_nothing_heavy():
     status, heavy = imported(["--help"])
     assert status == 0 and heavy == set()
@@ -66,10 +101,10 @@ def test_a_subcommand_help_imports_nothing_heavy():
     assert status == 0 and heavy <= {"torch"}
 
 
-@pytest.mark.slow  # three fresh interpreters importing Lightning; the fast tests above cover the dispatch
-def test_export_and_predict_of_an_export_skip_wandb(rgb_file, tmp_path):
-    """Lightning (and the torchmetrics it imports) are still loaded here: by the checkpoint's
-    module class for export, by ``FeatureDataModule`` (a LightningDataModule) for predict."""
+@pytest.mark.slow  # three fresh interpreters, one importing Lightning; test_predict_of_an_export_needs_only_torch
+def test_export_and_predict_of_an_export_skip_wandb(rgb_file, tmp_path):  # is the fast variant of the predict part
+    """Export loads the checkpoint's module class, so Lightning (and the torchmetrics it
+    imports) but not wandb; predicting from what it wrote needs torch alone."""
     status, heavy = imported(["export", "--ckpt", str(FIXTURES / "student.ckpt"), "--out", str(tmp_path / "s.pt")])
     assert status == 0 and (tmp_path / "s.pt").is_file()
     assert "wandb" not in heavy
@@ -77,5 +112,4 @@ def test_export_and_predict_of_an_export_skip_wandb(rgb_file, tmp_path):
         status, heavy = imported(["predict", "--ckpt", str(tmp_path / model), "--data", str(rgb_file),
                                   "--out", str(tmp_path / "p.h5")])
         assert status == 0 and (tmp_path / "p.h5").is_file()
-        assert "torch" in heavy  # the probe sees what it should
-        assert "wandb" not in heavy, (model, heavy)
+        assert heavy == {"torch"}, (model, heavy)

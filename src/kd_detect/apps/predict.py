@@ -137,7 +137,7 @@ def predict(
     device: str = "cpu",
 ) -> tuple[int, int]:
     """Predict every video of ``subset`` (all with ``None``) of ``data``; see module docstring."""
-    from kd_detect.data.datamodule import FeatureDataModule
+    from kd_detect.data.feature_data import FeatureData
     from kd_detect.modules.inference import check_data, load_for_inference
 
     for target in (out, segments):
@@ -145,7 +145,7 @@ def predict(
             refuse_inputs(target, (data, ckpt))
     predictor = load_for_inference(ckpt, device)
     check_data(predictor, data)
-    dm = FeatureDataModule(
+    dm = FeatureData(
         str(data),
         modalities=predictor.modalities,
         predict_subset=subset,
@@ -159,15 +159,14 @@ def predict(
             f"{predictor.classes[:3]}… ({len(predictor.classes)}); scores follow the model's classes",
             file=sys.stderr,
         )
-    dm.setup("predict")
     try:
         return write_predictions(
-            predictor, dm.predict_dataloader(), out, segments, threshold, merge_gap, min_length,
+            predictor, dm.loader("predict"), out, segments, threshold, merge_gap, min_length,
             attrs={"source_checkpoint": str(ckpt), "source_data": str(data)},
             durations=dm.feature_file.durations, inputs=(data, ckpt),
         )
     finally:
-        dm.teardown("predict")
+        dm.close()
 
 
 def rgb_folder(features: str | os.PathLike) -> Path:

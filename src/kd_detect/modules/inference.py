@@ -128,19 +128,34 @@ def module_predictor(module: Any, source: str, device: str | torch.device = "cpu
     return Predictor(run, list(module.classes), dict(module.modality_dims), source, type(module).__name__, module)
 
 
-def load_for_inference(path: str | os.PathLike, device: str | torch.device = "cpu") -> Predictor:
-    """Load a kd_detect checkpoint, a TorchScript export or an export state file."""
-    from kd_detect.modules.deploy import STATE_FORMAT, load_state
-    from kd_detect.modules.loading import read_checkpoint
+def _is_export_state(path: Path) -> bool:
+    """True for a ``kd-detect export`` state file: plain data (it loads with
+    ``weights_only=True``, which a Lightning checkpoint does not) carrying the export key.
+    Telling it apart this way needs neither Lightning nor the LightningModules."""
+    from kd_detect.modules.deploy import STATE_FORMAT
 
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - not plain data (a checkpoint) or not a torch file: not a state file
+        return False
+    return isinstance(payload, dict) and payload.get("kd_detect_export") == STATE_FORMAT
+
+
+def load_for_inference(path: str | os.PathLike, device: str | torch.device = "cpu") -> Predictor:
+    """Load a kd_detect checkpoint, a TorchScript export or an export state file. Only a
+    checkpoint imports its module class (and so Lightning): exports run on torch alone."""
     path, device = Path(path), torch.device(device)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     if _is_torchscript(path):
         return _scripted_predictor(path, device)
-    ckpt = read_checkpoint(path)
-    if isinstance(ckpt, dict) and ckpt.get("kd_detect_export") == STATE_FORMAT:
+    if _is_export_state(path):
+        from kd_detect.modules.deploy import load_state
+
         return _deployed_predictor(load_state(path), path, device)
+    from kd_detect.modules.loading import read_checkpoint
+
+    ckpt = read_checkpoint(path)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(
             f"{path}: neither a kd_detect checkpoint (.ckpt) nor a `kd-detect export` file (.pt / .state.pt)"
