@@ -358,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         path = generate(out, seed=seed, dtype=dtype, preset=preset, **options)
     except ValueError as err:
         parser.error(str(err))
-    print(f"wrote {path} (world {cfg.world}, {cfg.videos} videos, {cfg.classes} classes, seed {seed})")
+    extra = f" + {cfg.extra_training} extra training" if cfg.extra_training else ""
+    print(f"wrote {path} (world {cfg.world}, {cfg.videos}{extra} videos, {cfg.classes} classes, seed {seed})")
     return 0
 
 
