@@ -15,7 +15,8 @@ ARGS    ?=
 RESUME  ?=
 DATASET ?= synthetic
 RAW     ?=
-SEEDS   ?= 3
+SEEDS   ?= 5
+ABLATION_SEEDS ?= 3
 COUNT   ?= 20
 QUICK   ?=
 DEVICE  ?=
@@ -26,7 +27,7 @@ export WANDB_SILENT ?= true
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
-	@echo "  variables: EXP=name ARGS=\"--key=value ...\" RESUME=1 DATASET=name RAW=dir OUT=file SEEDS=3 COUNT=20 QUICK=1 DEVICE=cuda"
+	@echo "  variables: EXP=name ARGS=\"--key=value ...\" RESUME=1 DATASET=name RAW=dir OUT=file SEEDS=5 ABLATION_SEEDS=3 COUNT=20 QUICK=1 DEVICE=cuda"
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -81,6 +82,10 @@ runs/%/teacher_cache.h5: runs/%/best.ckpt
 data/synthetic.h5: | $(STAMP)
 	$(PY) -m data_prep.synthetic --out $@
 
+# make compare's RGB ceiling: the same world and held-out videos, 4x the training videos
+data/synthetic_ceiling.h5: | $(STAMP)
+	$(PY) -m data_prep.synthetic --out $@ --extra-training 432
+
 # The converters `make data DATASET=name` can run: data_prep/<name>.py (not the private helpers).
 CONVERTERS := $(sort $(filter-out _% synthetic_check,$(basename $(notdir $(wildcard data_prep/*.py)))))
 
@@ -106,8 +111,8 @@ else
 endif
 
 JOBS ?= 2
-compare: $(STAMP) data/synthetic.h5 ## RGB vs teacher vs KD (+ ablations, baselines) over SEEDS seeds -> runs/compare/report.md
-	$(PY) -m kd_detect.lab.compare --seeds $(SEEDS) --jobs $(JOBS) $(if $(ARGS),-- $(ARGS),)
+compare: $(STAMP) data/synthetic.h5 data/synthetic_ceiling.h5 ## RGB, teacher, KD, RGB ceiling, probe over SEEDS seeds (+ ablations, baselines over ABLATION_SEEDS) -> runs/compare/report.md
+	$(PY) -m kd_detect.lab.compare --seeds $(SEEDS) --ablation-seeds $(ABLATION_SEEDS) --jobs $(JOBS) $(if $(ARGS),-- $(ARGS),)
 
 sweep: $(STAMP) ## wandb sweep over loss weights (EXP=name, COUNT=20; needs wandb login)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m kd_detect.lab.sweep $(or $(EXP),synthetic_kd) --count $(COUNT)

@@ -188,6 +188,8 @@ HELP = {
     "phase_spread": "v2: Dirichlet concentration of an instance's phase durations around its class's",
     "appearance_var": "v2: per-instance variation of the class appearance (norm, relative to rgb_amp)",
     "motion_blur": "v2: std (steps) of the temporal blur of RGB's copy of the motion signal",
+    "extra_training": "videos added to the training subset only, after the others: the same world and the "
+                      "same validation and testing videos (the RGB ceiling's larger training set)",
 }
 
 
@@ -228,10 +230,13 @@ class SyntheticConfig:
     phase_spread: float = 6.0
     appearance_var: float = 0.5
     motion_blur: float = 2.0
+    extra_training: int = 0
 
     def check(self) -> None:
         if self.videos < 2:
             raise ValueError(f"videos must be >= 2 (one per subset), got {self.videos}")
+        if self.extra_training < 0:
+            raise ValueError(f"extra_training must be >= 0, got {self.extra_training}")
         if self.classes < 1:
             raise ValueError(f"classes must be >= 1, got {self.classes}")
         if not 1 <= self.min_steps <= self.max_steps:
@@ -316,9 +321,11 @@ def generate(out: str | Path, seed: int = 0, dtype: str = "float16", preset: str
             label_jitter=float(cfg.label_jitter),
         )
         make = lambda i, subset: _video_v2(cfg, world, seed, i, subset)  # noqa: E731
+    if cfg.extra_training:  # the split above is of the first `videos` only: extras add to training
+        attrs["extra_training"] = int(cfg.extra_training)
     classes = [f"c{c:02d}" for c in range(cfg.classes)]
     with FeatureFileWriter(out, classes, ["rgb", "flow", "pose"], dtype=dtype, attrs=attrs) as writer:
-        for i in range(cfg.videos):
+        for i in range(cfg.videos + cfg.extra_training):
             raise_pending_signal()  # a Ctrl-C that a finaliser swallowed (kd_detect.io)
             subset = TESTING if i in testing else VALIDATION if i in validation else TRAINING
             writer.add(make(i, subset))
@@ -364,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{parser.prog}: error: {err}") from None
     except KeyboardInterrupt:  # one line, status 130
         raise SystemExit(interrupted(parser.prog, out)) from None
-    print(f"wrote {path} (world {cfg.world}, {cfg.videos} videos, {cfg.classes} classes, seed {seed})")
+    extra = f" + {cfg.extra_training} extra training" if cfg.extra_training else ""
+    print(f"wrote {path} (world {cfg.world}, {cfg.videos}{extra} videos, {cfg.classes} classes, seed {seed})")
     return 0
 
 

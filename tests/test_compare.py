@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import pytest
 
-from kd_detect.lab.compare import OURS, RGB, ROWS, TEACHER, markdown, summarise
+from kd_detect.lab.compare import CEILING, OURS, PROBE, RGB, ROWS, TEACHER, markdown, summarise, t_interval
 
 
 def test_gap_closed_std_and_paired_difference():
     results = {RGB: {0: 0.50, 1: 0.52}, TEACHER: {0: 0.80, 1: 0.82}, OURS: {0: 0.65, 1: 0.69},
+               CEILING: {0: 0.60, 1: 0.62}, PROBE: {0: 0.55, 1: 0.55},
                "baselines/synthetic_logit_kd": {0: 0.49, 1: 0.51},
                "baselines/synthetic_fitnets": {1: 0.60}}
     rows = {r["experiment"]: r for r in summarise(results)}
     assert rows[OURS]["mean"] == pytest.approx(0.67)
     assert rows[OURS]["gap_closed"] == pytest.approx((0.67 - 0.51) / (0.81 - 0.51))
     assert rows["baselines/synthetic_logit_kd"]["gap_closed"] == pytest.approx((0.50 - 0.51) / 0.30)
-    assert rows[RGB]["gap_closed"] is None and rows[TEACHER]["gap_closed"] is None
+    assert rows[OURS]["gap_closed_ceiling"] == pytest.approx((0.67 - 0.51) / (0.61 - 0.51))
+    for ref in (RGB, TEACHER, CEILING, PROBE):
+        assert rows[ref]["gap_closed"] is None and rows[ref]["gap_closed_ceiling"] is None
+    # the probe is paired with each seed's RGB run: 0.55 - 0.50, 0.55 - 0.52
+    assert rows[PROBE]["paired"]["mean"] == pytest.approx(0.04) and rows[PROBE]["paired"]["above"] == 2
+    # 95 % t interval of +0.15, +0.17: 0.16 ± 12.706 · 0.014142 / √2
+    lo, hi = rows[OURS]["paired"]["ci95"]
+    assert lo == pytest.approx(0.16 - 0.127062, abs=1e-5) and hi == pytest.approx(0.16 + 0.127062, abs=1e-5)
     assert rows[OURS]["std"] == pytest.approx(0.028284, abs=1e-6)
     # paired by seed: ours - rgb = +0.15, +0.17
     assert rows[OURS]["paired"]["mean"] == pytest.approx(0.16)
@@ -23,12 +31,27 @@ def test_gap_closed_std_and_paired_difference():
     assert rows[OURS]["paired"]["above"] == 2
     assert rows["baselines/synthetic_logit_kd"]["paired"]["above"] == 0
     # a row with fewer seeds is paired on the seeds it has
-    assert rows["baselines/synthetic_fitnets"]["paired"] == {"mean": pytest.approx(0.08), "std": 0.0, "runs": 1, "above": 1}
+    assert rows["baselines/synthetic_fitnets"]["paired"] == {"mean": pytest.approx(0.08), "std": 0.0, "runs": 1,
+                                                             "above": 1, "ci95": None}
     assert rows[RGB]["paired"] is None
     table = markdown(list(rows.values()), [0, 1], [])
-    assert "| Ours: atomic + global + boundary (λ=0.1) | ours | 2 | 67.00 ± 2.83 | +53% | +16.00 ± 1.41 | 2/2 |" in table
-    assert "| logit KD | baseline | 2 | 50.00 ± 1.41 | -3% | -1.00 ± 0.00 | 0/2 |" in table
-    assert "| RGB only | reference | 2 | 51.00 ± 1.41 |  |  |  |" in table
+    assert ("| Ours: atomic + global + boundary | ours | 2 | 67.00 ± 2.83 | +53% | +160% | +16.00 ± 1.41 "
+            "| [+3.29, +28.71] | 2/2 |") in table
+    assert "| logit KD | baseline | 2 | 50.00 ± 1.41 | -3% | -10% | -1.00 ± 0.00 | [-1.00, -1.00] | 0/2 |" in table
+    assert "| RGB only | reference | 2 | 51.00 ± 1.41 |  |  |  |  |  |" in table
+
+
+def test_t_interval_against_tabulated_quantiles():
+    # n = 5: t_{0.975, 4} = 2.776; values 1..5 have mean 3 and s = sqrt(2.5)
+    lo, hi = t_interval([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert hi - 3.0 == pytest.approx(2.776 * 2.5**0.5 / 5**0.5) and lo + hi == pytest.approx(6.0)
+    assert t_interval([1.0]) is None
+    # beyond the table the normal quantile is used
+    xs = [float(i % 2) for i in range(40)]
+    lo, hi = t_interval(xs)
+    import statistics
+
+    assert hi - 0.5 == pytest.approx(1.96 * statistics.stdev(xs) / 40**0.5)
 
 
 def test_every_row_is_an_experiment_file():
@@ -36,7 +59,7 @@ def test_every_row_is_an_experiment_file():
 
     root = Path(__file__).resolve().parents[1] / "experiments"
     for _, exp, _ in ROWS:
-        assert (root / f"{exp}.yaml").is_file(), exp
+        assert exp == PROBE or (root / f"{exp}.yaml").is_file(), exp
 
 
 def test_reference_runs_come_from_the_reference_directory(tmp_path, monkeypatch):
@@ -47,8 +70,8 @@ def test_reference_runs_come_from_the_reference_directory(tmp_path, monkeypatch)
     from kd_detect.lab import compare
 
     ref, out = tmp_path / "compare", tmp_path / "variant"
-    for seed, (rgb, teacher) in enumerate([(0.60, 0.90), (0.62, 0.94)]):
-        for exp, value in ((RGB, rgb), (TEACHER, teacher)):
+    for seed, (rgb, teacher, ceiling) in enumerate([(0.60, 0.90, 0.70), (0.62, 0.94, 0.72)]):
+        for exp, value in ((RGB, rgb), (TEACHER, teacher), (CEILING, ceiling)):
             (ref / f"seed{seed}" / exp).mkdir(parents=True)
             (ref / f"seed{seed}" / exp / "metrics.json").write_text(json.dumps({compare.METRIC: value}))
     (ref / "seed2" / RGB).mkdir(parents=True)  # a seed the variant does not have: not counted
@@ -77,5 +100,24 @@ def test_reference_runs_come_from_the_reference_directory(tmp_path, monkeypatch)
     rows = {r["experiment"]: r for r in report["rows"]}
     assert rows[RGB]["values"] == [0.60, 0.62] and rows[TEACHER]["values"] == [0.90, 0.94]
     assert rows[OURS]["gap_closed"] == pytest.approx((0.705 - 0.61) / (0.92 - 0.61))
+    assert rows[OURS]["gap_closed_ceiling"] == pytest.approx((0.705 - 0.61) / (0.71 - 0.61))
+    assert rows[CEILING]["values"] == [0.70, 0.72]
     text = (out / "report.md").read_text()
     assert f"--reference {ref}" in text and "weight=0.3" in text
+
+
+def test_probe_row_is_read_once_and_paired_with_every_rgb_seed(tmp_path):
+    import json
+
+    from kd_detect.lab import compare
+
+    for seed, rgb in enumerate([0.60, 0.64]):
+        (tmp_path / f"seed{seed}" / RGB).mkdir(parents=True)
+        (tmp_path / f"seed{seed}" / RGB / "metrics.json").write_text(json.dumps({compare.METRIC: rgb}))
+    (tmp_path / "probe.json").write_text(json.dumps({compare.METRIC: 0.62}))
+    results = compare.collect(tmp_path)
+    assert results[PROBE] == {0: 0.62, 1: 0.62}
+    row = next(r for r in summarise(results) if r["experiment"] == PROBE)
+    assert row["paired"]["above"] == 1 and row["paired"]["mean"] == pytest.approx(0.0)
+    # an existing probe.json is not recomputed (the file named does not even exist)
+    assert compare.run_probe(tmp_path, "missing.h5") == 0.62

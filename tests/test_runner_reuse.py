@@ -59,11 +59,11 @@ def test_a_matching_teacher_is_reused(sandbox):
 
 def test_a_teacher_of_another_config_is_retrained_with_one_line(sandbox, capsys):
     fake_run("synthetic_teacher", TINY_ARGS)
-    # the student asks for the experiment's 30 epochs: the 1-epoch teacher does not match
+    # the student asks for the experiment's 50 epochs: the 1-epoch teacher does not match
     assert runner.stale_teachers("synthetic_kd", ["--data.path=data/tiny.h5"]) == ["synthetic_teacher"]
     assert capsys.readouterr().err == (
         "runs/synthetic_teacher: does not match experiments/synthetic_teacher.yaml for synthetic_kd "
-        "(trainer.max_epochs was 1 in the run, is 30 now); retraining it\n")
+        "(trainer.max_epochs was 1 in the run, is 50 now); retraining it\n")
 
 
 def test_a_teacher_of_another_data_file_is_retrained(sandbox, capsys, make_synthetic_h5):

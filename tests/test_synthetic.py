@@ -418,3 +418,21 @@ def test_help_describes_every_option_with_its_default(capsys):
         v1 = "unused" if name in synthetic.V2_ONLY else PRESETS["v1"].get(name, value)
         assert f"v2 default: {value}; v1: {v1})" in text, name
     assert "(default: v2)" in text and "(default: 0)" in text and "default: None" not in text
+
+
+def test_extra_training_videos_leave_the_world_and_the_held_out_videos_unchanged(make_synthetic_h5):
+    """The RGB ceiling's file: ``extra_training`` adds training videos of the same world,
+    and every video of the base file (split included) is byte-identical."""
+    base, more = make_synthetic_h5(), make_synthetic_h5(extra_training=30)
+    a, b = FeatureFile(base), FeatureFile(more)
+    assert set(a.durations) < set(b.durations)
+    added = sorted(set(b.durations) - set(a.durations))
+    assert len(added) == 30 and {b.subsets[v] for v in added} == {"training"}
+    assert all(b.subsets[v] == a.subsets[v] for v in a.durations)
+    for v in a.durations:
+        ra, rb = a.record(v), b.record(v)
+        for m in ("rgb", "flow", "pose"):
+            np.testing.assert_array_equal(ra.features[m], rb.features[m])
+        np.testing.assert_array_equal(ra.labels, rb.labels)
+    with pytest.raises(ValueError, match="extra_training must be >= 0"):
+        config(extra_training=-1)

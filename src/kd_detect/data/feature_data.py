@@ -178,6 +178,15 @@ class FeatureData:
         self._datasets: dict[str, FeatureDataset] = {}
 
     # ------------------------------------------------------------------ helpers
+    def feature_statistics(self, modalities: list[str] | None = None) -> dict:
+        """``{modality: (mean, std)}`` per dimension over every step of the training videos
+        (``kd_detect.data.statistics``); the same on every rank (no shard)."""
+        from kd_detect.data.statistics import feature_moments
+
+        if "train" in self._empty:
+            raise self._empty["train"]
+        return feature_moments(self.feature_file, self._ids["train"], list(modalities or self.modalities))
+
     def _auto_validation(self, ff: FeatureFile, train_subset: Subset) -> tuple[Subset, list[str]]:
         """``val_subset: auto``: ``(subset, [])`` with the file's ``validation`` subset when it
         has one, else ``(train_subset, held-out ids)``: a fixed share (:data:`AUTO_SHARE`, by

@@ -1,19 +1,34 @@
-"""``make compare [SEEDS=3] [JOBS=2]``: RGB-only vs teacher vs the method, each ablation
-and each KD baseline, over several seeds, on the synthetic benchmark.
+"""``make compare [SEEDS=5] [ABLATION_SEEDS=3] [JOBS=2]``: RGB-only vs teacher vs the method,
+with an RGB ceiling and a linear probe as yardsticks, each ablation and each KD baseline,
+over several seeds, on the synthetic benchmark.
 
 Every row is a real ``kd-detect fit --test_after_fit=true`` run of its experiment file
 (``experiments/...``) with ``--seed_everything=s``; the students of seed ``s`` distil from
-the teacher trained with seed ``s``. Runs go to ``runs/compare/seed<s>/<experiment>/``;
-a run whose ``metrics.json`` exists is not repeated, so an interrupted comparison resumes.
-Writes ``runs/compare/report.md`` (mean ± std of the test frame mAP per row, and the
-share of the teacher–RGB gap each student closes: ``(row − rgb) / (teacher − rgb)``),
-``report.json`` and the bar chart ``compare.png``.
+the teacher trained with seed ``s``. The four main rows (RGB-only, teacher, ours, RGB
+ceiling) run ``--seeds`` seeds, the ablations and baselines ``--ablation-seeds``. Runs go to
+``runs/compare/seed<s>/<experiment>/``; a run whose ``metrics.json`` exists is not repeated,
+so an interrupted comparison resumes.
+
+The yardsticks:
+
+* **RGB ceiling**: RGB-only trained on 4x the labelled training videos of the same world
+  (``data/synthetic_ceiling.h5``: the same validation and testing videos), i.e. what more
+  labelled RGB data would buy. A student that closes the gap to the ceiling learns from the
+  teacher what labels alone would have taught.
+* **Linear probe**: a ridge reader of RGB with +-2 steps of context (``kd_detect.lab.probe``,
+  deterministic: one run). A floor that the RGB-only detector must reach.
+
+Writes ``runs/compare/report.md``, ``report.json`` and the bar chart ``compare.png``. Per row:
+mean +- std of the test frame mAP; *gap closed* to the teacher ``(row - rgb) / (teacher - rgb)``
+and to the ceiling ``(row - rgb) / (ceiling - rgb)`` (from the means); the difference to
+RGB-only paired by seed with its 95 % Student-t interval, ``mean +- t_{0.975, n-1} s / sqrt(n)``;
+and on how many seeds the row is above RGB-only.
 
 Variants of the method (another weight, τ, window...) are compared against the same
 references with ``--reference``: ``python -m kd_detect.lab.compare --out runs/lambda0.3
 --reference runs/compare --only synthetic_kd -- --model.init_args.distill.atomic.init_args.weight=0.3``
-takes the RGB-only and teacher runs (and the teachers' checkpoints) of ``runs/compare``,
-training them there only when missing.
+takes the RGB-only, teacher and ceiling runs (and the teachers' checkpoints) of
+``runs/compare``, training them there only when missing.
 """
 
 from __future__ import annotations
@@ -32,11 +47,16 @@ from kd_detect.plots.figures import compare_bar_chart
 from kd_detect.runs import RunDir
 
 RGB, TEACHER, OURS = "synthetic_rgb", "synthetic_teacher", "synthetic_kd"
+CEILING, PROBE = "synthetic_rgb_ceiling", "probe"
+REFERENCES = (RGB, TEACHER, CEILING)
+MAIN = (RGB, TEACHER, OURS, CEILING)
 ROWS: list[tuple[str, str, str]] = [
     # (label, experiment, group)
     ("RGB only", RGB, "reference"),
     ("Teacher (RGB+flow+pose)", TEACHER, "reference"),
-    ("Ours: atomic + global + boundary (λ=0.1)", OURS, "ours"),
+    ("RGB ceiling (4× labelled training videos)", CEILING, "reference"),
+    ("Linear probe (RGB, ±2 steps)", PROBE, "reference"),
+    ("Ours: atomic + global + boundary", OURS, "ours"),
     ("Ours with DESIGN default λ=1", "ablations/synthetic_kd_weights1", "ablation"),
     ("atomic only", "ablations/synthetic_only_atomic", "ablation"),
     ("global only", "ablations/synthetic_only_global", "ablation"),
@@ -54,12 +74,28 @@ ROWS: list[tuple[str, str, str]] = [
     ("CRD", "baselines/synthetic_crd", "baseline"),
 ]
 METRIC = "test/frame_map"
+PROBE_FILE = "data/synthetic.h5"
+
+#: two-sided 95 % quantiles of Student's t, t_{0.975, df}, df = 1..30 (then the normal 1.96)
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+        2.045, 2.042)
+
+
+def t_interval(xs: list[float]) -> tuple[float, float] | None:
+    """95 % interval of the mean of ``xs``: ``mean ± t_{0.975, n-1} · s / √n`` (None below 2 values)."""
+    if len(xs) < 2:
+        return None
+    m, s = statistics.fmean(xs), statistics.stdev(xs)
+    t = T975[len(xs) - 2] if len(xs) - 1 <= len(T975) else 1.96
+    half = t * s / len(xs) ** 0.5
+    return m - half, m + half
 
 
 def run_dir(root: Path, seed: int, exp: str, reference: Path | None = None) -> Path:
     """Where run ``exp`` of ``seed`` lives: the references (RGB-only, teacher) under
     ``reference`` when given, everything else under ``root``."""
-    if reference is not None and exp in (RGB, TEACHER):
+    if reference is not None and exp in REFERENCES:
         root = reference
     return root / f"seed{seed}" / exp
 
@@ -74,7 +110,7 @@ def fit(exp: str, seed: int, root: Path, extra: list[str], log: Path, reference:
         f"--seed_everything={seed}", f"--trainer.default_root_dir={out}", "--test_after_fit=true",
         "--trainer.enable_progress_bar=false", "--trainer.logger=kd_detect.loggers.CSVLogger", *extra,
     ]
-    if exp != RGB and exp != TEACHER:
+    if exp not in REFERENCES:
         cmd.append(f"--model.init_args.teachers.teacher={run_dir(root, seed, TEACHER, reference) / 'best.ckpt'}")
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
@@ -96,10 +132,31 @@ def collect(root: Path, reference: Path | None = None) -> dict[str, dict[int, fl
     for seed_dir in sorted(root.glob("seed*")):
         seed = int(seed_dir.name[len("seed"):])
         for _, exp, _ in ROWS:
+            if exp == PROBE:
+                continue
             metrics = RunDir(run_dir(root, seed, exp, reference)).metrics()
             if metrics is not None:
                 results[exp][seed] = metrics[METRIC]
+    probe_json = (reference or root) / "probe.json"
+    if probe_json.is_file():  # deterministic: the same value paired with every seed's RGB run
+        value = json.loads(probe_json.read_text())[METRIC]
+        results[PROBE] = {s: value for s in results[RGB]} or {0: value}
     return results
+
+
+def run_probe(root: Path, path: str = PROBE_FILE) -> float:
+    """The linear-probe row (``root/probe.json``; computed once)."""
+    out = root / "probe.json"
+    if out.is_file():
+        return json.loads(out.read_text())[METRIC]
+    from kd_detect.lab.probe import probe
+
+    result = probe(path, ["rgb"], context=2)
+    with atomic_write(out) as tmp:
+        tmp.write_text(json.dumps({METRIC: result.test_map, "val/frame_map": result.val_map, "file": path,
+                                   "modalities": ["rgb"], "context": 2}, indent=2))
+    print(f"  done: linear probe (rgb, ±2): {METRIC} = {result.test_map:.4f}", flush=True)
+    return result.test_map
 
 
 def summarise(results: dict[str, dict[int, float]]) -> list[dict]:
@@ -115,6 +172,13 @@ def summarise(results: dict[str, dict[int, float]]) -> list[dict]:
 
     rgb_runs = results.get(RGB, {})
     rgb, teacher = mean(list(rgb_runs.values())), mean(list(results.get(TEACHER, {}).values()))
+    ceiling = mean(list(results.get(CEILING, {}).values()))
+
+    def closed(m: float, top: float, exp: str) -> float | None:
+        if exp in (RGB, TEACHER, CEILING, PROBE) or top != top or top == rgb:
+            return None
+        return (m - rgb) / (top - rgb)
+
     rows = []
     for label, exp, group in ROWS:
         runs = results.get(exp, {})
@@ -125,67 +189,78 @@ def summarise(results: dict[str, dict[int, float]]) -> list[dict]:
         row = {
             "name": label, "experiment": exp, "group": group, "runs": len(xs),
             "mean": m, "std": std(xs),
-            "gap_closed": (m - rgb) / (teacher - rgb) if exp not in (RGB, TEACHER) and teacher != rgb else None,
+            "gap_closed": closed(m, teacher, exp),
+            "gap_closed_ceiling": closed(m, ceiling, exp),
             "values": xs, "seeds": sorted(runs),
             "paired": None,
         }
         paired = [runs[s] - rgb_runs[s] for s in sorted(runs) if s in rgb_runs]
         if exp != RGB and paired:
             row["paired"] = {"mean": mean(paired), "std": std(paired), "runs": len(paired),
-                             "above": sum(d > 0 for d in paired)}
+                             "above": sum(d > 0 for d in paired), "ci95": t_interval(paired)}
         rows.append(row)
     return rows
 
 
 def markdown(rows: list[dict], seeds: list[int], extra: list[str], command: str | None = None) -> str:
+    def pct(x: float | None) -> str:
+        return "" if x is None else f"{100 * x:+.0f}%"
+
     lines = [
         "# Synthetic benchmark: RGB-only vs teacher vs cross-modal KD",
         "",
-        "Test frame mAP (%, mean ± std over the row's runs, one per seed; std 0 with one run); "
-        "gap closed = (row − RGB) / (teacher − RGB), from the means; "
-        "Δ RGB = row − RGB-only of the same seed, mean ± std over seeds, "
-        "and on how many seeds the row is above RGB-only.",
+        "Test frame mAP (%, mean ± std over the row's runs, one per seed); gap closed = (row − RGB) / "
+        "(teacher − RGB) and (row − RGB) / (RGB ceiling − RGB), from the means; Δ RGB = row − RGB-only of the "
+        "same seed, mean ± std over seeds, with its 95 % t interval, and on how many seeds the row is above "
+        "RGB-only. The linear probe is deterministic (one value, paired with every seed's RGB-only run).",
         f"Command: `{command or f'make compare SEEDS={len(seeds)}'}`" + (f" (extra args: `{' '.join(extra)}`)" if extra else ""),
         "",
-        "| method | group | runs | test frame mAP | gap closed | Δ RGB (paired) | above RGB |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| method | group | runs | test frame mAP | gap closed: teacher | gap closed: RGB ceiling "
+        "| Δ RGB (paired) | 95 % CI | above RGB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        gap = "" if r["gap_closed"] is None else f"{100 * r['gap_closed']:+.0f}%"
         p = r.get("paired")
         delta = "" if p is None else f"{100 * p['mean']:+.2f} ± {100 * p['std']:.2f}"
+        ci = "" if p is None or not p.get("ci95") else f"[{100 * p['ci95'][0]:+.2f}, {100 * p['ci95'][1]:+.2f}]"
         above = "" if p is None else f"{p['above']}/{p['runs']}"
         lines.append(f"| {r['name']} | {r['group']} | {r['runs']} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} "
-                     f"| {gap} | {delta} | {above} |")
+                     f"| {pct(r['gap_closed'])} | {pct(r.get('gap_closed_ceiling'))} | {delta} | {ci} | {above} |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make compare", description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=5, help="seeds of RGB-only, teacher, ours and the RGB ceiling")
+    parser.add_argument("--ablation-seeds", type=int, default=3, help="seeds of the ablations and baselines")
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (each single-threaded)")
     parser.add_argument("--out", default="runs/compare")
     parser.add_argument("--only", nargs="*", default=None, help="experiments to run (default: every row)")
     parser.add_argument("--reference", default=None,
                         help="take the RGB-only and teacher runs from this compare directory (e.g. runs/compare)")
+    parser.add_argument("--probe-file", default=PROBE_FILE, help="feature file of the linear-probe row")
     parser.add_argument("extra", nargs="*", help="extra CLI overrides for every run (after --)")
     args = parser.parse_args(argv)
     root = Path(args.out)
     reference = Path(args.reference) if args.reference else None
     seeds = list(range(args.seeds))
-    chosen = [exp for _, exp, _ in ROWS if args.only is None or exp in args.only or exp in (RGB, TEACHER)]
+    side_seeds = list(range(min(args.ablation_seeds, args.seeds)))
+    chosen = [exp for _, exp, _ in ROWS
+              if exp != PROBE and (args.only is None or exp in args.only or exp in REFERENCES)]
     log = root / "compare.log"
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         # teachers (and the RGB baseline) first: every student of seed s needs teacher s
         first = {(exp, s): pool.submit(fit, exp, s, root, args.extra, log, reference)
-                 for exp in (TEACHER, RGB) for s in seeds}
+                 for exp in (TEACHER, RGB, CEILING) for s in seeds if exp in chosen}
         for (exp, _), fut in first.items():
             if exp == TEACHER:
                 fut.result()
         rest = {(exp, s): pool.submit(fit, exp, s, root, args.extra, log, reference)
-                for exp in chosen if exp not in (RGB, TEACHER) for s in seeds}
+                for exp in chosen if exp not in REFERENCES for s in (seeds if exp in MAIN else side_seeds)}
         for fut in {**first, **rest}.values():
             fut.result()  # re-raise a failed run
+    if args.only is None or PROBE in args.only:
+        run_probe(reference or root, args.probe_file)
     # the report covers every finished run under the output directory (all seeds, also
     # those of earlier invocations with other --seeds/--only), each row saying its count
     for s in seeds:  # the seed directory marks the seeds of this comparison (collect)
@@ -194,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = summarise(results)
     command = None
     if args.out != "runs/compare" or reference is not None or args.only is not None:
-        command = " ".join(["python -m kd_detect.lab.compare", f"--seeds {args.seeds}", f"--out {args.out}"]
+        command = " ".join(["python -m kd_detect.lab.compare", f"--seeds {args.seeds}",
+                            f"--ablation-seeds {args.ablation_seeds}", f"--out {args.out}"]
                            + ([f"--reference {args.reference}"] if reference else [])
                            + (["--only", *args.only] if args.only is not None else []))
     report = markdown(rows, seeds, args.extra, command)

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from kd_detect.errors import CheckpointError
 from kd_detect.models.heads.base import DetectionHead
+from kd_detect.models.inputs import Standardize
 
 RGB = "rgb"
 STATE_FORMAT = 1
@@ -48,16 +49,22 @@ class DeployedDetector(nn.Module):
     """``rgb (B, D, T)`` [, ``mask (B, T)`` bool] → probabilities ``(B, C, T)``, 0 on padding.
 
     ``embed`` is the optional pointwise 1×1 embedding a mid-fusion RGB-only teacher puts
-    before its head; ``None`` for students and baselines.
+    before its head; ``None`` for students and baselines. ``standardize`` is the model's
+    input standardisation (``kd_detect.models.inputs.Standardize``, with the training
+    statistics) when it was trained with ``standardize: true``.
     """
 
     classes: List[str]
     in_dim: int
     num_classes: int
 
-    def __init__(self, head: nn.Module, classes: List[str], in_dim: int, embed: Optional[nn.Module] = None) -> None:
+    def __init__(
+        self, head: nn.Module, classes: List[str], in_dim: int, embed: Optional[nn.Module] = None,
+        standardize: Optional[nn.Module] = None,
+    ) -> None:
         super().__init__()
         self.embed = embed if embed is not None else nn.Identity()
+        self.standardize = standardize if standardize is not None else nn.Identity()
         self.head = head
         self.classes = [str(c) for c in classes]
         self.in_dim = int(in_dim)
@@ -72,7 +79,7 @@ class DeployedDetector(nn.Module):
             raise ValueError(f"mask must be bool (B, T) = {[rgb.shape[0], rgb.shape[2]]}, got {list(mask.shape)}")
         x = rgb.float().masked_fill(~mask.unsqueeze(1), 0.0)
         m = mask.unsqueeze(1).to(x.dtype)
-        out = self.head(self.embed(x) * m, mask)
+        out = self.head(self.embed(self.standardize(x)) * m, mask)  # both pointwise: masking stays exact
         return torch.sigmoid(out.logits) * m
 
 
@@ -127,12 +134,14 @@ def deployable(module: Any, path: str | os.PathLike, head_config: Any = None) ->
     else:
         head = module.head
     in_dim = int(module.modality_dims[RGB])
-    deployed = DeployedDetector(head, list(module.classes), in_dim, embed).eval()
+    standardize = module.standardizers[RGB] if getattr(module, "standardize", False) else None
+    deployed = DeployedDetector(head, list(module.classes), in_dim, embed, standardize).eval()
     config = {
         "kd_detect_export": STATE_FORMAT,
         "modality": RGB,
         "head": _head_config(module.hparams.get("head") if head_config is None else head_config, path),
         "embed": embed_cfg,
+        "standardize": standardize is not None,
         "in_dim": in_dim,
         "num_classes": int(module.num_classes),
         "classes": list(deployed.classes),
@@ -152,7 +161,8 @@ def build_from_config(config: Dict[str, Any]) -> DeployedDetector:
     head_in = int(embed_cfg["out_dim"]) if embed_cfg else int(config["in_dim"])
     head = head_cls(head_in, int(config["num_classes"]), **dict(head_cfg.get("init_args") or {}))
     embed = nn.Conv1d(int(embed_cfg["in_dim"]), int(embed_cfg["out_dim"]), 1) if embed_cfg else None
-    return DeployedDetector(head, list(config["classes"]), int(config["in_dim"]), embed)
+    standardize = Standardize(int(config["in_dim"])) if config.get("standardize") else None
+    return DeployedDetector(head, list(config["classes"]), int(config["in_dim"]), embed, standardize)
 
 
 def load_state(path: str | os.PathLike) -> DeployedDetector:

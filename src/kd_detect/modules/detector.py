@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from kd_detect.data.batch import LABELS, MASK, META, to_model_layout
 from kd_detect.models.heads.base import DetectionHead, HeadOutput
+from kd_detect.models.inputs import Standardize, input_dropout
 
 HeadFactory = Callable[[int, int], DetectionHead]
 """Builds a head from ``(in_dim, num_classes)``; in YAML a ``class_path`` + ``init_args``
@@ -50,7 +51,12 @@ class DetectorModule(pl.LightningModule):
         head: head factory ``(in_dim, num_classes) -> DetectionHead`` (default PDAN).
         modalities: batch keys the detector reads (``["rgb"]`` for the RGB-only baseline).
         num_classes, classes, modality_dims: linked from the DataModule by the CLI.
-        lr, weight_decay, lr_factor, lr_patience: Adam + ReduceLROnPlateau(val/loss).
+        lr, weight_decay, lr_factor, lr_patience: AdamW (decoupled weight decay; plain Adam
+            at 0) + ReduceLROnPlateau(val/loss).
+        input_dropout: channel dropout on the fused input features (whole dimensions of a
+            video, ``kd_detect.models.inputs``); 0 = off.
+        standardize: standardise each modality's features with the training videos' mean
+            and std, measured when fit starts and kept in the checkpoint.
         event_map: also compute event-level mAP (PKU-MMD protocol) at test time.
         event_threshold, event_merge_gap, event_min_length: segment extraction for it.
     """
@@ -66,6 +72,8 @@ class DetectorModule(pl.LightningModule):
         weight_decay: float = 0.0,
         lr_factor: float = 0.5,
         lr_patience: int = 8,
+        input_dropout: float = 0.0,
+        standardize: bool = False,
         event_map: bool = False,
         event_threshold: float = 0.5,
         event_merge_gap: float = 0.0,
@@ -91,6 +99,9 @@ class DetectorModule(pl.LightningModule):
         self.head_factory = head or default_head
         # (hparams may hold only what a config gave, so keep the effective values here)
         self.lr, self.weight_decay, self.lr_factor, self.lr_patience = lr, weight_decay, lr_factor, lr_patience
+        if not 0.0 <= input_dropout < 1.0:
+            raise ValueError(f"{type(self).__name__}: input_dropout must be in [0, 1), got {input_dropout}")
+        self.input_dropout, self.standardize = float(input_dropout), bool(standardize)
         self.event = {"enabled": event_map, "threshold": event_threshold, "merge_gap": event_merge_gap,
                       "min_length": event_min_length}
         self.build_model()
@@ -117,6 +128,8 @@ class DetectorModule(pl.LightningModule):
             encoders[m] = enc
             dims.append(out_dim)
         self.encoders = nn.ModuleDict(encoders)
+        if self.standardize:
+            self.standardizers = nn.ModuleDict({m: Standardize(self.modality_dims[m]) for m in self.modalities})
         self.head = self.head_factory(sum(dims), self.num_classes)
 
     @property
@@ -131,13 +144,35 @@ class DetectorModule(pl.LightningModule):
                 raise KeyError(
                     f"{type(self).__name__} needs modality {m!r} but the batch has {sorted(k for k in batch if k not in (LABELS, MASK, META))}"
                 )
-            out[m] = self.encoders[m](batch[m])
+            x = batch[m]
+            if self.standardize:
+                x = self.standardizers[m](x, batch[MASK])
+            out[m] = self.encoders[m](x)
         return out
 
     def forward(self, batch: dict[str, Any]) -> HeadOutput:
         mask = batch[MASK]
         x = torch.cat(list(self.encode(batch).values()), dim=1)
-        return self.head(x, mask)
+        return self.head(input_dropout(x, self.input_dropout, self.training), mask)
+
+    def on_fit_start(self) -> None:
+        if self.standardize:
+            self.measure_input_statistics()
+
+    def measure_input_statistics(self) -> None:
+        """Set the standardisation statistics from the training videos of the attached
+        DataModule, once (a resumed or fine-tuned model keeps the statistics it has)."""
+        todo = [m for m in self.modalities if not bool(self.standardizers[m].ready)]
+        if not todo:
+            return
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is None or not hasattr(datamodule, "feature_statistics"):
+            raise RuntimeError(
+                f"{type(self).__name__}(standardize=True) measures its input statistics on the training "
+                "videos of a FeatureDataModule; fit it with one (or call standardizers[m].set_statistics)"
+            )
+        for m, (mean, std) in datamodule.feature_statistics(todo).items():
+            self.standardizers[m].set_statistics(mean, std)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Host-layout batches (``(B, T, D)``, stored dtype) become the ``(B, D, T)`` float32
@@ -226,7 +261,7 @@ class DetectorModule(pl.LightningModule):
     # -------------------------------------------------------------- optimiser
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=self.lr_factor, patience=self.lr_patience
         )
