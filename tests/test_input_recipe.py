@@ -138,3 +138,21 @@ def test_standardize_without_a_feature_datamodule_is_a_clear_error():
         module.measure_input_statistics()
     with pytest.raises(ValueError, match="input_dropout"):
         instantiate(DetectorModule, head=TINY_HEAD, num_classes=3, modality_dims={"rgb": 4}, input_dropout=1.0)
+
+
+@pytest.mark.parametrize("fusion", ["early", "mid", "late"])
+def test_a_teacher_standardises_each_of_its_modalities(fusion):
+    from kd_detect.modules import TeacherModule
+
+    dims = {"rgb": 4, "flow": 3}
+    teacher = instantiate(TeacherModule, head=TINY_HEAD, num_classes=2, modality_dims=dims,
+                          modalities=["rgb", "flow"], fusion=fusion, standardize=True)
+    teacher.standardizers["rgb"].set_statistics(torch.full((4,), 2.0), torch.full((4,), 0.5))
+    teacher.standardizers["flow"].set_statistics(torch.zeros(3), torch.ones(3))
+    mask = torch.ones(1, 6, dtype=torch.bool)
+    g = torch.Generator().manual_seed(0)
+    batch = {"rgb": torch.randn(1, 4, 6, generator=g), "flow": torch.randn(1, 3, 6, generator=g), "mask": mask}
+    encoded = teacher.encode(batch)
+    torch.testing.assert_close(encoded["rgb"], (batch["rgb"] - 2.0) / 0.5)
+    torch.testing.assert_close(encoded["flow"], batch["flow"])
+    assert teacher(batch).logits.shape == (1, 2, 6)

@@ -104,6 +104,8 @@ class DetectorModule(pl.LightningModule):
         self.input_dropout, self.standardize = float(input_dropout), bool(standardize)
         self.event = {"enabled": event_map, "threshold": event_threshold, "merge_gap": event_merge_gap,
                       "min_length": event_min_length}
+        if self.standardize:  # before build_model, which subclasses (TeacherModule) override
+            self.standardizers = nn.ModuleDict({m: Standardize(self.modality_dims[m]) for m in self.modalities})
         self.build_model()
         self._build_metrics()
 
@@ -128,8 +130,6 @@ class DetectorModule(pl.LightningModule):
             encoders[m] = enc
             dims.append(out_dim)
         self.encoders = nn.ModuleDict(encoders)
-        if self.standardize:
-            self.standardizers = nn.ModuleDict({m: Standardize(self.modality_dims[m]) for m in self.modalities})
         self.head = self.head_factory(sum(dims), self.num_classes)
 
     @property
