@@ -142,6 +142,7 @@ def test_fit_unwritable_run_dir_is_one_line_before_any_logger(blocker, synthetic
     assert exc.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert "Traceback" not in "\n".join(err)
+    assert len(err) == 1  # checked before seeding: no "Seed set to 0" line either
     assert err[-1] == (f"kd-detect: error: {blocker / 'run'}: cannot write here (run directory, "
                        f"--trainer.default_root_dir): {blocker} is a file, not a folder")
     assert sha256(synthetic_h5) == before and blocker.read_text() == "not a folder"

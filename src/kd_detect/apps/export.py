@@ -72,6 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from kd_detect.io import ensure_writable_file
+
+    ensure_writable_file(args.out, "export, --out")  # before the checkpoint is loaded
     script_file, state_file = export(args.ckpt, args.out)
     model = torch.jit.load(str(script_file))
     print(f"wrote {script_file} (TorchScript: rgb (B, {model.in_dim}, T) -> probabilities "

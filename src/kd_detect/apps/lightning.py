@@ -138,6 +138,12 @@ class KDCLI(LightningCLI):
             help="fit only: test the best checkpoint afterwards and write metrics.json",
         )
 
+    def _set_seed(self) -> None:
+        # the run directory is checked before seeding, so its one-line error comes alone
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        ensure_writable_dir(cfg.trainer.get("default_root_dir") or ".", "run directory, --trainer.default_root_dir")
+        super()._set_seed()
+
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         root = cfg.trainer.get("default_root_dir") or "."

@@ -48,7 +48,7 @@ import numpy as np
 
 from kd_detect.apps import main as run_app
 from kd_detect.errors import UsageError
-from kd_detect.io import atomic_write, refuse_inputs
+from kd_detect.io import atomic_write, ensure_writable_file, refuse_inputs
 
 DESCRIPTION = (
     "Per-step action probabilities of every video of a feature file, from a kd_detect "
@@ -289,6 +289,7 @@ def run(args: argparse.Namespace) -> int:
     if (args.data is None) == (args.features is None):
         raise UsageError("give exactly one of --data FILE.h5 and --features DIR" + (
             "" if args.data is None else f" (got --data {args.data} and --features {args.features})"))
+    ensure_writable_file(args.out, "predictions, --out")  # before any model or data is loaded
     if args.features is not None:
         n_videos, n_segments = predict_features(
             args.ckpt, args.features, args.out, args.segments, args.threshold, args.merge_gap, args.min_length,
