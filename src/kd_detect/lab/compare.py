@@ -58,6 +58,8 @@ ROWS: list[tuple[str, str, str]] = [
     ("Linear probe (RGB, ±2 steps)", PROBE, "reference"),
     ("Ours: atomic + global + boundary", OURS, "ours"),
     ("Ours with DESIGN default λ=1", "ablations/synthetic_kd_weights1", "ablation"),
+    ("Ours + all options (clean, centred, no false negatives, weight: auto)",
+     "ablations/synthetic_kd_all_options", "ablation"),
     ("atomic only", "ablations/synthetic_only_atomic", "ablation"),
     ("global only", "ablations/synthetic_only_global", "ablation"),
     ("boundary only", "ablations/synthetic_only_boundary", "ablation"),
