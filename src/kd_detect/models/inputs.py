@@ -28,6 +28,11 @@ class Standardize(nn.Module):
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("std", torch.ones(dim))
         self.register_buffer("ready", torch.zeros((), dtype=torch.bool))
+        self.is_ready = False  # a host copy of `ready`: forward never syncs with the device
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.is_ready = bool(self.ready)
 
     def set_statistics(self, mean, std) -> None:
         mean = torch.as_tensor(mean, dtype=self.mean.dtype).reshape(-1)
@@ -39,10 +44,11 @@ class Standardize(nn.Module):
         self.mean.copy_(mean)
         self.std.copy_(std)
         self.ready.fill_(True)
+        self.is_ready = True
 
     def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         """Without ``mask`` the padded steps are shifted too (the caller masks later)."""
-        if not bool(self.ready):
+        if not self.is_ready:
             raise RuntimeError(
                 "Standardize: statistics not set (the module measures them on the training videos when fit starts)"
             )

@@ -162,7 +162,7 @@ class DetectorModule(pl.LightningModule):
     def measure_input_statistics(self) -> None:
         """Set the standardisation statistics from the training videos of the attached
         DataModule, once (a resumed or fine-tuned model keeps the statistics it has)."""
-        todo = [m for m in self.modalities if not bool(self.standardizers[m].ready)]
+        todo = [m for m in self.modalities if not self.standardizers[m].is_ready]
         if not todo:
             return
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
