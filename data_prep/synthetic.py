@@ -208,7 +208,7 @@ class SyntheticConfig:
     step_seconds: float = 1.0 / 3.0
     test_fraction: float = 0.25
     val_fraction: float = 0.15
-    rgb_amp: float = 1.0
+    rgb_amp: float = 0.8
     rgb_noise: float = 1.0
     blur: float = 3.0
     confusion: float = 0.35
@@ -220,7 +220,7 @@ class SyntheticConfig:
     boundary_amp: float = 1.0
     pose_amp: float = 1.0
     pose_noise: float = 1.5
-    rgb_motion: float = 0.4
+    rgb_motion: float = 0.3
     label_drop: float = 0.15
     label_jitter: float = 0.2
     phases: int = 10
@@ -271,8 +271,15 @@ class SyntheticConfig:
 #: motion, exact labels); it reproduces that generator's files bit for bit.
 PRESETS: dict[str, dict] = {
     "v2": {},
-    "v1": dict(world="v1", boundary_amp=1.5, pose_noise=1.0, rgb_motion=0.0, label_drop=0.0, label_jitter=0.0),
+    "v2.0": dict(rgb_amp=1.0, rgb_motion=0.4),
+    "v1": dict(world="v1", rgb_amp=1.0, boundary_amp=1.5, pose_noise=1.0, rgb_motion=0.0, label_drop=0.0,
+               label_jitter=0.0),
 }
+
+#: The calibration of the default world, written into every file (``generator_revision``)
+#: so that ``make train`` can tell a file of an earlier calibration from today's: 1 was
+#: ``v2.0`` (RGB appearance 1.0, RGB motion 0.4), 2 is today's ``v2``.
+REVISION = 2
 
 
 def config(preset: str = "v2", **options) -> SyntheticConfig:
@@ -300,7 +307,8 @@ def generate(out: str | Path, seed: int = 0, dtype: str = "float16", preset: str
     validation = set(order[n_test : n_test + n_val].tolist())
     attrs = {"generator": "data_prep.synthetic", "seed": int(seed), "step_seconds": float(cfg.step_seconds),
              # how the file was made, for `make train` (kd_detect.lab.runner) to compare
-             "generator_preset": preset, "generator_options": json.dumps(dict(sorted(options.items())))}
+             "generator_preset": preset, "generator_options": json.dumps(dict(sorted(options.items()))),
+             "generator_revision": REVISION}
     if cfg.world == "v1":
         protos = _prototypes(cfg, seed)
         attrs["confusable_pairs"] = np.asarray(confusable_pairs(cfg.classes), dtype=np.int64).reshape(-1, 2)

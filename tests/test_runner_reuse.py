@@ -106,13 +106,18 @@ def test_current_says_why_a_run_is_retrained(sandbox, capsys):
 @pytest.mark.parametrize("options, why", [
     ({"preset": "v1"}, "it was generated with --preset v1 --seed 0 --videos 16"),
     ({"strip": True}, "it is the v1 world (generated before benchmark v2)"),
+    ({"preset": "v2", "revision": 1},
+     "it is revision 1 of the v2 world (an earlier calibration; today's is 2, README, Results)"),
 ])
 def test_an_old_or_custom_synthetic_file_stops_with_one_line(sandbox, options, why, capsys):
     import h5py
 
     from data_prep.synthetic import generate
 
-    generate("data/synthetic.h5", preset=options.get("preset", "v1"), videos=16)
+    generate("data/synthetic.h5", preset=options.get("preset", "v1"), **({} if "revision" in options else {"videos": 16}))
+    if "revision" in options:  # a file of an earlier calibration of the default world
+        with h5py.File("data/synthetic.h5", "r+") as h5:
+            h5.attrs["generator_revision"] = options["revision"]
     if options.get("strip"):  # a file of the generator before it recorded its options
         with h5py.File("data/synthetic.h5", "r+") as h5:
             del h5.attrs["generator_preset"], h5.attrs["generator_options"]
@@ -154,3 +159,9 @@ def test_a_run_without_run_json_is_reused_with_one_line(sandbox, capsys):
     assert capsys.readouterr().err == ("runs/synthetic_teacher: no run.json (trained before runs recorded their "
                                        "data): reused on its config.yaml alone; delete runs/synthetic_teacher to "
                                        "retrain it\n")
+
+
+def test_the_runner_expects_the_generators_revision():
+    from data_prep.synthetic import REVISION
+
+    assert runner.SYNTHETIC_REVISION == REVISION
