@@ -121,3 +121,35 @@ def test_probe_row_is_read_once_and_paired_with_every_rgb_seed(tmp_path):
     assert row["paired"]["above"] == 1 and row["paired"]["mean"] == pytest.approx(0.0)
     # an existing probe.json is not recomputed (the file named does not even exist)
     assert compare.run_probe(tmp_path, "missing.h5") == 0.62
+
+
+def test_compare_refuses_a_benchmark_file_of_another_calibration(tmp_path, monkeypatch, capsys):
+    """A stale data/synthetic.h5 (an earlier calibration of v2) would mix worlds in one
+    table: make compare stops with one line before any fit, and the file is untouched."""
+    import h5py
+
+    from data_prep.synthetic import generate
+    from kd_detect.lab import compare
+
+    monkeypatch.chdir(tmp_path)
+    generate("data/synthetic.h5")
+    with h5py.File("data/synthetic.h5", "r+") as h5:
+        h5.attrs["generator_revision"] = 1
+    before = (tmp_path / "data/synthetic.h5").read_bytes()
+    assert compare.main(["--seeds", "1", "--out", "runs/c"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: data/synthetic.h5 is not the synthetic benchmark")
+    assert "revision 1 of the v2 world" in err
+    assert not (tmp_path / "runs").exists() and (tmp_path / "data/synthetic.h5").read_bytes() == before
+
+
+def test_compare_checks_each_file_against_its_own_recipe(tmp_path):
+    from data_prep.synthetic import generate
+    from kd_detect.errors import UsageError
+    from kd_detect.lab import compare
+
+    path = str(generate(tmp_path / "c.h5", videos=6, extra_training=2))
+    compare.check_data({path: {"videos": 6, "extra_training": 2}})  # the recipe's options: accepted
+    with pytest.raises(UsageError, match="--extra-training 2 --videos 6"):
+        compare.check_data({path: {"videos": 6}})
+    compare.check_data({str(tmp_path / "missing.h5"): {}})  # missing: left to the fit

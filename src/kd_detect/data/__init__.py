@@ -1,6 +1,6 @@
 """Data layer: HDF5 format v1, validation, dataset and DataModule (DESIGN.md §2, §4).
 
-``FeatureDataModule`` (and the dataset/samplers) are imported lazily so that
+``FeatureData``, ``FeatureDataModule`` (and the dataset/samplers) are imported lazily so that
 ``kd-detect check`` and the converters do not pay for importing Lightning.
 """
 
@@ -21,6 +21,7 @@ from .format import (
 from .validate import ValidationReport, validate_file
 
 _LAZY = {
+    "FeatureData": "feature_data",
     "FeatureDataModule": "datamodule",
     "FeatureDataset": "dataset",
     "UnrepeatedDistributedSampler": "dataset",

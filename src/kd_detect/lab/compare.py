@@ -42,6 +42,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from kd_detect.errors import UsageError
 from kd_detect.io import atomic_write
 from kd_detect.plots.figures import compare_bar_chart
 from kd_detect.runs import RunDir
@@ -77,6 +78,8 @@ ROWS: list[tuple[str, str, str]] = [
 ]
 METRIC = "test/frame_map"
 PROBE_FILE = "data/synthetic.h5"
+#: the files the experiments read, with the generator options make compare's recipe uses
+DATA_FILES = {"data/synthetic.h5": {}, "data/synthetic_ceiling.h5": {"extra_training": 432}}
 
 #: two-sided 95 % quantiles of Student's t, t_{0.975, df}, df = 1..30 (then the normal 1.96)
 T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -100,6 +103,19 @@ def run_dir(root: Path, seed: int, exp: str, reference: Path | None = None) -> P
     if reference is not None and exp in REFERENCES:
         root = reference
     return root / f"seed{seed}" / exp
+
+
+def check_data(files: dict[str, dict] = DATA_FILES) -> None:
+    """Stop (one line, :class:`UsageError`) before any fit when a benchmark file exists but is
+    not what the Makefile makes -- an earlier calibration or other options would mix worlds
+    in one table. A missing file is left to the fit that opens it."""
+    from kd_detect.lab.runner import synthetic_difference
+
+    for name, options in files.items():
+        why = synthetic_difference(Path(name), options) if Path(name).is_file() else None
+        if why:
+            raise UsageError(f"{name} is not the synthetic benchmark the comparison expects: {why}. "
+                             f"Delete it and rerun `make compare`, which regenerates it")
 
 
 def fit(exp: str, seed: int, root: Path, extra: list[str], log: Path, reference: Path | None = None) -> dict:
@@ -243,6 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe-file", default=PROBE_FILE, help="feature file of the linear-probe row")
     parser.add_argument("extra", nargs="*", help="extra CLI overrides for every run (after --)")
     args = parser.parse_args(argv)
+    if not any(a.startswith("--data.path") for a in args.extra):  # a user's own file is theirs to vouch for
+        try:
+            check_data()
+        except UsageError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
     root = Path(args.out)
     reference = Path(args.reference) if args.reference else None
     seeds = list(range(args.seeds))

@@ -205,9 +205,10 @@ def run_difference(exp: str, args: list[str]) -> str | None:
 SYNTHETIC_REVISION = 2
 
 
-def synthetic_difference(path: Path) -> str | None:
-    """Why ``data/synthetic.h5`` is not what the Makefile's recipe makes (the default
-    preset v2, seed 0, no options), from the attributes the generator writes; ``None``
+def synthetic_difference(path: Path, expected: dict | None = None) -> str | None:
+    """Why ``path`` is not what the Makefile's recipe makes (the default preset v2, seed 0,
+    the generator options ``expected``: none for ``data/synthetic.h5``, ``extra_training``
+    for make compare's ceiling file), from the attributes the generator writes; ``None``
     when it is, or when the file was not made by the generator at all."""
     import h5py
 
@@ -225,7 +226,7 @@ def synthetic_difference(path: Path) -> str | None:
             return "it is the v1 world (generated before benchmark v2)"
         return "it was generated before the generator recorded its options, so what it holds is unknown"
     preset, options = as_str(attrs["generator_preset"]), json.loads(as_str(attrs.get("generator_options", "{}")))
-    if preset != "v2" or options or int(attrs.get("seed", 0)) != 0:
+    if preset != "v2" or options != (expected or {}) or int(attrs.get("seed", 0)) != 0:
         given = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in options.items())
         return f"it was generated with --preset {preset} --seed {int(attrs.get('seed', 0))} {given}".rstrip()
     if int(attrs.get("generator_revision", 1)) != SYNTHETIC_REVISION:
