@@ -41,6 +41,25 @@ def test_gap_closed_std_and_paired_difference():
     assert "| RGB only | reference | 2 | 51.00 ± 1.41 |  |  |  |  |  |" in table
 
 
+def test_ours_against_each_ablation_and_baseline_is_paired_by_seed():
+    """The second table: ours − row per seed, so a "without X" row gives X's leave-one-out
+    cost. Hand-computed: ours − without atomic = +0.02, −0.01, +0.04 (mean 0.01667, 2 of 3)."""
+    results = {RGB: {0: 0.5, 1: 0.5, 2: 0.5}, TEACHER: {0: 0.7, 1: 0.7, 2: 0.7},
+               OURS: {0: 0.60, 1: 0.62, 2: 0.64},
+               "ablations/synthetic_without_atomic": {0: 0.58, 1: 0.63, 2: 0.60},
+               "baselines/synthetic_crd": {1: 0.52, 2: 0.66, 3: 0.9}}  # seed 3 has no ours: left out
+    rows = {r["experiment"]: r for r in summarise(results)}
+    loo = rows["ablations/synthetic_without_atomic"]["ours_minus_row"]
+    assert loo["mean"] == pytest.approx(0.05 / 3) and loo["above"] == 2 and loo["runs"] == 3
+    assert loo["ci95"] == pytest.approx(t_interval([0.02, -0.01, 0.04]))
+    crd = rows["baselines/synthetic_crd"]["ours_minus_row"]
+    assert crd["runs"] == 2 and crd["mean"] == pytest.approx((0.10 - 0.02) / 2) and crd["above"] == 1
+    assert "ours_minus_row" not in rows[OURS] and "ours_minus_row" not in rows[TEACHER]
+    table = markdown(list(rows.values()), [0, 1, 2], [])
+    assert "| without atomic | ablation | 3 | +1.67 ± 2.52 |" in table
+    assert "| CRD | baseline | 2 | +4.00 ± 8.49 | [-72.24, +80.24] | 1/2 |" in table
+
+
 def test_t_interval_against_tabulated_quantiles():
     # n = 5: t_{0.975, 4} = 2.776; values 1..5 have mean 3 and s = sqrt(2.5)
     lo, hi = t_interval([1.0, 2.0, 3.0, 4.0, 5.0])

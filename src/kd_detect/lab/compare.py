@@ -212,12 +212,22 @@ def summarise(results: dict[str, dict[int, float]]) -> list[dict]:
             "values": xs, "seeds": sorted(runs),
             "paired": None,
         }
-        paired = [runs[s] - rgb_runs[s] for s in sorted(runs) if s in rgb_runs]
-        if exp != RGB and paired:
-            row["paired"] = {"mean": mean(paired), "std": std(paired), "runs": len(paired),
-                             "above": sum(d > 0 for d in paired), "ci95": t_interval(paired)}
+        if exp != RGB:
+            row["paired"] = paired_difference(runs, rgb_runs)
+        if group in ("ablation", "baseline"):  # ours − row: for "without X", the leave-one-out cost of X
+            row["ours_minus_row"] = paired_difference(results.get(OURS, {}), runs)
         rows.append(row)
     return rows
+
+
+def paired_difference(a: dict[int, float], b: dict[int, float]) -> dict | None:
+    """``a − b`` over the seeds both have: mean, std, 95 % t interval, and on how many
+    seeds ``a`` is above (``None`` without a common seed)."""
+    diffs = [a[s] - b[s] for s in sorted(a) if s in b]
+    if not diffs:
+        return None
+    return {"mean": statistics.fmean(diffs), "std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
+            "runs": len(diffs), "above": sum(d > 0 for d in diffs), "ci95": t_interval(diffs)}
 
 
 def markdown(rows: list[dict], seeds: list[int], extra: list[str], command: str | None = None) -> str:
@@ -244,6 +254,21 @@ def markdown(rows: list[dict], seeds: list[int], extra: list[str], command: str 
         above = "" if p is None else f"{p['above']}/{p['runs']}"
         lines.append(f"| {r['name']} | {r['group']} | {r['runs']} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} "
                      f"| {pct(r['gap_closed'])} | {pct(r.get('gap_closed_ceiling'))} | {delta} | {ci} | {above} |")
+    versus = [r for r in rows if r.get("ours_minus_row")]
+    if versus:
+        lines += [
+            "",
+            "Ours against each ablation and baseline, paired by seed (ours − row; for a \"without X\" row, the "
+            "leave-one-out cost of X: positive when X helps):",
+            "",
+            "| row | group | seeds | ours − row | 95 % CI | ours above |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        for r in versus:
+            p = r["ours_minus_row"]
+            ci = "" if not p.get("ci95") else f"[{100 * p['ci95'][0]:+.2f}, {100 * p['ci95'][1]:+.2f}]"
+            lines.append(f"| {r['name']} | {r['group']} | {p['runs']} | {100 * p['mean']:+.2f} ± {100 * p['std']:.2f} "
+                         f"| {ci} | {p['above']}/{p['runs']} |")
     return "\n".join(lines) + "\n"
 
 
