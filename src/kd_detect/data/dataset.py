@@ -132,11 +132,13 @@ def crop_offset(seed: int, epoch: int, index: int, length: int, max_steps: int |
 class ReadBatch(list):
     """The items of :meth:`FeatureDataset.__getitems__` (a list of item dicts) with
     ``arrays``: the ``(B, T_max, ...)`` array of every field (the modalities in item order,
-    then labels; padding rows zeroed), and ``views``: per item, its rows
-    ``arrays[f][b, :n_b]`` of every field. :func:`collate_videos` takes ``arrays`` as the
-    batch while every item still holds exactly those views."""
+    then labels; padding rows zeroed), ``counts``: each item's number of rows ``n_b``, and
+    ``views``: per item, its rows ``arrays[f][b, :n_b]`` of every field.
+    :func:`collate_videos` takes ``arrays`` as the batch while every item still holds
+    exactly those views."""
 
     arrays: list[np.ndarray]
+    counts: list[int]
     views: list[tuple[np.ndarray, ...]]
 
 
@@ -173,6 +175,7 @@ class FeatureDataset(Dataset):
         self._spec: tuple[tuple[int, np.dtype], ...] | None = None  # (width, dtype) per field
         self._cache: dict[str, dict[str, np.ndarray | None]] | None = None
         self._pool: list[np.ndarray] = []  # batch memory for __getitems__, reused once released
+        self._zeros: dict[int, np.ndarray] = {}  # row bytes -> zero rows (_zero_rows)
         self._map: np.ndarray | None = None  # the file, mapped (_mapped), for this process
         self._map_key: tuple[int, ...] | None = None  # (pid, device, inode, size) it was made for
         if preload:
@@ -294,10 +297,15 @@ class FeatureDataset(Dataset):
         return rows
 
     def __getitems__(self, keys: Sequence[Key]) -> list[dict]:
-        """The items of one batch (what the DataLoader asks for), each field copied per video
-        from the mapped file straight into a shared ``(B, T_max, ...)`` array of its stored
-        dtype, padding rows zeroed: a :class:`ReadBatch` whose items' arrays are row views
-        of those arrays, which :func:`collate_videos` takes as the batch without copying.
+        """The items of one batch (what the DataLoader asks for), each field copied from the
+        mapped file straight into a shared ``(B, T_max, ...)`` array of its stored dtype,
+        padding rows zeroed: a :class:`ReadBatch` whose items' arrays are row views of those
+        arrays, which :func:`collate_videos` takes as the batch without copying.
+
+        One ``np.concatenate`` per field fills its whole array: the pieces are, per video,
+        its window's rows (``uint8`` views of the mapping) and, below a shorter window, rows
+        of a zero array (:meth:`_zero_rows`), so the copying and zeroing run in one C loop
+        instead of two Python-level assignments per video and field.
         Only for what the direct read covers (:meth:`_direct_rows`: lazy reads of
         contiguous datasets of one width and dtype whose row count is the video's length);
         anything else, and every error, goes through :meth:`__getitem__` item by item, with
@@ -306,31 +314,44 @@ class FeatureDataset(Dataset):
             return [self[k] for k in keys]
         windows = [self._window(k) for k in keys]
         sources = []
-        for index, *_ in windows:
+        for index, _, _, offset, stop in windows:
             video_rows = self._direct_rows(index)
             if video_rows is None:
                 return [self[k] for k in keys]
+            if stop is not None:  # a cropped training window
+                video_rows = tuple(rows[offset:stop] for rows in video_rows)
             sources.append(video_rows)
-        spans = [(offset, length if stop is None else stop) for _, _, length, offset, stop in windows]
-        steps = max(b - a for a, b in spans)
-        arrays, rows = [], []
+        counts = [len(video_rows[0]) for video_rows in sources]
+        steps = max(counts)
+        arrays = []
         for f, (width, dtype) in enumerate(self._spec):
-            buf = self._batch_array((len(windows), steps, width), dtype)
-            raw = buf.view(np.uint8)  # (B, steps, row bytes): plain byte copies
-            views = []
-            for b, (start, stop) in enumerate(spans):
-                raw[b, :stop - start] = sources[b][f][start:stop]
-                if stop - start < steps:
-                    raw[b, stop - start:] = 0
-                views.append(buf[b, :stop - start])
+            buf = self._batch_array((len(keys), steps, width), dtype)
+            row_bytes = width * dtype.itemsize
+            zeros = self._zero_rows(steps, row_bytes)
+            pieces = []
+            for video_rows, n in zip(sources, counts):
+                pieces.append(video_rows[f])
+                if n < steps:
+                    pieces.append(zeros[n:])
+            np.concatenate(pieces, out=buf.view(np.uint8).reshape(len(keys) * steps, row_bytes))
             arrays.append(buf)
-            rows.append(views)
         items = ReadBatch()
         items.arrays = arrays
-        items.views = list(zip(*rows))
+        items.counts = counts
+        items.views = [tuple(array[b, :n] for array in arrays) for b, n in enumerate(counts)]
+        modalities = self.modalities
         for (_, video_id, length, offset, _), views in zip(windows, items.views):
-            items.append(self._item(video_id, length, offset, dict(zip(self.modalities, views)), views[-1]))
+            items.append(self._item(video_id, length, offset, dict(zip(modalities, views)), views[-1]))
         return items
+
+    def _zero_rows(self, rows: int, row_bytes: int) -> np.ndarray:
+        """A ``(rows, row_bytes)`` ``uint8`` array of zeros (the source of padding rows),
+        kept per row width and grown when a longer one is asked for. Never written: the
+        batched read only copies from it."""
+        zeros = self._zeros.get(row_bytes)
+        if zeros is None or len(zeros) < rows:
+            zeros = self._zeros[row_bytes] = np.zeros((rows, row_bytes), np.uint8)
+        return zeros[:rows]
 
     def _mapped(self) -> np.ndarray | None:
         """The whole file as a read-only ``uint8`` array (``mmap`` of h5py's own handle),
@@ -377,7 +398,7 @@ class FeatureDataset(Dataset):
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_pool"] = []  # batch memory stays with its process
+        state["_pool"], state["_zeros"] = [], {}  # batch memory stays with its process
         state["_map"], state["_map_key"], state["_rows"] = None, None, {}  # so do the mapping and its views
         return state
 
@@ -432,11 +453,14 @@ def _read_arrays(items: list[dict]) -> list[torch.Tensor] | None:
     nothing else; ``None`` for any other list of items."""
     if not isinstance(items, ReadBatch) or len(items.views) != len(items):
         return None
+    fields = len(items.arrays)
     for item, views in zip(items, items.views):
         features = item["features"]
-        if (item[LABELS] is not views[-1] or len(features) != len(views) - 1
-                or any(a is not v for a, v in zip(features.values(), views))):
+        if item[LABELS] is not views[-1] or len(features) != fields - 1:
             return None
+        for array, view in zip(features.values(), views):
+            if array is not view:
+                return None
     return [torch.from_numpy(array) for array in items.arrays]
 
 
@@ -461,14 +485,16 @@ def collate_videos(items: list[dict], num_classes: int) -> dict:
     padding is zero everywhere. When items differ in dtype the batch takes the wider one
     (``np.result_type``), so no value is rounded.
     :func:`~kd_detect.data.batch.to_model_layout` gives the ``(B, D, T)`` float32 batch."""
-    lengths = [len(next(iter(it["features"].values()))) for it in items]
-    steps = max(lengths)
-    batch: dict = {}
     read = _read_arrays(items)
-    if read is not None and read[-1].shape[1] == steps:
-        batch.update(zip(items[0]["features"], read[:-1]))  # read in place, padding zeroed
+    if read is not None:  # read in place (padding zeroed): the batch as it is
+        lengths = items.counts
+        steps = read[-1].shape[1]
+        batch = dict(zip(items[0]["features"], read[:-1]))
         batch[LABELS] = read[-1]
     else:
+        lengths = [len(next(iter(it["features"].values()))) for it in items]
+        steps = max(lengths)
+        batch = {}
         for m in items[0]["features"]:
             arrays = [it["features"][m] for it in items]
             dtype = np.result_type(*(a.dtype for a in arrays))
@@ -477,13 +503,14 @@ def collate_videos(items: list[dict], num_classes: int) -> dict:
         present = [a.dtype for a in labels if a is not None]
         batch[LABELS] = _pad_rows(labels, steps, num_classes,
                                   np.result_type(*present) if present else np.dtype(np.uint8))
-    mask = torch.arange(steps) < torch.tensor(lengths)[:, None]
-    batch[MASK] = mask
+    # numpy, then one zero-copy conversion each: several times cheaper than torch ops on
+    # tensors this small (same values and dtypes: float32 from Python floats rounds alike)
+    batch[MASK] = torch.from_numpy(np.arange(steps) < np.array(lengths)[:, None])
     batch[META] = {
         "video_id": [it["video_id"] for it in items],
-        "duration": torch.tensor([it["duration"] for it in items], dtype=torch.float32),
-        "length": torch.tensor([it["length"] for it in items], dtype=torch.long),
-        "offset": torch.tensor([it["offset"] for it in items], dtype=torch.long),
+        "duration": torch.from_numpy(np.array([it["duration"] for it in items], dtype=np.float32)),
+        "length": torch.from_numpy(np.array([it["length"] for it in items], dtype=np.int64)),
+        "offset": torch.from_numpy(np.array([it["offset"] for it in items], dtype=np.int64)),
         "segments": [it["segments"] for it in items],
     }
     batch[LAYOUT] = HOST_LAYOUT
