@@ -345,12 +345,13 @@ class FeatureDataset(Dataset):
         return items
 
     def _zero_rows(self, rows: int, row_bytes: int) -> np.ndarray:
-        """A ``(rows, row_bytes)`` ``uint8`` array of zeros (the source of padding rows),
-        kept per row width and grown when a longer one is asked for. Never written: the
-        batched read only copies from it."""
+        """A read-only ``(rows, row_bytes)`` ``uint8`` array of zeros (the source of padding
+        rows): one zero row repeated (stride 0), so copying from it reads one cache-resident
+        row, where a real zero array of that size would be read from memory (slower,
+        docs/performance.md). Kept per row width, grown when a longer one is asked for."""
         zeros = self._zeros.get(row_bytes)
         if zeros is None or len(zeros) < rows:
-            zeros = self._zeros[row_bytes] = np.zeros((rows, row_bytes), np.uint8)
+            zeros = self._zeros[row_bytes] = np.broadcast_to(np.zeros(row_bytes, np.uint8), (rows, row_bytes))
         return zeros[:rows]
 
     def _mapped(self) -> np.ndarray | None:
