@@ -20,6 +20,7 @@ behind :class:`~kd_detect.data.feature_data.FeatureData` and its Lightning face
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import sys
@@ -238,13 +239,16 @@ class FeatureDataset(Dataset):
 
     # ------------------------------------------------------------------ items
     def _window(self, key: Key) -> tuple[int, str, int, int, int | None]:
-        """``(index, video_id, length, offset, stop)`` of the window a key selects."""
+        """``(index, video_id, length, offset, stop)`` of the window a key selects (``stop``
+        is ``None`` for a whole video)."""
         index, epoch = key if isinstance(key, tuple) else (key, self.epoch)
         index = int(index)
         length = self.lengths[index]
-        offset = crop_offset(self.seed, int(epoch), index, length, self.max_steps)
-        stop = None if self.max_steps is None or length <= self.max_steps else offset + self.max_steps
-        return index, self.video_ids[index], length, offset, stop
+        max_steps = self.max_steps
+        if max_steps is None or length <= max_steps:
+            return index, self.video_ids[index], length, 0, None
+        offset = crop_offset(self.seed, int(epoch), index, length, max_steps)
+        return index, self.video_ids[index], length, offset, offset + max_steps
 
     def _item(self, video_id: str, length: int, offset: int, features: dict, labels: np.ndarray | None) -> dict:
         return {
@@ -384,13 +388,14 @@ class FeatureDataset(Dataset):
         (no batch tensor, item or view): fresh multi-MiB allocations are returned to the
         kernel on free and page-faulted in again on every batch, which cost more than the
         reads themselves on the benchmark VM."""
-        need = int(np.prod(shape)) * dtype.itemsize
+        need = math.prod(shape) * dtype.itemsize
         flat = None
         for candidate in self._pool:
+            # the smallest free buffer that fits (a small field never takes a large one);
             # referents: the pool list, `candidate`, getrefcount's argument -- nobody else
-            if candidate.nbytes >= need and sys.getrefcount(candidate) == 3:
+            if (candidate.nbytes >= need and (flat is None or candidate.nbytes < flat.nbytes)
+                    and sys.getrefcount(candidate) == 3):
                 flat = candidate
-                break
         if flat is None:
             flat = np.empty(max(need, 1), np.uint8)
             if len(self._pool) < POOL_BUFFERS:
