@@ -5,6 +5,8 @@ the reference."""
 
 from __future__ import annotations
 
+import mmap
+import os
 import pickle
 from pathlib import Path
 
@@ -15,7 +17,8 @@ import torch
 
 from kd_detect.data.batch import LAYOUT, is_host_layout, modalities_in, to_model_layout
 from kd_detect.data.datamodule import FeatureDataModule
-from kd_detect.data.dataset import collate_videos, dataset_layout
+from kd_detect.data import dataset as dataset_module
+from kd_detect.data.dataset import HUGE_PAGE, batch_memory, collate_videos, dataset_layout
 from kd_detect.data.format import VideoRecord, write_feature_file
 
 CLASSES = ["a", "b", "c", "d"]
@@ -201,9 +204,13 @@ def test_batched_read_falls_back_for_what_it_does_not_cover(tmp_path):
     assert_bit_identical(to_model_layout(batch), reference_collate([dataset[k] for k in keys], len(CLASSES)))
 
 
-def test_batch_memory_is_reused_only_once_released(tmp_path):
+@pytest.mark.parametrize("mapped", [False, True])
+def test_batch_memory_is_reused_only_once_released(tmp_path, monkeypatch, mapped):
     """The pool never hands out memory a batch, an item or a view still refers to, and
-    reuses it once they are gone (so memory stays bounded)."""
+    reuses it once they are gone (so memory stays bounded) -- for ``np.empty`` buffers and
+    for the huge-page mappings of :func:`batch_memory` (here for every buffer)."""
+    if mapped:
+        monkeypatch.setattr(dataset_module, "HUGE_PAGE", 1)
     path = _write(tmp_path / "x.h5", "float32")
     dataset = FeatureDataModule(path, val_subset="testing", batch_size=3).dataset("train")
     fields = 3  # rgb, flow, labels
@@ -221,10 +228,36 @@ def test_batch_memory_is_reused_only_once_released(tmp_path):
     np.testing.assert_array_equal(items[0]["features"]["rgb"], item_rows)
     # held batch + held items + one batch in flight, each field once: bounded, reused
     assert len(dataset._pool) == 3 * fields
+    assert all(_is_mapping(flat) == mapped for flat in dataset._pool)
     del held, items
     for _ in range(5):
         collate_videos(dataset.__getitems__([0, 1, 2]), len(CLASSES))
     assert len(dataset._pool) == 3 * fields
+
+
+def _is_mapping(flat: np.ndarray) -> bool:
+    """True when ``flat`` is an array over an ``mmap`` (directly or through a memoryview)."""
+    return isinstance(getattr(flat.base, "obj", flat.base), mmap.mmap)
+
+
+def test_batch_memory_is_whole_huge_pages_private_to_the_process():
+    """Large batch buffers: writable, whole 2 MiB pages, the base of their views (what the
+    pool counts references on), and copy-on-write in a forked process (a DataLoader
+    worker's writes never reach the parent's batches)."""
+    small = batch_memory(1000)
+    assert small.nbytes >= 1000 and not _is_mapping(small)
+    flat = batch_memory(HUGE_PAGE + 1)
+    assert _is_mapping(flat) and flat.nbytes == 2 * HUGE_PAGE and flat.flags.writeable
+    view = flat[:HUGE_PAGE + 1].view(np.uint8)[1:].reshape(HUGE_PAGE // 4, 4)
+    assert view.base is flat
+    flat[:] = 7
+    pid = os.fork()
+    if pid == 0:  # the child writes everything and leaves at once
+        flat[:] = 1
+        os._exit(0 if int(flat.sum()) == flat.nbytes else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert int(np.count_nonzero(flat != 7)) == 0
 
 
 def test_collate_copies_items_changed_after_the_batched_read(tmp_path):
