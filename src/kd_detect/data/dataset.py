@@ -24,7 +24,8 @@ import math
 import mmap
 import os
 import sys
-from typing import Iterator, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Iterator, NamedTuple
 
 import h5py
 import numpy as np
@@ -158,17 +159,61 @@ def crop_offset(seed: int, epoch: int, index: int, length: int, max_steps: int |
     return int(rng.integers(0, length - max_steps + 1))
 
 
-class ReadBatch(list):
-    """The items of :meth:`FeatureDataset.__getitems__` (a list of item dicts) with
-    ``arrays``: the ``(B, T_max, ...)`` array of every field (the modalities in item order,
-    then labels; padding rows zeroed), ``counts``: each item's number of rows ``n_b``, and
-    ``views``: per item, its rows ``arrays[f][b, :n_b]`` of every field.
-    :func:`collate_videos` takes ``arrays`` as the batch while every item still holds
-    exactly those views."""
+class ReadBatch(Sequence):
+    """The items of one :meth:`FeatureDataset.__getitems__` (a read-only sequence of item
+    dicts) with ``arrays``: the ``(B, T_max, ...)`` array of every field (the modalities
+    in item order, then labels; padding rows zeroed), ``windows``: each item's
+    ``(index, video_id, length, offset, stop)``, and ``counts``: its number of rows ``n_b``.
 
-    arrays: list[np.ndarray]
-    counts: list[int]
-    views: list[tuple[np.ndarray, ...]]
+    The item dicts, whose arrays are the row views ``arrays[f][b, :n_b]`` (``views``), are
+    built on first access only: the DataLoader hands the batch straight to
+    :func:`collate_videos`, which takes ``arrays`` as the batch and the meta from
+    ``windows`` -- no per-video dicts or views (Python work that, between multi-MiB copies
+    which evict the interpreter's objects from the caches, costs several times what it costs
+    in a loop of small reads). Once built, the collate takes ``arrays`` only while every item
+    still holds exactly its views (an item given other rows is collated by copying)."""
+
+    def __init__(self, dataset: "FeatureDataset", windows: list[tuple], arrays: list[np.ndarray],
+                 counts: list[int]) -> None:
+        self.dataset, self.windows, self.arrays, self.counts = dataset, windows, arrays, counts
+        self._items: list[dict] | None = None
+        self._views: list[tuple[np.ndarray, ...]] | None = None
+
+    @property
+    def views(self) -> list[tuple[np.ndarray, ...]]:
+        """Per item, its rows ``arrays[f][b, :n_b]`` of every field (modalities, labels)."""
+        if self._views is None:
+            self._views = [tuple(array[b, :n] for array in self.arrays) for b, n in enumerate(self.counts)]
+        return self._views
+
+    def items(self) -> list[dict]:
+        """The item dicts (built once), as :meth:`FeatureDataset.__getitem__` gives them."""
+        if self._items is None:
+            modalities, make = self.dataset.modalities, self.dataset._item
+            self._items = [make(video_id, length, offset, dict(zip(modalities, views)), views[-1])
+                           for (_, video_id, length, offset, _), views in zip(self.windows, self.views)]
+        return self._items
+
+    def intact(self) -> bool:
+        """True while ``arrays`` are this batch: no item built yet, or every built item
+        still holds exactly its row views and nothing else."""
+        if self._items is None:
+            return True
+        fields = len(self.arrays)
+        for item, views in zip(self._items, self._views):
+            features = item["features"]
+            if item[LABELS] is not views[-1] or len(features) != fields - 1:
+                return False
+            for array, view in zip(features.values(), views):
+                if array is not view:
+                    return False
+        return True
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        return self.items()[index]
 
 
 class FeatureDataset(Dataset):
@@ -367,14 +412,7 @@ class FeatureDataset(Dataset):
                     pieces.append(zeros[n:])
             np.concatenate(pieces, out=buf.view(np.uint8).reshape(len(keys) * steps, row_bytes))
             arrays.append(buf)
-        items = ReadBatch()
-        items.arrays = arrays
-        items.counts = counts
-        items.views = [tuple(array[b, :n] for array in arrays) for b, n in enumerate(counts)]
-        modalities = self.modalities
-        for (_, video_id, length, offset, _), views in zip(windows, items.views):
-            items.append(self._item(video_id, length, offset, dict(zip(modalities, views)), views[-1]))
-        return items
+        return ReadBatch(self, windows, arrays, counts)
 
     def _zero_rows(self, rows: int, row_bytes: int) -> np.ndarray:
         """A read-only ``(rows, row_bytes)`` ``uint8`` array of zeros (the source of padding
@@ -481,23 +519,6 @@ def _torch_dtype(dtype: np.dtype) -> torch.dtype:
     return torch.from_numpy(np.empty(0, dtype)).dtype
 
 
-def _read_arrays(items: list[dict]) -> list[torch.Tensor] | None:
-    """The batch arrays of a :class:`ReadBatch` as tensors (no copy; modalities in item
-    order, then labels) when every item still holds the row views it was read into and
-    nothing else; ``None`` for any other list of items."""
-    if not isinstance(items, ReadBatch) or len(items.views) != len(items):
-        return None
-    fields = len(items.arrays)
-    for item, views in zip(items, items.views):
-        features = item["features"]
-        if item[LABELS] is not views[-1] or len(features) != fields - 1:
-            return None
-        for array, view in zip(features.values(), views):
-            if array is not view:
-                return None
-    return [torch.from_numpy(array) for array in items.arrays]
-
-
 def _pad_rows(arrays: list[np.ndarray | None], steps: int, width: int, dtype: np.dtype) -> torch.Tensor:
     """``(B, steps, width)`` tensor of ``dtype`` with ``arrays[b]`` in rows ``[0, n_b)`` and
     zeros elsewhere (``None`` gives a zero item): a plain row copy per item, no transpose."""
@@ -519,12 +540,14 @@ def collate_videos(items: list[dict], num_classes: int) -> dict:
     padding is zero everywhere. When items differ in dtype the batch takes the wider one
     (``np.result_type``), so no value is rounded.
     :func:`~kd_detect.data.batch.to_model_layout` gives the ``(B, D, T)`` float32 batch."""
-    read = _read_arrays(items)
-    if read is not None:  # read in place (padding zeroed): the batch as it is
+    if isinstance(items, ReadBatch) and items.intact():  # read in place, padding zeroed
         lengths = items.counts
-        steps = read[-1].shape[1]
-        batch = dict(zip(items[0]["features"], read[:-1]))
-        batch[LABELS] = read[-1]
+        steps = items.arrays[-1].shape[1]
+        batch = {m: torch.from_numpy(a) for m, a in zip(items.dataset.modalities, items.arrays)}
+        batch[LABELS] = torch.from_numpy(items.arrays[-1])
+        durations, segments = items.dataset.file.durations, items.dataset._read_segments
+        meta = [(video_id, durations[video_id], length, offset, segments(video_id))
+                for _, video_id, length, offset, _ in items.windows]
     else:
         lengths = [len(next(iter(it["features"].values()))) for it in items]
         steps = max(lengths)
@@ -537,15 +560,17 @@ def collate_videos(items: list[dict], num_classes: int) -> dict:
         present = [a.dtype for a in labels if a is not None]
         batch[LABELS] = _pad_rows(labels, steps, num_classes,
                                   np.result_type(*present) if present else np.dtype(np.uint8))
+        meta = [(it["video_id"], it["duration"], it["length"], it["offset"], it["segments"]) for it in items]
     # numpy, then one zero-copy conversion each: several times cheaper than torch ops on
     # tensors this small (same values and dtypes: float32 from Python floats rounds alike)
     batch[MASK] = torch.from_numpy(np.arange(steps) < np.array(lengths)[:, None])
+    video_ids, durations, video_lengths, offsets, segments = zip(*meta)
     batch[META] = {
-        "video_id": [it["video_id"] for it in items],
-        "duration": torch.from_numpy(np.array([it["duration"] for it in items], dtype=np.float32)),
-        "length": torch.from_numpy(np.array([it["length"] for it in items], dtype=np.int64)),
-        "offset": torch.from_numpy(np.array([it["offset"] for it in items], dtype=np.int64)),
-        "segments": [it["segments"] for it in items],
+        "video_id": list(video_ids),
+        "duration": torch.from_numpy(np.array(durations, dtype=np.float32)),
+        "length": torch.from_numpy(np.array(video_lengths, dtype=np.int64)),
+        "offset": torch.from_numpy(np.array(offsets, dtype=np.int64)),
+        "segments": list(segments),
     }
     batch[LAYOUT] = HOST_LAYOUT
     return batch
