@@ -188,6 +188,37 @@ def test_batched_read_lands_in_the_batch_without_a_copy(tmp_path):
     assert_bit_identical(to_model_layout(batch), reference_collate([dataset[k] for k in keys], len(CLASSES)))
 
 
+def test_batched_read_builds_its_items_only_when_asked(tmp_path):
+    """The collate of a batched read (the DataLoader's path) builds no item dicts; asked
+    for, the items are those of ``__getitem__`` (a sequence: length, indexing, slicing,
+    iteration), are built once, and the batch collated after that is the same memory."""
+    path = _write(tmp_path / "x.h5", "float32")
+    dm = FeatureDataModule(path, val_subset="testing", batch_size=5, max_steps=12, seed=2)
+    dataset = dm.dataset("train")
+    keys = [(i, 3) for i in (2, 4, 0, 1, 3)]
+    want = [dataset[k] for k in keys]
+    read = dataset.__getitems__(keys)
+    batch = collate_videos(read, len(CLASSES))
+    assert read._items is None  # nothing built
+    assert_bit_identical(to_model_layout(batch), reference_collate(want, len(CLASSES)))
+    assert len(read) == 5 and isinstance(read[1:3], list) and len(read[1:3]) == 2
+    assert read[-1] is read[4] and list(read) == read.items() and read.items() is read.items()
+    for got, ref in zip(read, want):
+        assert got.keys() == ref.keys()
+        for key in ("video_id", "duration", "length", "offset"):
+            assert got[key] == ref[key], key
+        np.testing.assert_array_equal(got["segments"], ref["segments"])
+        np.testing.assert_array_equal(got["labels"], ref["labels"])
+        for m in ("rgb", "flow"):
+            assert got["features"][m].dtype == ref["features"][m].dtype
+            np.testing.assert_array_equal(got["features"][m], ref["features"][m])
+    assert any(len(ref["features"]["rgb"]) < 12 for ref in want)  # padding exercised
+    assert any(ref["offset"] > 0 for ref in want)  # and a cropped window
+    again = collate_videos(read, len(CLASSES))
+    assert np.shares_memory(again["rgb"].numpy(), batch["rgb"].numpy())
+    assert_bit_identical(to_model_layout(again), to_model_layout(batch))
+
+
 def test_batched_read_falls_back_for_what_it_does_not_cover(tmp_path):
     """Chunked/compressed fields and missing labels take the per-item path (same batch)."""
     path = _write(tmp_path / "x.h5", "float32", unlabeled=("v2",))
