@@ -6,14 +6,17 @@ behind :class:`~kd_detect.data.feature_data.FeatureData` and its Lightning face
   (:func:`read_rows`: a single ``pread`` of the rows' bytes for the contiguous datasets
   the writer produces, h5py otherwise); with ``preload`` it keeps the needed videos in
   RAM in their stored dtype, so lazy and preloaded datasets give bit-identical items.
-  A whole batch (:meth:`FeatureDataset.__getitems__`) is copied per field and video from
-  a mapping of the file straight into the batch's arrays (:class:`ReadBatch`).
+  A whole batch (:meth:`FeatureDataset.__getitems__`) is copied from a mapping of the
+  file straight into the batch's arrays, one ``np.concatenate`` per field, in pooled
+  huge-page memory (:func:`batch_memory`), and handed over as a :class:`ReadBatch` whose
+  item dicts are only built if someone asks for them.
 * Training crops are derived from ``(seed, epoch, index)`` only: the training sampler
   yields ``(index, epoch)`` keys, so every worker and every rank agrees without any
   global RNG state.
 * :func:`collate_videos` pads to the longest window of the batch and builds the host-layout
-  batch of ``kd_detect.data.batch``: one row copy per item into a ``(B, T, D)`` tensor of
-  the stored dtype (no transpose, no cast; those happen on the device, after transfer).
+  batch of ``kd_detect.data.batch``: a :class:`ReadBatch`'s arrays as they are, other items
+  by one row copy each into a ``(B, T, D)`` tensor of the stored dtype (no transpose, no
+  cast; those happen on the device, after transfer).
 * :class:`UnrepeatedDistributedSampler` partitions evaluation videos over ranks without
   padding (every video counted exactly once in the metrics, DESIGN.md §5).
 """
