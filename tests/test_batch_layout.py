@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
+from kd_detect.data import dataset as dataset_module
 from kd_detect.data.batch import LAYOUT, is_host_layout, modalities_in, to_model_layout
 from kd_detect.data.datamodule import FeatureDataModule
-from kd_detect.data import dataset as dataset_module
 from kd_detect.data.dataset import HUGE_PAGE, batch_memory, collate_videos, dataset_layout
 from kd_detect.data.format import VideoRecord, write_feature_file
 
