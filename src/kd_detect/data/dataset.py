@@ -377,7 +377,7 @@ class FeatureDataset(Dataset):
         self._rows[index] = rows
         return rows
 
-    def __getitems__(self, keys: Sequence[Key]) -> list[dict]:
+    def __getitems__(self, keys: Sequence[Key]) -> Sequence[dict]:
         """The items of one batch (what the DataLoader asks for), each field copied from the
         mapped file straight into a shared ``(B, T_max, ...)`` array of its stored dtype,
         padding rows zeroed: a :class:`ReadBatch` whose items' arrays are row views of those
@@ -385,8 +385,8 @@ class FeatureDataset(Dataset):
 
         One ``np.concatenate`` per field fills its whole array: the pieces are, per video,
         its window's rows (``uint8`` views of the mapping) and, below a shorter window, rows
-        of a zero array (:meth:`_zero_rows`), so the copying and zeroing run in one C loop
-        instead of two Python-level assignments per video and field.
+        of zeros (:meth:`_zero_rows`), so the copying and zeroing run in one C loop instead
+        of two Python-level assignments per video and field.
         Only for what the direct read covers (:meth:`_direct_rows`: lazy reads of
         contiguous datasets of one width and dtype whose row count is the video's length);
         anything else, and every error, goes through :meth:`__getitem__` item by item, with
@@ -556,8 +556,8 @@ def collate_videos(items: list[dict], num_classes: int) -> dict:
         steps = items.arrays[-1].shape[1]
         batch = {m: torch.from_numpy(a) for m, a in zip(items.dataset.modalities, items.arrays)}
         batch[LABELS] = torch.from_numpy(items.arrays[-1])
-        durations, segments = items.dataset.file.durations, items.dataset._read_segments
-        meta = [(video_id, durations[video_id], length, offset, segments(video_id))
+        duration_of, segments_of = items.dataset.file.durations, items.dataset._read_segments
+        meta = [(video_id, duration_of[video_id], length, offset, segments_of(video_id))
                 for _, video_id, length, offset, _ in items.windows]
     else:
         lengths = [len(next(iter(it["features"].values()))) for it in items]
