@@ -135,7 +135,7 @@ def batch_memory(nbytes: int) -> np.ndarray:
     whole 2 MiB pages and advised ``MADV_HUGEPAGE``: the kernel backs it with transparent
     huge pages, so copying a batch into it takes ~500 times fewer TLB misses. On the
     benchmark VM (a KVM guest: every miss walks two page tables) that makes the loader
-    5-9 % faster (docs/performance.md); ``np.empty``'s large blocks start 16 bytes into a
+    ≈ 10 % faster (docs/performance.md); ``np.empty``'s large blocks start 16 bytes into a
     page, so only their aligned interior can get huge pages. Private, not shared: a forked
     DataLoader worker gets copy-on-write pages, never the parent's batch memory. Smaller
     buffers, and platforms without these flags, get ``np.empty``. Views of the returned
