@@ -181,6 +181,10 @@ class ReadBatch(Sequence):
         self.dataset, self.windows, self.arrays, self.counts = dataset, windows, arrays, counts
         self._items: list[dict] | None = None
         self._views: list[tuple[np.ndarray, ...]] | None = None
+        duration_of, segments_of = dataset.file.durations, dataset._read_segments
+        self.meta = _meta_columns([(video_id, duration_of[video_id], length, offset, segments_of(video_id))
+                                   for _, video_id, length, offset, _ in windows])
+        self.mask = _mask(counts, max(counts))
 
     @property
     def views(self) -> list[tuple[np.ndarray, ...]]:
@@ -404,7 +408,8 @@ class FeatureDataset(Dataset):
             sources.append(video_rows)
         counts = [len(video_rows[0]) for video_rows in sources]
         steps = max(counts)
-        arrays = []
+        arrays: list[np.ndarray] = []
+        read = ReadBatch(self, windows, arrays, counts)  # its meta first: Python before the copies
         for f, (width, dtype) in enumerate(self._spec):
             buf = self._batch_array((len(keys), steps, width), dtype)
             row_bytes = width * dtype.itemsize
@@ -416,7 +421,7 @@ class FeatureDataset(Dataset):
                     pieces.append(zeros[n:])
             np.concatenate(pieces, out=buf.view(np.uint8).reshape(len(keys) * steps, row_bytes))
             arrays.append(buf)
-        return ReadBatch(self, windows, arrays, counts)
+        return read
 
     def _zero_rows(self, rows: int, row_bytes: int) -> np.ndarray:
         """A read-only ``(rows, row_bytes)`` ``uint8`` array of zeros (the source of padding
@@ -544,6 +549,22 @@ def _pad_rows(arrays: list[np.ndarray | None], steps: int, width: int, dtype: np
     return out
 
 
+def _mask(lengths: Sequence[int], steps: int) -> np.ndarray:
+    """``(B, steps)`` bool, True on the first ``lengths[b]`` steps of row ``b``."""
+    return np.arange(steps) < np.array(lengths)[:, None]
+
+
+def _meta_columns(rows: list[tuple]) -> dict:
+    """The batch meta of ``(video_id, duration, length, offset, segments)`` rows, as
+    columns: lists of ids and segment arrays, numpy ``float32`` durations and ``int64``
+    lengths and offsets (numpy, not ``torch.tensor``: several times cheaper for arrays
+    this small; the same values: float32 from Python floats rounds alike)."""
+    video_ids, durations, lengths, offsets, segments = zip(*rows)
+    return {"video_id": video_ids, "duration": np.array(durations, dtype=np.float32),
+            "length": np.array(lengths, dtype=np.int64), "offset": np.array(offsets, dtype=np.int64),
+            "segments": segments}
+
+
 def collate_videos(items: list[dict], num_classes: int) -> dict:
     """Pad a list of :class:`FeatureDataset` items into a **host-layout** batch
     (``kd_detect.data.batch``): modalities ``(B, T, D_m)`` in their stored dtype, labels
@@ -552,13 +573,9 @@ def collate_videos(items: list[dict], num_classes: int) -> dict:
     (``np.result_type``), so no value is rounded.
     :func:`~kd_detect.data.batch.to_model_layout` gives the ``(B, D, T)`` float32 batch."""
     if isinstance(items, ReadBatch) and items.intact():  # read in place, padding zeroed
-        lengths = items.counts
-        steps = items.arrays[-1].shape[1]
         batch = {m: torch.from_numpy(a) for m, a in zip(items.dataset.modalities, items.arrays)}
         batch[LABELS] = torch.from_numpy(items.arrays[-1])
-        duration_of, segments_of = items.dataset.file.durations, items.dataset._read_segments
-        meta = [(video_id, duration_of[video_id], length, offset, segments_of(video_id))
-                for _, video_id, length, offset, _ in items.windows]
+        mask, meta = items.mask, items.meta
     else:
         lengths = [len(next(iter(it["features"].values()))) for it in items]
         steps = max(lengths)
@@ -571,17 +588,16 @@ def collate_videos(items: list[dict], num_classes: int) -> dict:
         present = [a.dtype for a in labels if a is not None]
         batch[LABELS] = _pad_rows(labels, steps, num_classes,
                                   np.result_type(*present) if present else np.dtype(np.uint8))
-        meta = [(it["video_id"], it["duration"], it["length"], it["offset"], it["segments"]) for it in items]
-    # numpy, then one zero-copy conversion each: several times cheaper than torch ops on
-    # tensors this small (same values and dtypes: float32 from Python floats rounds alike)
-    batch[MASK] = torch.from_numpy(np.arange(steps) < np.array(lengths)[:, None])
-    video_ids, durations, video_lengths, offsets, segments = zip(*meta)
+        mask = _mask(lengths, steps)
+        meta = _meta_columns([(it["video_id"], it["duration"], it["length"], it["offset"], it["segments"])
+                              for it in items])
+    batch[MASK] = torch.from_numpy(mask)
     batch[META] = {
-        "video_id": list(video_ids),
-        "duration": torch.from_numpy(np.array(durations, dtype=np.float32)),
-        "length": torch.from_numpy(np.array(video_lengths, dtype=np.int64)),
-        "offset": torch.from_numpy(np.array(offsets, dtype=np.int64)),
-        "segments": list(segments),
+        "video_id": list(meta["video_id"]),
+        "duration": torch.from_numpy(meta["duration"]),
+        "length": torch.from_numpy(meta["length"]),
+        "offset": torch.from_numpy(meta["offset"]),
+        "segments": list(meta["segments"]),
     }
     batch[LAYOUT] = HOST_LAYOUT
     return batch
