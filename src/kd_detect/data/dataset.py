@@ -166,12 +166,14 @@ class ReadBatch(Sequence):
     """The items of one :meth:`FeatureDataset.__getitems__` (a read-only sequence of item
     dicts) with ``arrays``: the ``(B, T_max, ...)`` array of every field (the modalities
     in item order, then labels; padding rows zeroed), ``windows``: each item's
-    ``(index, video_id, length, offset, stop)``, and ``counts``: its number of rows ``n_b``.
+    ``(index, video_id, length, offset, stop)``, ``counts``: its number of rows ``n_b``, and
+    the batch's ``meta`` columns and ``mask`` (numpy), prepared when it is made -- in
+    :meth:`FeatureDataset.__getitems__`, before the copies.
 
     The item dicts, whose arrays are the row views ``arrays[f][b, :n_b]`` (``views``), are
     built on first access only: the DataLoader hands the batch straight to
-    :func:`collate_videos`, which takes ``arrays`` as the batch and the meta from
-    ``windows`` -- no per-video dicts or views (Python work that, between multi-MiB copies
+    :func:`collate_videos`, which takes ``arrays``, ``meta`` and ``mask`` as the batch --
+    no per-video dicts or views (Python work that, between multi-MiB copies
     which evict the interpreter's objects from the caches, costs several times what it costs
     in a loop of small reads). Once built, the collate takes ``arrays`` only while every item
     still holds exactly its views (an item given other rows is collated by copying)."""
