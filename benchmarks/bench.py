@@ -227,6 +227,12 @@ def markdown(report: dict[str, Any]) -> str:
                 lines.append(f"| {key} | {v['videos_per_s']:,.0f} | {v['mb_per_s']:,.0f} | {v['seconds_per_epoch']:.3f} |")
             lines += ["", "ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in ld.items()
                                                   if isinstance(v, float)), ""]
+            if "floor_over_raw" in ld:
+                lines += [f"Floor: the loader's own copies of an epoch (same rows, into the same kind of batch "
+                          f"memory, padding zeroed, no Python per item) run at {ld['floor_over_raw']:.2f} of the "
+                          f"raw read (fp32); the loader reaches {ld['loader_over_floor']:.2f} of that floor. What "
+                          "separates them is the collate and torch's DataLoader per batch (docs/performance.md).",
+                          ""]
     if "workers" in res:
         w = res["workers"]
         lines += [f"**workers** (Charades-like, {w['dtype']}, batch {w['batch_size']}, {w['cpus']} logical CPUs): "

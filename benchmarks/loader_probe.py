@@ -1,7 +1,8 @@
 """Probe of the loader's time on a 64-video Charades-like fp32 file (batch 32), or with
 ``--shape tsu`` an 8-video TSU-like one (batch 8), or with ``--tiny`` the Charades-like
 videos with 4-wide modalities (the copies cost almost nothing: what is left is Python);
-15 interleaved repeats (medians, ms per epoch, and MB/s over the raw read's):
+``--dtype float16`` stores them in float16; ``--repeats`` interleaved repeats (15;
+medians, ms per epoch, and MB/s over the raw read's):
 
 * ``loader``: one epoch of ``FeatureDataModule.train_dataloader()``;
 * ``batched reads``: ``FeatureDataset.__getitems__`` of the same batches (no DataLoader,
@@ -10,9 +11,13 @@ videos with 4-wide modalities (the copies cost almost nothing: what is left is P
 * ``pread floor`` / ``mapped-copy floor``: the loader's copies of one epoch, prepared
   once, into two alternating sets of batch arrays with the padding rows zeroed, done by
   ``os.preadv`` or by ``np.copyto`` from a mapping of the file -- no Python per item;
-* ``raw read``: ``readinto`` of the whole file, 1 MiB blocks into one reused buffer.
+* ``raw read``: ``readinto`` of the whole file, 1 MiB blocks into one reused buffer;
+* ``loader @REV`` (``--against REV``, repeatable): the loader of an earlier commit, side
+  by side -- its ``data/dataset.py`` (taken with ``git show``) over the same open file,
+  with the same sampler and its own collate.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/loader_probe.py [--shape tsu] [--tiny]
+        [--dtype float16] [--against c5cf192] [--repeats 15]
 
 (docs/performance.md quotes it.)
 """
@@ -22,14 +27,17 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
+import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "src")]
 
 import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
 
 from benchmarks.common import CHARADES, TSU, DataShape, interleaved, write_data  # noqa: E402
 from benchmarks.loading import _drain, _floor_copier, _items, _raw_reader, payload_bytes  # noqa: E402
@@ -55,10 +63,31 @@ def pread_floor(loader, fd: int):
     return run
 
 
+def loader_at(rev: str, loader: DataLoader, num_classes: int) -> DataLoader:
+    """``loader`` as commit ``rev``'s ``data/dataset.py`` builds it: its ``FeatureDataset``
+    over the same open file, videos and settings, the same sampler and batch size, its
+    ``VideoCollate`` (the module's relative imports are pointed at today's ``batch`` and
+    ``format`` modules, which that file must still fit)."""
+    source = subprocess.run(["git", "show", f"{rev}:src/kd_detect/data/dataset.py"], cwd=ROOT, check=True,
+                            capture_output=True, text=True).stdout
+    source = source.replace("from .batch import", "from kd_detect.data.batch import")
+    source = source.replace("from .format import", "from kd_detect.data.format import")
+    module = types.ModuleType(f"dataset_at_{rev}")
+    exec(compile(source, f"{rev}:src/kd_detect/data/dataset.py", "exec"), module.__dict__)  # noqa: S102
+    ds = loader.dataset
+    old = module.FeatureDataset(ds.file, ds.video_ids, ds.modalities, max_steps=ds.max_steps, seed=ds.seed)
+    return DataLoader(old, batch_size=loader.batch_size, sampler=loader.sampler,
+                      collate_fn=module.VideoCollate(num_classes))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", choices=("charades", "tsu"), default="charades")
     parser.add_argument("--tiny", action="store_true", help="4-wide modalities: the Python alone")
+    parser.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    parser.add_argument("--against", action="append", default=[], metavar="REV",
+                        help="also time the loader of commit REV, side by side (repeatable)")
+    parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args(argv)
     shape, batch = (CHARADES.scaled(64), 32) if args.shape == "charades" else (TSU.scaled(8), 8)
     if args.tiny:
@@ -66,8 +95,8 @@ def main(argv: list[str] | None = None) -> None:
                           shape.classes, shape.segments)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="kd_probe_") as tmp:
-        data = write_data(shape, Path(tmp), dtypes=("float32",))
-        path = data.h5["float32"]
+        data = write_data(shape, Path(tmp), dtypes=(args.dtype,))
+        path = data.h5[args.dtype]
         dm = FeatureDataModule(str(path), batch_size=batch, val_subset="training", test_subset="training")
         loader, ds = dm.train_dataloader(), dm.dataset("train")
         batches = list(loader.batch_sampler)
@@ -75,10 +104,13 @@ def main(argv: list[str] | None = None) -> None:
                "per-item reads": lambda: _items(ds, list(range(shape.videos))),
                "pread floor": pread_floor(loader, ds.file.h5.id.get_vfd_handle()),
                "mapped-copy floor": _floor_copier(loader), "raw read": _raw_reader([path])}
-        times = interleaved(fns, 15, warmup=2)
-        payload, size = payload_bytes(data, "float32"), os.path.getsize(path)
+        for rev in args.against:
+            old = loader_at(rev, loader, dm.num_classes)
+            fns[f"loader @{rev}"] = lambda old=old: _drain(old)
+        times = interleaved(fns, args.repeats, warmup=2)
+        payload, size = payload_bytes(data, args.dtype), os.path.getsize(path)
         raw = size / statistics.median(times["raw read"])
-        print(f"{shape.name}-like, {shape.videos} videos, modalities {shape.modalities}, batch {batch}")
+        print(f"{shape.name}-like, {shape.videos} videos, {args.dtype}, modalities {shape.modalities}, batch {batch}")
         for key, ts in times.items():
             t = statistics.median(ts)
             rate = (size if key == "raw read" else payload) / t

@@ -120,11 +120,14 @@ def _raw_reader(paths: list[Path], block: int = 1 << 20):
 
 
 def _floor_copier(loader: DataLoader):
-    """The bare copies of one epoch of ``loader`` (see the module docstring): ``(dst, src)``
+    """The bare copies of one epoch of ``loader`` (see the module docstring), into memory
+    of the loader's kind (:func:`~kd_detect.data.dataset.batch_memory`): ``(dst, src)``
     pairs of ``uint8`` arrays and the padding rows, prepared once; the returned function
     only runs ``np.copyto`` and the zeroing over them. Its ``batches`` attribute holds the
     destination arrays per batch (field order of the dataset), ``sets`` the two sets of
     ``(copies, zeros)`` (for tests and benchmarks/loader_probe.py)."""
+    from kd_detect.data.dataset import batch_memory
+
     dataset = loader.dataset
     sets: list[tuple[list, list]] = [([], []), ([], [])]
     batches: list[list[np.ndarray]] = []
@@ -138,7 +141,10 @@ def _floor_copier(loader: DataLoader):
         copies, zeros = sets[n_batch % 2]
         batches.append([])
         for f, (width, dtype) in enumerate(dataset._spec):
-            buf = np.ones((len(keys), steps, width), dtype)  # allocated and faulted in once
+            # the loader's kind of memory (batch_memory), allocated and faulted in once
+            nbytes = len(keys) * steps * width * dtype.itemsize
+            buf = batch_memory(nbytes)[:nbytes].view(dtype).reshape(len(keys), steps, width)
+            buf[...] = 1
             batches[-1].append(buf)
             for b, (start, stop) in enumerate(spans):
                 copies.append((buf[b, :stop - start].view(np.uint8), sources[b][f][start:stop]))

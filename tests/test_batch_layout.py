@@ -5,6 +5,8 @@ the reference."""
 
 from __future__ import annotations
 
+import mmap
+import os
 import pickle
 from pathlib import Path
 
@@ -13,9 +15,10 @@ import numpy as np
 import pytest
 import torch
 
+from kd_detect.data import dataset as dataset_module
 from kd_detect.data.batch import LAYOUT, is_host_layout, modalities_in, to_model_layout
 from kd_detect.data.datamodule import FeatureDataModule
-from kd_detect.data.dataset import collate_videos, dataset_layout
+from kd_detect.data.dataset import HUGE_PAGE, batch_memory, collate_videos, dataset_layout
 from kd_detect.data.format import VideoRecord, write_feature_file
 
 CLASSES = ["a", "b", "c", "d"]
@@ -185,6 +188,37 @@ def test_batched_read_lands_in_the_batch_without_a_copy(tmp_path):
     assert_bit_identical(to_model_layout(batch), reference_collate([dataset[k] for k in keys], len(CLASSES)))
 
 
+def test_batched_read_builds_its_items_only_when_asked(tmp_path):
+    """The collate of a batched read (the DataLoader's path) builds no item dicts; asked
+    for, the items are those of ``__getitem__`` (a sequence: length, indexing, slicing,
+    iteration), are built once, and the batch collated after that is the same memory."""
+    path = _write(tmp_path / "x.h5", "float32")
+    dm = FeatureDataModule(path, val_subset="testing", batch_size=5, max_steps=12, seed=2)
+    dataset = dm.dataset("train")
+    keys = [(i, 3) for i in (2, 4, 0, 1, 3)]
+    want = [dataset[k] for k in keys]
+    read = dataset.__getitems__(keys)
+    batch = collate_videos(read, len(CLASSES))
+    assert read._items is None  # nothing built
+    assert_bit_identical(to_model_layout(batch), reference_collate(want, len(CLASSES)))
+    assert len(read) == 5 and isinstance(read[1:3], list) and len(read[1:3]) == 2
+    assert read[-1] is read[4] and list(read) == read.items() and read.items() is read.items()
+    for got, ref in zip(read, want):
+        assert got.keys() == ref.keys()
+        for key in ("video_id", "duration", "length", "offset"):
+            assert got[key] == ref[key], key
+        np.testing.assert_array_equal(got["segments"], ref["segments"])
+        np.testing.assert_array_equal(got["labels"], ref["labels"])
+        for m in ("rgb", "flow"):
+            assert got["features"][m].dtype == ref["features"][m].dtype
+            np.testing.assert_array_equal(got["features"][m], ref["features"][m])
+    assert any(len(ref["features"]["rgb"]) < 12 for ref in want)  # padding exercised
+    assert any(ref["offset"] > 0 for ref in want)  # and a cropped window
+    again = collate_videos(read, len(CLASSES))
+    assert np.shares_memory(again["rgb"].numpy(), batch["rgb"].numpy())
+    assert_bit_identical(to_model_layout(again), to_model_layout(batch))
+
+
 def test_batched_read_falls_back_for_what_it_does_not_cover(tmp_path):
     """Chunked/compressed fields and missing labels take the per-item path (same batch)."""
     path = _write(tmp_path / "x.h5", "float32", unlabeled=("v2",))
@@ -201,9 +235,13 @@ def test_batched_read_falls_back_for_what_it_does_not_cover(tmp_path):
     assert_bit_identical(to_model_layout(batch), reference_collate([dataset[k] for k in keys], len(CLASSES)))
 
 
-def test_batch_memory_is_reused_only_once_released(tmp_path):
+@pytest.mark.parametrize("mapped", [False, True])
+def test_batch_memory_is_reused_only_once_released(tmp_path, monkeypatch, mapped):
     """The pool never hands out memory a batch, an item or a view still refers to, and
-    reuses it once they are gone (so memory stays bounded)."""
+    reuses it once they are gone (so memory stays bounded) -- for ``np.empty`` buffers and
+    for the huge-page mappings of :func:`batch_memory` (here for every buffer)."""
+    if mapped:
+        monkeypatch.setattr(dataset_module, "HUGE_PAGE", 1)
     path = _write(tmp_path / "x.h5", "float32")
     dataset = FeatureDataModule(path, val_subset="testing", batch_size=3).dataset("train")
     fields = 3  # rgb, flow, labels
@@ -221,10 +259,36 @@ def test_batch_memory_is_reused_only_once_released(tmp_path):
     np.testing.assert_array_equal(items[0]["features"]["rgb"], item_rows)
     # held batch + held items + one batch in flight, each field once: bounded, reused
     assert len(dataset._pool) == 3 * fields
+    assert all(_is_mapping(flat) == mapped for flat in dataset._pool)
     del held, items
     for _ in range(5):
         collate_videos(dataset.__getitems__([0, 1, 2]), len(CLASSES))
     assert len(dataset._pool) == 3 * fields
+
+
+def _is_mapping(flat: np.ndarray) -> bool:
+    """True when ``flat`` is an array over an ``mmap`` (directly or through a memoryview)."""
+    return isinstance(getattr(flat.base, "obj", flat.base), mmap.mmap)
+
+
+def test_batch_memory_is_whole_huge_pages_private_to_the_process():
+    """Large batch buffers: writable, whole 2 MiB pages, the base of their views (what the
+    pool counts references on), and copy-on-write in a forked process (a DataLoader
+    worker's writes never reach the parent's batches)."""
+    small = batch_memory(1000)
+    assert small.nbytes >= 1000 and not _is_mapping(small)
+    flat = batch_memory(HUGE_PAGE + 1)
+    assert _is_mapping(flat) and flat.nbytes == 2 * HUGE_PAGE and flat.flags.writeable
+    view = flat[:HUGE_PAGE + 1].view(np.uint8)[1:].reshape(HUGE_PAGE // 4, 4)
+    assert view.base is flat
+    flat[:] = 7
+    pid = os.fork()
+    if pid == 0:  # the child writes everything and leaves at once
+        flat[:] = 1
+        os._exit(0 if int(flat.sum()) == flat.nbytes else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert int(np.count_nonzero(flat != 7)) == 0
 
 
 def test_collate_copies_items_changed_after_the_batched_read(tmp_path):

@@ -63,6 +63,9 @@ def test_quick_mode_end_to_end(tmp_path, monkeypatch):
     assert {t["key"] for t in report["targets"]} >= {"kd_cached_over_plain", "h5_over_npy"}
     md = (out / "report.md").read_text()
     assert "## Targets" in md and "kd_live_over_floor" in md and "workers" in md and "## 7. Command line" in md
+    charades = report["results"]["loading"]["charades"]
+    assert (f"run at {charades['floor_over_raw']:.2f} of the raw read (fp32); the loader reaches "
+            f"{charades['loader_over_floor']:.2f} of that floor") in md
     assert not list(out.glob(".*.tmp"))  # written atomically
 
 

@@ -6,24 +6,29 @@ behind :class:`~kd_detect.data.feature_data.FeatureData` and its Lightning face
   (:func:`read_rows`: a single ``pread`` of the rows' bytes for the contiguous datasets
   the writer produces, h5py otherwise); with ``preload`` it keeps the needed videos in
   RAM in their stored dtype, so lazy and preloaded datasets give bit-identical items.
-  A whole batch (:meth:`FeatureDataset.__getitems__`) is copied per field and video from
-  a mapping of the file straight into the batch's arrays (:class:`ReadBatch`).
+  A whole batch (:meth:`FeatureDataset.__getitems__`) is copied from a mapping of the
+  file straight into the batch's arrays, one ``np.concatenate`` per field, in pooled
+  huge-page memory (:func:`batch_memory`), and handed over as a :class:`ReadBatch` whose
+  item dicts are only built if someone asks for them.
 * Training crops are derived from ``(seed, epoch, index)`` only: the training sampler
   yields ``(index, epoch)`` keys, so every worker and every rank agrees without any
   global RNG state.
 * :func:`collate_videos` pads to the longest window of the batch and builds the host-layout
-  batch of ``kd_detect.data.batch``: one row copy per item into a ``(B, T, D)`` tensor of
-  the stored dtype (no transpose, no cast; those happen on the device, after transfer).
+  batch of ``kd_detect.data.batch``: a :class:`ReadBatch`'s arrays as they are, other items
+  by one row copy each into a ``(B, T, D)`` tensor of the stored dtype (no transpose, no
+  cast; those happen on the device, after transfer).
 * :class:`UnrepeatedDistributedSampler` partitions evaluation videos over ranks without
   padding (every video counted exactly once in the metrics, DESIGN.md §5).
 """
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import sys
-from typing import Iterator, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Iterator, NamedTuple
 
 import h5py
 import numpy as np
@@ -36,6 +41,7 @@ from .format import SEGMENTS, VIDEOS_GROUP, FeatureFile, FeatureFileError
 
 Key = int | tuple[int, int]
 POOL_BUFFERS = 32  # batch buffers a dataset keeps for reuse (a few live batches x fields)
+HUGE_PAGE = 2 << 20  # bytes; batch buffers at least this large are mapped in whole huge pages (batch_memory)
 
 
 # ---------------------------------------------------------------------------- reading
@@ -121,6 +127,33 @@ def _pread_into(fd: int, out: np.ndarray, pos: int) -> None:
         done += n
 
 
+def batch_memory(nbytes: int) -> np.ndarray:
+    """A flat, writable, uninitialised ``uint8`` array of at least ``nbytes`` bytes for
+    batch arrays (the base of every array :meth:`FeatureDataset._batch_array` hands out).
+
+    From :data:`HUGE_PAGE` bytes on it is an anonymous **private** mapping rounded up to
+    whole 2 MiB pages and advised ``MADV_HUGEPAGE``: the kernel backs it with transparent
+    huge pages, so copying a batch into it takes ~500 times fewer TLB misses. On the
+    benchmark VM (a KVM guest: every miss walks two page tables) that makes the loader
+    ≈ 10 % faster (docs/performance.md); ``np.empty``'s large blocks start 16 bytes into a
+    page, so only their aligned interior can get huge pages. Private, not shared: a forked
+    DataLoader worker gets copy-on-write pages, never the parent's batch memory. Smaller
+    buffers, and platforms without these flags, get ``np.empty``. Views of the returned
+    array have it as their ``base`` (it is an ndarray over the mapping), which the pool's
+    reference count relies on.
+    """
+    if nbytes >= HUGE_PAGE and hasattr(mmap, "MAP_PRIVATE"):
+        size = -(-nbytes // HUGE_PAGE) * HUGE_PAGE
+        memory = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        if hasattr(mmap, "MADV_HUGEPAGE"):
+            try:
+                memory.madvise(mmap.MADV_HUGEPAGE)
+            except OSError:  # transparent huge pages unavailable: ordinary pages
+                pass
+        return np.frombuffer(memory, np.uint8)
+    return np.empty(max(nbytes, 1), np.uint8)
+
+
 def crop_offset(seed: int, epoch: int, index: int, length: int, max_steps: int | None) -> int:
     """First step of the training window of video ``index`` at ``epoch`` (0 if no crop)."""
     if max_steps is None or length <= max_steps:
@@ -129,15 +162,67 @@ def crop_offset(seed: int, epoch: int, index: int, length: int, max_steps: int |
     return int(rng.integers(0, length - max_steps + 1))
 
 
-class ReadBatch(list):
-    """The items of :meth:`FeatureDataset.__getitems__` (a list of item dicts) with
-    ``arrays``: the ``(B, T_max, ...)`` array of every field (the modalities in item order,
-    then labels; padding rows zeroed), and ``views``: per item, its rows
-    ``arrays[f][b, :n_b]`` of every field. :func:`collate_videos` takes ``arrays`` as the
-    batch while every item still holds exactly those views."""
+class ReadBatch(Sequence):
+    """The items of one :meth:`FeatureDataset.__getitems__` (a read-only sequence of item
+    dicts) with ``arrays``: the ``(B, T_max, ...)`` array of every field (the modalities
+    in item order, then labels; padding rows zeroed), ``windows``: each item's
+    ``(index, video_id, length, offset, stop)``, ``counts``: its number of rows ``n_b``, and
+    the batch's ``meta`` columns and ``mask`` (numpy), prepared when it is made -- in
+    :meth:`FeatureDataset.__getitems__`, before the copies.
 
-    arrays: list[np.ndarray]
-    views: list[tuple[np.ndarray, ...]]
+    The item dicts, whose arrays are the row views ``arrays[f][b, :n_b]`` (``views``), are
+    built on first access only: the DataLoader hands the batch straight to
+    :func:`collate_videos`, which takes ``arrays``, ``meta`` and ``mask`` as the batch --
+    no per-video dicts or views (Python work that, between multi-MiB copies
+    which evict the interpreter's objects from the caches, costs several times what it costs
+    in a loop of small reads). Once built, the collate takes ``arrays`` only while every item
+    still holds exactly its views (an item given other rows is collated by copying)."""
+
+    def __init__(self, dataset: "FeatureDataset", windows: list[tuple], arrays: list[np.ndarray],
+                 counts: list[int]) -> None:
+        self.dataset, self.windows, self.arrays, self.counts = dataset, windows, arrays, counts
+        self._items: list[dict] | None = None
+        self._views: list[tuple[np.ndarray, ...]] | None = None
+        duration_of, segments_of = dataset.file.durations, dataset._read_segments
+        self.meta = _meta_columns([(video_id, duration_of[video_id], length, offset, segments_of(video_id))
+                                   for _, video_id, length, offset, _ in windows])
+        self.mask = _mask(counts, max(counts))
+
+    @property
+    def views(self) -> list[tuple[np.ndarray, ...]]:
+        """Per item, its rows ``arrays[f][b, :n_b]`` of every field (modalities, labels)."""
+        if self._views is None:
+            self._views = [tuple(array[b, :n] for array in self.arrays) for b, n in enumerate(self.counts)]
+        return self._views
+
+    def items(self) -> list[dict]:
+        """The item dicts (built once), as :meth:`FeatureDataset.__getitem__` gives them."""
+        if self._items is None:
+            modalities, make = self.dataset.modalities, self.dataset._item
+            self._items = [make(video_id, length, offset, dict(zip(modalities, views)), views[-1])
+                           for (_, video_id, length, offset, _), views in zip(self.windows, self.views)]
+        return self._items
+
+    def intact(self) -> bool:
+        """True while ``arrays`` are this batch: no item built yet, or every built item
+        still holds exactly its row views and nothing else."""
+        if self._items is None:
+            return True
+        fields = len(self.arrays)
+        for item, views in zip(self._items, self._views):
+            features = item["features"]
+            if item[LABELS] is not views[-1] or len(features) != fields - 1:
+                return False
+            for array, view in zip(features.values(), views):
+                if array is not view:
+                    return False
+        return True
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        return self.items()[index]
 
 
 class FeatureDataset(Dataset):
@@ -173,8 +258,10 @@ class FeatureDataset(Dataset):
         self._spec: tuple[tuple[int, np.dtype], ...] | None = None  # (width, dtype) per field
         self._cache: dict[str, dict[str, np.ndarray | None]] | None = None
         self._pool: list[np.ndarray] = []  # batch memory for __getitems__, reused once released
+        self._zeros: dict[int, np.ndarray] = {}  # row bytes -> zero rows (_zero_rows)
         self._map: np.ndarray | None = None  # the file, mapped (_mapped), for this process
         self._map_key: tuple[int, ...] | None = None  # (pid, device, inode, size) it was made for
+        self._map_handle: h5py.File | None = None  # the handle it was last checked against
         if preload:
             self.preload()
 
@@ -235,13 +322,16 @@ class FeatureDataset(Dataset):
 
     # ------------------------------------------------------------------ items
     def _window(self, key: Key) -> tuple[int, str, int, int, int | None]:
-        """``(index, video_id, length, offset, stop)`` of the window a key selects."""
+        """``(index, video_id, length, offset, stop)`` of the window a key selects (``stop``
+        is ``None`` for a whole video)."""
         index, epoch = key if isinstance(key, tuple) else (key, self.epoch)
         index = int(index)
         length = self.lengths[index]
-        offset = crop_offset(self.seed, int(epoch), index, length, self.max_steps)
-        stop = None if self.max_steps is None or length <= self.max_steps else offset + self.max_steps
-        return index, self.video_ids[index], length, offset, stop
+        max_steps = self.max_steps
+        if max_steps is None or length <= max_steps:
+            return index, self.video_ids[index], length, 0, None
+        offset = crop_offset(self.seed, int(epoch), index, length, max_steps)
+        return index, self.video_ids[index], length, offset, offset + max_steps
 
     def _item(self, video_id: str, length: int, offset: int, features: dict, labels: np.ndarray | None) -> dict:
         return {
@@ -293,11 +383,16 @@ class FeatureDataset(Dataset):
         self._rows[index] = rows
         return rows
 
-    def __getitems__(self, keys: Sequence[Key]) -> list[dict]:
-        """The items of one batch (what the DataLoader asks for), each field copied per video
-        from the mapped file straight into a shared ``(B, T_max, ...)`` array of its stored
-        dtype, padding rows zeroed: a :class:`ReadBatch` whose items' arrays are row views
-        of those arrays, which :func:`collate_videos` takes as the batch without copying.
+    def __getitems__(self, keys: Sequence[Key]) -> Sequence[dict]:
+        """The items of one batch (what the DataLoader asks for), each field copied from the
+        mapped file straight into a shared ``(B, T_max, ...)`` array of its stored dtype,
+        padding rows zeroed: a :class:`ReadBatch` whose items' arrays are row views of those
+        arrays, which :func:`collate_videos` takes as the batch without copying.
+
+        One ``np.concatenate`` per field fills its whole array: the pieces are, per video,
+        its window's rows (``uint8`` views of the mapping) and, below a shorter window, rows
+        of zeros (:meth:`_zero_rows`), so the copying and zeroing run in one C loop instead
+        of two Python-level assignments per video and field.
         Only for what the direct read covers (:meth:`_direct_rows`: lazy reads of
         contiguous datasets of one width and dtype whose row count is the video's length);
         anything else, and every error, goes through :meth:`__getitem__` item by item, with
@@ -306,31 +401,39 @@ class FeatureDataset(Dataset):
             return [self[k] for k in keys]
         windows = [self._window(k) for k in keys]
         sources = []
-        for index, *_ in windows:
+        for index, _, _, offset, stop in windows:
             video_rows = self._direct_rows(index)
             if video_rows is None:
                 return [self[k] for k in keys]
+            if stop is not None:  # a cropped training window
+                video_rows = tuple(rows[offset:stop] for rows in video_rows)
             sources.append(video_rows)
-        spans = [(offset, length if stop is None else stop) for _, _, length, offset, stop in windows]
-        steps = max(b - a for a, b in spans)
-        arrays, rows = [], []
+        counts = [len(video_rows[0]) for video_rows in sources]
+        steps = max(counts)
+        arrays: list[np.ndarray] = []
+        read = ReadBatch(self, windows, arrays, counts)  # its meta first: Python before the copies
         for f, (width, dtype) in enumerate(self._spec):
-            buf = self._batch_array((len(windows), steps, width), dtype)
-            raw = buf.view(np.uint8)  # (B, steps, row bytes): plain byte copies
-            views = []
-            for b, (start, stop) in enumerate(spans):
-                raw[b, :stop - start] = sources[b][f][start:stop]
-                if stop - start < steps:
-                    raw[b, stop - start:] = 0
-                views.append(buf[b, :stop - start])
+            buf = self._batch_array((len(keys), steps, width), dtype)
+            row_bytes = width * dtype.itemsize
+            zeros = self._zero_rows(steps, row_bytes)
+            pieces = []
+            for video_rows, n in zip(sources, counts):
+                pieces.append(video_rows[f])
+                if n < steps:
+                    pieces.append(zeros[n:])
+            np.concatenate(pieces, out=buf.view(np.uint8).reshape(len(keys) * steps, row_bytes))
             arrays.append(buf)
-            rows.append(views)
-        items = ReadBatch()
-        items.arrays = arrays
-        items.views = list(zip(*rows))
-        for (_, video_id, length, offset, _), views in zip(windows, items.views):
-            items.append(self._item(video_id, length, offset, dict(zip(self.modalities, views)), views[-1]))
-        return items
+        return read
+
+    def _zero_rows(self, rows: int, row_bytes: int) -> np.ndarray:
+        """A read-only ``(rows, row_bytes)`` ``uint8`` array of zeros (the source of padding
+        rows): one zero row repeated (stride 0), so copying from it reads one cache-resident
+        row, where a real zero array of that size would be read from memory (slower,
+        docs/performance.md). Kept per row width, grown when a longer one is asked for."""
+        zeros = self._zeros.get(row_bytes)
+        if zeros is None or len(zeros) < rows:
+            zeros = self._zeros[row_bytes] = np.broadcast_to(np.zeros(row_bytes, np.uint8), (rows, row_bytes))
+        return zeros[:rows]
 
     def _mapped(self) -> np.ndarray | None:
         """The whole file as a read-only ``uint8`` array (``mmap`` of h5py's own handle),
@@ -341,9 +444,14 @@ class FeatureDataset(Dataset):
         ≈ 10 % faster than ``pread`` into the same batch memory for ~90-step videos and as
         fast for long ones (docs/performance.md). Truncating a file *in place* while it is
         read is not supported (as with any mapped reader); every kd_detect writer replaces
-        files atomically, which an existing mapping survives."""
+        files atomically, which an existing mapping survives. While the handle is the one
+        the mapping was checked against (same h5py object, same process) nothing is asked of
+        the system: an open descriptor keeps naming the same file."""
+        h5 = self.file.h5
+        if h5 is self._map_handle and self._map_key is not None and self._map_key[0] == os.getpid():
+            return self._map
         try:
-            fd = self.file.h5.id.get_vfd_handle()
+            fd = h5.id.get_vfd_handle()
             stat = os.fstat(fd)
         except (OSError, ValueError, TypeError):  # a driver without a descriptor...
             return None
@@ -354,6 +462,7 @@ class FeatureDataset(Dataset):
                 self._map = np.frombuffer(mmap.mmap(fd, 0, access=mmap.ACCESS_READ), np.uint8)
             except (OSError, ValueError):  # an empty file...
                 self._map = None
+        self._map_handle = h5
         return self._map
 
     def _batch_array(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -361,24 +470,26 @@ class FeatureDataset(Dataset):
         flat byte buffer of this dataset's pool, reused once nothing refers to it any more
         (no batch tensor, item or view): fresh multi-MiB allocations are returned to the
         kernel on free and page-faulted in again on every batch, which cost more than the
-        reads themselves on the benchmark VM."""
-        need = int(np.prod(shape)) * dtype.itemsize
+        reads themselves on the benchmark VM. New buffers come from :func:`batch_memory`."""
+        need = math.prod(shape) * dtype.itemsize
         flat = None
         for candidate in self._pool:
+            # the smallest free buffer that fits (a small field never takes a large one);
             # referents: the pool list, `candidate`, getrefcount's argument -- nobody else
-            if candidate.nbytes >= need and sys.getrefcount(candidate) == 3:
+            if (candidate.nbytes >= need and (flat is None or candidate.nbytes < flat.nbytes)
+                    and sys.getrefcount(candidate) == 3):
                 flat = candidate
-                break
         if flat is None:
-            flat = np.empty(max(need, 1), np.uint8)
+            flat = batch_memory(need)
             if len(self._pool) < POOL_BUFFERS:
                 self._pool.append(flat)
         return flat[:need].view(dtype).reshape(shape)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_pool"] = []  # batch memory stays with its process
+        state["_pool"], state["_zeros"] = [], {}  # batch memory stays with its process
         state["_map"], state["_map_key"], state["_rows"] = None, None, {}  # so do the mapping and its views
+        state["_map_handle"] = None
         return state
 
     def __getitem__(self, key: Key) -> dict:
@@ -426,20 +537,6 @@ def _torch_dtype(dtype: np.dtype) -> torch.dtype:
     return torch.from_numpy(np.empty(0, dtype)).dtype
 
 
-def _read_arrays(items: list[dict]) -> list[torch.Tensor] | None:
-    """The batch arrays of a :class:`ReadBatch` as tensors (no copy; modalities in item
-    order, then labels) when every item still holds the row views it was read into and
-    nothing else; ``None`` for any other list of items."""
-    if not isinstance(items, ReadBatch) or len(items.views) != len(items):
-        return None
-    for item, views in zip(items, items.views):
-        features = item["features"]
-        if (item[LABELS] is not views[-1] or len(features) != len(views) - 1
-                or any(a is not v for a, v in zip(features.values(), views))):
-            return None
-    return [torch.from_numpy(array) for array in items.arrays]
-
-
 def _pad_rows(arrays: list[np.ndarray | None], steps: int, width: int, dtype: np.dtype) -> torch.Tensor:
     """``(B, steps, width)`` tensor of ``dtype`` with ``arrays[b]`` in rows ``[0, n_b)`` and
     zeros elsewhere (``None`` gives a zero item): a plain row copy per item, no transpose."""
@@ -454,6 +551,22 @@ def _pad_rows(arrays: list[np.ndarray | None], steps: int, width: int, dtype: np
     return out
 
 
+def _mask(lengths: Sequence[int], steps: int) -> np.ndarray:
+    """``(B, steps)`` bool, True on the first ``lengths[b]`` steps of row ``b``."""
+    return np.arange(steps) < np.array(lengths)[:, None]
+
+
+def _meta_columns(rows: list[tuple]) -> dict:
+    """The batch meta of ``(video_id, duration, length, offset, segments)`` rows, as
+    columns: lists of ids and segment arrays, numpy ``float32`` durations and ``int64``
+    lengths and offsets (numpy, not ``torch.tensor``: several times cheaper for arrays
+    this small; the same values: float32 from Python floats rounds alike)."""
+    video_ids, durations, lengths, offsets, segments = zip(*rows)
+    return {"video_id": video_ids, "duration": np.array(durations, dtype=np.float32),
+            "length": np.array(lengths, dtype=np.int64), "offset": np.array(offsets, dtype=np.int64),
+            "segments": segments}
+
+
 def collate_videos(items: list[dict], num_classes: int) -> dict:
     """Pad a list of :class:`FeatureDataset` items into a **host-layout** batch
     (``kd_detect.data.batch``): modalities ``(B, T, D_m)`` in their stored dtype, labels
@@ -461,14 +574,14 @@ def collate_videos(items: list[dict], num_classes: int) -> dict:
     padding is zero everywhere. When items differ in dtype the batch takes the wider one
     (``np.result_type``), so no value is rounded.
     :func:`~kd_detect.data.batch.to_model_layout` gives the ``(B, D, T)`` float32 batch."""
-    lengths = [len(next(iter(it["features"].values()))) for it in items]
-    steps = max(lengths)
-    batch: dict = {}
-    read = _read_arrays(items)
-    if read is not None and read[-1].shape[1] == steps:
-        batch.update(zip(items[0]["features"], read[:-1]))  # read in place, padding zeroed
-        batch[LABELS] = read[-1]
+    if isinstance(items, ReadBatch) and items.intact():  # read in place, padding zeroed
+        batch = {m: torch.from_numpy(a) for m, a in zip(items.dataset.modalities, items.arrays)}
+        batch[LABELS] = torch.from_numpy(items.arrays[-1])
+        mask, meta = items.mask, items.meta
     else:
+        lengths = [len(next(iter(it["features"].values()))) for it in items]
+        steps = max(lengths)
+        batch = {}
         for m in items[0]["features"]:
             arrays = [it["features"][m] for it in items]
             dtype = np.result_type(*(a.dtype for a in arrays))
@@ -477,14 +590,16 @@ def collate_videos(items: list[dict], num_classes: int) -> dict:
         present = [a.dtype for a in labels if a is not None]
         batch[LABELS] = _pad_rows(labels, steps, num_classes,
                                   np.result_type(*present) if present else np.dtype(np.uint8))
-    mask = torch.arange(steps) < torch.tensor(lengths)[:, None]
-    batch[MASK] = mask
+        mask = _mask(lengths, steps)
+        meta = _meta_columns([(it["video_id"], it["duration"], it["length"], it["offset"], it["segments"])
+                              for it in items])
+    batch[MASK] = torch.from_numpy(mask)
     batch[META] = {
-        "video_id": [it["video_id"] for it in items],
-        "duration": torch.tensor([it["duration"] for it in items], dtype=torch.float32),
-        "length": torch.tensor([it["length"] for it in items], dtype=torch.long),
-        "offset": torch.tensor([it["offset"] for it in items], dtype=torch.long),
-        "segments": [it["segments"] for it in items],
+        "video_id": list(meta["video_id"]),
+        "duration": torch.from_numpy(meta["duration"]),
+        "length": torch.from_numpy(meta["length"]),
+        "offset": torch.from_numpy(meta["offset"]),
+        "segments": list(meta["segments"]),
     }
     batch[LAYOUT] = HOST_LAYOUT
     return batch
