@@ -61,6 +61,8 @@ ROWS: list[tuple[str, str, str]] = [
     ("Ours with DESIGN default λ=1", "ablations/synthetic_kd_weights1", "ablation"),
     ("Ours + all options (clean, centred, no false negatives, weight: auto)",
      "ablations/synthetic_kd_all_options", "ablation"),
+    ("Ours, atomic negatives from the same video only", "ablations/synthetic_kd_video_negatives", "ablation"),
+    ("Ours, atomic false negatives excluded", "ablations/synthetic_kd_no_false_negatives", "ablation"),
     ("atomic only", "ablations/synthetic_only_atomic", "ablation"),
     ("global only", "ablations/synthetic_only_global", "ablation"),
     ("boundary only", "ablations/synthetic_only_boundary", "ablation"),
