@@ -172,3 +172,17 @@ def test_compare_checks_each_file_against_its_own_recipe(tmp_path):
     with pytest.raises(UsageError, match="--extra-training 2 --videos 6"):
         compare.check_data({path: {"videos": 6}})
     compare.check_data({str(tmp_path / "missing.h5"): {}})  # missing: left to the fit
+
+
+def test_compare_expects_the_ceiling_file_the_makefile_makes():
+    """make compare's check and the Makefile's rule must name the same generator options,
+    or compare would refuse the Makefile's own ceiling file."""
+    import re
+    from pathlib import Path
+
+    from kd_detect.lab import compare
+
+    rule = re.search(r"^data/synthetic_ceiling\.h5:.*\n\t(.*)$", Path("Makefile").read_text(), re.M).group(1)
+    given = dict(re.findall(r"--([a-z-]+) (\S+)", rule.split("--out $@", 1)[1]))
+    assert {k.replace("-", "_"): int(v) for k, v in given.items()} == compare.DATA_FILES["data/synthetic_ceiling.h5"]
+    assert compare.DATA_FILES["data/synthetic.h5"] == {}
