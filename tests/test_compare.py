@@ -186,3 +186,43 @@ def test_compare_expects_the_ceiling_file_the_makefile_makes():
     given = dict(re.findall(r"--([a-z-]+) (\S+)", rule.split("--out $@", 1)[1]))
     assert {k.replace("-", "_"): int(v) for k, v in given.items()} == compare.DATA_FILES["data/synthetic_ceiling.h5"]
     assert compare.DATA_FILES["data/synthetic.h5"] == {}
+
+
+def test_a_student_of_the_teacher_without_rgb_gets_that_teacher(tmp_path, monkeypatch):
+    """``ablations/synthetic_kd_flowpose_teacher`` distils from the flow+pose teacher of its
+    own seed, which runs first (on the students' seeds) and is not itself a student."""
+    import json
+    from pathlib import Path
+
+    from kd_detect.lab import compare
+
+    student = "ablations/synthetic_kd_flowpose_teacher"
+    commands = []
+
+    def fake_run(cmd, **kwargs):
+        commands.append(cmd)
+        run = next(a for a in cmd if a.startswith("--trainer.default_root_dir=")).split("=", 1)[1]
+        Path(run).mkdir(parents=True, exist_ok=True)
+        (Path(run) / "metrics.json").write_text(json.dumps({compare.METRIC: 0.5}))
+        return type("Done", (), {"returncode": 0})()
+
+    monkeypatch.setattr(compare.subprocess, "run", fake_run)
+    out = tmp_path / "c"
+    assert compare.main(["--seeds", "3", "--ablation-seeds", "2", "--jobs", "1", "--out", str(out),
+                         "--only", student, "--", "--data.path=x.h5"]) == 0
+    ran = {(c[c.index("--config") + 1], next(a for a in c if a.startswith("--seed_everything="))): c
+           for c in commands}
+    fp = {s: c for (cfg, s), c in ran.items() if cfg == f"experiments/{compare.FLOWPOSE_TEACHER}.yaml"}
+    kd = {s: c for (cfg, s), c in ran.items() if cfg == f"experiments/{student}.yaml"}
+    assert sorted(fp) == sorted(kd) == ["--seed_everything=0", "--seed_everything=1"]
+    for seed in (0, 1):
+        assert not any(a.startswith("--model.init_args.teachers.teacher=") for a in fp[f"--seed_everything={seed}"])
+        assert (f"--model.init_args.teachers.teacher={out / f'seed{seed}' / compare.FLOWPOSE_TEACHER / 'best.ckpt'}"
+                in kd[f"--seed_everything={seed}"])
+    # every flow+pose teacher ran before any of its students
+    order = [c[c.index("--config") + 1] for c in commands]
+    assert max(i for i, c in enumerate(order) if "teacher_flowpose" in c) < min(
+        i for i, c in enumerate(order) if student in c)
+    rows = {r["experiment"]: r for r in json.loads((out / "report.json").read_text())["rows"]}
+    assert rows[compare.FLOWPOSE_TEACHER]["gap_closed"] is None and rows[compare.FLOWPOSE_TEACHER]["group"] == "teacher"
+    assert "ours_minus_row" not in rows[compare.FLOWPOSE_TEACHER]

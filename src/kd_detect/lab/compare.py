@@ -4,7 +4,8 @@ over several seeds, on the synthetic benchmark.
 
 Every row is a real ``kd-detect fit --test_after_fit=true`` run of its experiment file
 (``experiments/...``) with ``--seed_everything=s``; the students of seed ``s`` distil from
-the teacher trained with seed ``s``. The four main rows (RGB-only, teacher, ours, RGB
+the teacher trained with seed ``s`` (the RGB+flow+pose teacher, or for the row "from the
+teacher without RGB" the flow+pose teacher of that seed, trained first). The four main rows (RGB-only, teacher, ours, RGB
 ceiling) run ``--seeds`` seeds, the ablations and baselines ``--ablation-seeds``. Runs go to
 ``runs/compare/seed<s>/<experiment>/``; a run whose ``metrics.json`` exists is not repeated,
 so an interrupted comparison resumes.
@@ -49,7 +50,12 @@ from kd_detect.runs import RunDir
 
 RGB, TEACHER, OURS = "synthetic_rgb", "synthetic_teacher", "synthetic_kd"
 CEILING, PROBE = "synthetic_rgb_ceiling", "probe"
+FLOWPOSE_TEACHER = "synthetic_teacher_flowpose"
 REFERENCES = (RGB, TEACHER, CEILING)
+#: the students that distil from another teacher than the RGB+flow+pose one (of the same seed)
+TEACHER_OF = {"ablations/synthetic_kd_flowpose_teacher": FLOWPOSE_TEACHER}
+#: every teacher experiment: trained first, and not students themselves
+TEACHERS = (TEACHER, FLOWPOSE_TEACHER)
 MAIN = (RGB, TEACHER, OURS, CEILING)
 ROWS: list[tuple[str, str, str]] = [
     # (label, experiment, group)
@@ -57,12 +63,14 @@ ROWS: list[tuple[str, str, str]] = [
     ("Teacher (RGB+flow+pose)", TEACHER, "reference"),
     ("RGB ceiling (4× labelled training videos)", CEILING, "reference"),
     ("Linear probe (RGB, ±2 steps)", PROBE, "reference"),
+    ("Teacher without RGB (flow+pose)", FLOWPOSE_TEACHER, "teacher"),
     ("Ours: atomic + global + boundary", OURS, "ours"),
     ("Ours with DESIGN default λ=1", "ablations/synthetic_kd_weights1", "ablation"),
     ("Ours + all options (clean, centred, no false negatives, weight: auto)",
      "ablations/synthetic_kd_all_options", "ablation"),
     ("Ours, atomic negatives from the same video only", "ablations/synthetic_kd_video_negatives", "ablation"),
     ("Ours, atomic false negatives excluded", "ablations/synthetic_kd_no_false_negatives", "ablation"),
+    ("Ours, from the teacher without RGB (flow+pose)", "ablations/synthetic_kd_flowpose_teacher", "ablation"),
     ("atomic only", "ablations/synthetic_only_atomic", "ablation"),
     ("global only", "ablations/synthetic_only_global", "ablation"),
     ("boundary only", "ablations/synthetic_only_boundary", "ablation"),
@@ -130,8 +138,9 @@ def fit(exp: str, seed: int, root: Path, extra: list[str], log: Path, reference:
         f"--seed_everything={seed}", f"--trainer.default_root_dir={out}", "--test_after_fit=true",
         "--trainer.enable_progress_bar=false", "--trainer.logger=kd_detect.loggers.CSVLogger", *extra,
     ]
-    if exp not in REFERENCES:
-        cmd.append(f"--model.init_args.teachers.teacher={run_dir(root, seed, TEACHER, reference) / 'best.ckpt'}")
+    if exp not in REFERENCES and exp not in TEACHERS:
+        teacher = TEACHER_OF.get(exp, TEACHER)
+        cmd.append(f"--model.init_args.teachers.teacher={run_dir(root, seed, teacher, reference) / 'best.ckpt'}")
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     with open(log, "a") as fh:
@@ -195,7 +204,7 @@ def summarise(results: dict[str, dict[int, float]]) -> list[dict]:
     ceiling = mean(list(results.get(CEILING, {}).values()))
 
     def closed(m: float, top: float, exp: str) -> float | None:
-        if exp in (RGB, TEACHER, CEILING, PROBE) or top != top or top == rgb:
+        if exp in (RGB, CEILING, PROBE) or exp in TEACHERS or top != top or top == rgb:
             return None
         return (m - rgb) / (top - rgb)
 
@@ -298,16 +307,21 @@ def main(argv: list[str] | None = None) -> int:
     side_seeds = list(range(min(args.ablation_seeds, args.seeds)))
     chosen = [exp for _, exp, _ in ROWS
               if exp != PROBE and (args.only is None or exp in args.only or exp in REFERENCES)]
+    chosen += [TEACHER_OF[exp] for exp in chosen if exp in TEACHER_OF and TEACHER_OF[exp] not in chosen]
+    run_seeds = {exp: seeds if exp in MAIN else side_seeds for exp in chosen}
+    for exp, teacher in TEACHER_OF.items():  # a teacher runs on the seeds of its students
+        if exp in chosen and teacher not in MAIN:
+            run_seeds[teacher] = sorted(set(run_seeds.get(teacher, [])) | set(run_seeds[exp]))
     log = root / "compare.log"
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         # teachers (and the RGB baseline) first: every student of seed s needs teacher s
         first = {(exp, s): pool.submit(fit, exp, s, root, args.extra, log, reference)
-                 for exp in (TEACHER, RGB, CEILING) for s in seeds if exp in chosen}
+                 for exp in (*TEACHERS, RGB, CEILING) if exp in chosen for s in run_seeds[exp]}
         for (exp, _), fut in first.items():
-            if exp == TEACHER:
+            if exp in TEACHERS:
                 fut.result()
         rest = {(exp, s): pool.submit(fit, exp, s, root, args.extra, log, reference)
-                for exp in chosen if exp not in REFERENCES for s in (seeds if exp in MAIN else side_seeds)}
+                for exp in chosen if exp not in REFERENCES and exp not in TEACHERS for s in run_seeds[exp]}
         for fut in {**first, **rest}.values():
             fut.result()  # re-raise a failed run
     if args.only is None or PROBE in args.only:
