@@ -9,8 +9,9 @@ import h5py
 import numpy as np
 import pytest
 
+from kd_detect.apps.check import main
 from kd_detect.data.format import VideoRecord, write_feature_file
-from kd_detect.data.validate import main, validate_file
+from kd_detect.data.validate import validate_file
 
 CLASSES = ["walk", "sit", "drink"]
 T = 12
@@ -206,7 +207,7 @@ def test_check_does_not_import_torch_or_lightning():
     import subprocess
     import sys
 
-    code = ("import sys, kd_detect.data, kd_detect.data.validate; "
+    code = ("import sys, kd_detect.data, kd_detect.data.validate, kd_detect.apps.check; "
             "print(any(m in sys.modules for m in ('torch', 'pytorch_lightning')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

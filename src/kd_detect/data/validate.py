@@ -1,10 +1,10 @@
-"""Validator for format-v1 feature files and the ``kd-detect check FILE.h5`` command
-(DESIGN.md §4, §7).
+"""Validator for format-v1 feature files, behind the ``kd-detect check FILE.h5`` command
+(:mod:`kd_detect.apps.check`; DESIGN.md §4, §7).
 
 :func:`validate_file` walks the whole file with bounded memory (features, labels and the
 label/segment rule are checked ``chunk_steps`` steps at a time), collects every violation
 as one line naming the file, the video and the field, and summarises the content.
-:func:`main` prints the summary and the problems; exit status 0 when clean, 1 otherwise.
+:func:`format_report` renders the summary and the problems.
 :func:`ensure_valid` is what training and prediction call first (through
 ``FeatureDataModule(validate=True)``): the same rules, the verdict cached per file identity
 (:func:`cached_problems`), the first problem raised as one
@@ -14,9 +14,7 @@ It never lets an h5py exception escape: unreadable objects become problems.
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -496,20 +494,3 @@ def format_report(report: ValidationReport, max_problems: int = 50) -> str:
     else:
         lines.append("OK: no problems found")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``kd-detect check FILE.h5``: print a summary and one line per problem; 0 clean / 1 problems."""
-    parser = argparse.ArgumentParser(prog="kd-detect check", description="Validate a kd_detect feature file.")
-    parser.add_argument("file", help="HDF5 feature file (format v1, DESIGN.md §4)")
-    parser.add_argument("--max-problems", type=int, default=50, help="problems printed (all are counted)")
-    parser.add_argument("--chunk-steps", type=int, default=DEFAULT_CHUNK_STEPS, help="steps read at a time")
-    parser.add_argument("--no-labels", action="store_true", help="allow videos without 'labels' (prediction files)")
-    args = parser.parse_args(argv)
-    report = validate_file(args.file, chunk_steps=args.chunk_steps, require_labels=not args.no_labels)
-    print(format_report(report, max_problems=args.max_problems))
-    return 0 if report.ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
