@@ -58,6 +58,7 @@ def test_ddp_teacher_exact_metrics_and_students(synthetic_h5, tmp_path):
                  f"{{class_path: ddp_probe.TeacherProbe, init_args: {{out_dir: {probe}}}}}]")
     _run("fit", "--config", "experiments/synthetic_kd.yaml", data, *COMMON, *ddp, "--trainer.max_epochs=1",
          f"--model.init_args.teachers.teacher={teacher / 'best.ckpt'}", f"--trainer.default_root_dir={student}",
+         "--model.init_args.distill.atomic.init_args.negatives=batch",
          "--model.init_args.distill.atomic.init_args.gather_distributed=true", "--test_after_fit=true",
          callbacks, tmp=tmp_path)
     reports = [json.loads((probe / f"probe_rank{r}.json").read_text()) for r in (0, 1)]
