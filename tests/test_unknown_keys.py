@@ -91,3 +91,38 @@ def test_verbose_is_ours_only_as_a_bare_flag():
     app.lightning_main(["fit", "--trainer.max_epochs=1", "--verbose"], cli_class=Probe)
     assert seen["args"] == ["fit", "--trainer.max_epochs=1"] and app.KDArgumentParser.verbose is True
     app.KDArgumentParser.verbose = False
+
+
+def test_options_a_plugin_refuses_end_in_one_line_naming_the_class(synthetic_h5, capsys):
+    """Two options that do not combine (within-video negatives gathered across ranks) are
+    refused by the plugin's constructor: one line naming the class and the reason, not the
+    ~110 lines of jsonargparse's Union report and three chained tracebacks."""
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(EXPERIMENTS / "synthetic_kd.yaml"), f"--data.path={synthetic_h5}",
+              "--model.init_args.distill.atomic.init_args.gather_distributed=true"])
+    assert str(exc.value.code) == ("kd-detect: error: AtomicContrastive: negatives='video' keeps negatives within "
+                                   "a video: gather_distributed adds nothing (--verbose shows the full trace)")
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_refused_by_constructor_only_names_our_own_constructors():
+    from kd_detect.apps.lightning import refused_by_constructor
+    from kd_detect.distill import AtomicContrastive, GlobalContextualRelation
+
+    try:
+        AtomicContrastive(negatives="video", gather_distributed=True)
+    except ValueError as err:
+        inner = err
+    try:  # chained under another error, as jsonargparse does
+        raise ValueError("Does not validate against any of the Union subtypes") from inner
+    except ValueError as err:
+        assert refused_by_constructor(err) == f"AtomicContrastive: {inner}"
+    try:
+        GlobalContextualRelation(tau_r=-1.0)
+    except ValueError as err:
+        assert refused_by_constructor(err).startswith("GlobalContextualRelation: ")
+    try:  # a ValueError raised outside kd_detect (here by int()) keeps the full report
+        int("x")
+    except ValueError as err:
+        assert refused_by_constructor(err) is None
+    assert refused_by_constructor(None) is None

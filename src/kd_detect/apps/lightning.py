@@ -53,6 +53,33 @@ class KDArgumentParser(LightningArgumentParser):
         return super().error(message, ex)
 
 
+def refused_by_constructor(ex: BaseException | None) -> str | None:
+    """``Class: message`` when the parse failed because a kd_detect class refused its
+    arguments (a ``ValueError`` raised in one of our own ``__init__``, e.g. two options that
+    do not combine), found along the exception's cause chain; ``None`` otherwise (a
+    jsonargparse type error, or a bug elsewhere, keeps the parser's own report)."""
+    import kd_detect
+
+    package = os.path.dirname(os.path.abspath(kd_detect.__file__))
+    seen: set[int] = set()
+    found = None
+    while ex is not None and id(ex) not in seen:
+        seen.add(id(ex))
+        if isinstance(ex, ValueError) and ex.__traceback__ is not None:
+            frames = []
+            tb = ex.__traceback__
+            while tb is not None:
+                frames.append(tb.tb_frame)
+                tb = tb.tb_next
+            ours = [f for f in frames if os.path.abspath(f.f_code.co_filename).startswith(package + os.sep)]
+            if ours and frames[-1] is ours[-1]:
+                inits = [f for f in ours if f.f_code.co_name == "__init__" and "self" in f.f_locals]
+                if inits:
+                    found = f"{type(inits[0].f_locals['self']).__name__}: {ex}"
+        ex = ex.__cause__ or ex.__context__
+    return found
+
+
 def write_run_record(run_dir: str | os.PathLike, data_path: str | os.PathLike | None) -> str:
     """Write ``<run_dir>/run.json``: the data file's path and identity (size, mtime, content
     hash; :func:`kd_detect.io.file_identity`), what ``make train`` compares before reusing
@@ -126,6 +153,19 @@ def sigterm_error(trainer: Any, subcommand: str = "fit") -> TrainingInterrupted 
 
 class KDCLI(LightningCLI):
     """LightningCLI with the data→model links and kd_detect's run conventions."""
+
+
+    def instantiate_classes(self) -> None:
+        """A kd_detect class that refuses its arguments (two options that do not combine, a
+        value out of range) ends in one line naming the class and why, exit status 1; the
+        full trace of jsonargparse's attempts only with ``--verbose``."""
+        try:
+            super().instantiate_classes()
+        except ValueError as err:
+            refused = refused_by_constructor(err)
+            if refused is None or KDArgumentParser.verbose:
+                raise
+            raise SystemExit(f"kd-detect: error: {refused} (--verbose shows the full trace)") from None
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
