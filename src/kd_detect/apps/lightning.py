@@ -22,7 +22,7 @@ from kd_detect.apps.unknown_keys import unknown_key_line
 from kd_detect.callbacks.teachers import TeacherMetrics
 from kd_detect.config import expand_config_includes
 from kd_detect.data.datamodule import FeatureDataModule
-from kd_detect.errors import ConfigError, TrainingInterrupted
+from kd_detect.errors import ConfigError, KdDetectError, TrainingInterrupted
 from kd_detect.io import atomic_write, ensure_writable_dir, file_identity
 from kd_detect.modules.detector import DetectorModule
 from kd_detect.runs import RECORD
@@ -161,6 +161,8 @@ class KDCLI(LightningCLI):
         full trace of jsonargparse's attempts only with ``--verbose``."""
         try:
             super().instantiate_classes()
+        except KdDetectError:  # our own one-line errors: the command's handler prints them
+            raise
         except ValueError as err:
             refused = refused_by_constructor(err)
             if refused is None or KDArgumentParser.verbose:
