@@ -35,7 +35,7 @@ def test_gap_closed_std_and_paired_difference():
                                                              "above": 1, "ci95": None}
     assert rows[RGB]["paired"] is None
     table = markdown(list(rows.values()), [0, 1], [])
-    assert ("| Ours: atomic (same-video negatives) + global + boundary | ours | 2 | 67.00 ± 2.83 | +53% | +160% | +16.00 ± 1.41 "
+    assert ("| Ours: atomic (same-video negatives) + global + boundary, weight: auto | ours | 2 | 67.00 ± 2.83 | +53% | +160% | +16.00 ± 1.41 "
             "| [+3.29, +28.71] | 2/2 |") in table
     assert "| logit KD | baseline | 2 | 50.00 ± 1.41 | -3% | -10% | -1.00 ± 0.00 | [-1.00, -1.00] | 0/2 |" in table
     assert "| RGB only | reference | 2 | 51.00 ± 1.41 |  |  |  |  |  |" in table

@@ -116,8 +116,10 @@ def test_cli_overrides_reach_nested_modules(synthetic_h5, tiny_teacher, tmp_path
     model = cli.model
     assert len(model.head.blocks) == 3
     plugins = model.distill["teacher"]
-    assert plugins["global"].weight == 0.25 and plugins["global"].mode == "gram"
-    assert plugins["atomic"].window == 2 and plugins["boundary"].weight == 0.1  # untouched: the experiment value
+    assert plugins["global"].weight == 0.25 and not plugins["global"].auto and plugins["global"].mode == "gram"
+    # untouched: the experiment's values (weight: auto, same-video negatives)
+    assert plugins["atomic"].window == 2 and plugins["boundary"].weight_repr == "auto"
+    assert plugins["atomic"].weight_repr == "auto" and plugins["atomic"].negatives == "video"
     # the data's classes and dims were linked into the model
     assert model.num_classes == cli.datamodule.num_classes and model.modality_dims["rgb"] == cli.datamodule.modality_dims["rgb"]
 
