@@ -65,6 +65,8 @@ ROWS: list[tuple[str, str, str]] = [
     ("Linear probe (RGB, ±2 steps)", PROBE, "reference"),
     ("Teacher without RGB (flow+pose)", FLOWPOSE_TEACHER, "teacher"),
     ("Ours: atomic (same-video negatives) + global + boundary, weight: auto", OURS, "ours"),
+    ("Ours with the previous defaults (λ = 0.1, batch negatives)", "ablations/synthetic_kd_previous_default",
+     "ablation"),
     ("Ours, λ = 0.1 (hand-tuned on this world)", "ablations/synthetic_kd_weights01", "ablation"),
     ("Ours, λ = 1 (DESIGN's first reading)", "ablations/synthetic_kd_weights1", "ablation"),
     ("Ours + all options (clean, centred, no false negatives)",
