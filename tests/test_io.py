@@ -26,8 +26,10 @@ def fresh_handlers(monkeypatch):
     monkeypatch.setattr(kio, "_open_files", 0)
     monkeypatch.setattr(kio, "_previous_handlers", {})
     old = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)  # also under nohup, which ignores it
     yield
     signal.signal(signal.SIGTERM, old)
+    signal.signal(signal.SIGINT, old_int)
 
 
 def leftovers(folder):
@@ -219,6 +221,20 @@ def test_ctrl_c_swallowed_by_a_finaliser_still_aborts_the_write(tmp_path, fresh_
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_a_signal_the_process_ignores_stays_ignored_while_writing(tmp_path, fresh_handlers):
+    """A process started with SIGINT ignored (nohup, a shell's background job) chose not to
+    be interrupted by it: a write neither installs its handler for it nor restores another."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    out = tmp_path / "out.txt"
+    with atomic_write(out) as tmp:
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # SIGTERM is still guarded
+        os.kill(os.getpid(), signal.SIGINT)  # ignored: the write goes on
+        Path(tmp).write_text("done")
+    assert out.read_text() == "done" and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
 def test_a_write_loop_raises_the_swallowed_signal_at_the_next_item(tmp_path, fresh_handlers):
     from kd_detect.io import raise_pending_signal
 
@@ -262,7 +278,9 @@ def test_generator_interrupted_mid_write_exits_130_in_one_line_without_debris(tm
     out = tmp_path / "syn.h5"
     cmd = [sys.executable, "-m", "data_prep.synthetic", "--out", str(out), "--videos", "3000"]
     for delay in (0.0, 0.2, 0.5):
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # SIGINT as at a terminal, even when pytest itself runs with it ignored (nohup, background)
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             deadline = time.monotonic() + 60
             while not list(tmp_path.glob(".syn.h5.pid*.tmp")) and time.monotonic() < deadline:

@@ -177,7 +177,8 @@ def _install_handlers() -> bool:
         return False
     if _open_files == 0:
         for sig in SIGNALS:
-            _previous_handlers[sig] = signal.signal(sig, _raise_on_signal)
+            if signal.getsignal(sig) is not signal.SIG_IGN:  # an ignored signal (nohup, a background job) stays so
+                _previous_handlers[sig] = signal.signal(sig, _raise_on_signal)
         _previous_hook, sys.unraisablehook = sys.unraisablehook, _unraisable
         _swallowed = None
     _open_files += 1
