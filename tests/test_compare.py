@@ -215,6 +215,9 @@ def test_a_student_of_the_teacher_without_rgb_gets_that_teacher(tmp_path, monkey
     fp = {s: c for (cfg, s), c in ran.items() if cfg == f"experiments/{compare.FLOWPOSE_TEACHER}.yaml"}
     kd = {s: c for (cfg, s), c in ran.items() if cfg == f"experiments/{student}.yaml"}
     assert sorted(fp) == sorted(kd) == ["--seed_everything=0", "--seed_everything=1"]
+    # another world (--data.path): no RGB-ceiling runs, which would be plain RGB-only on that file
+    assert not any(cfg == f"experiments/{compare.CEILING}.yaml" for cfg, _ in ran)
+    assert any(cfg == f"experiments/{compare.RGB}.yaml" for cfg, _ in ran)
     for seed in (0, 1):
         assert not any(a.startswith("--model.init_args.teachers.teacher=") for a in fp[f"--seed_everything={seed}"])
         assert (f"--model.init_args.teachers.teacher={out / f'seed{seed}' / compare.FLOWPOSE_TEACHER / 'best.ckpt'}"

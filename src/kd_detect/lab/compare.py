@@ -314,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     side_seeds = list(range(min(args.ablation_seeds, args.seeds)))
     chosen = [exp for _, exp, _ in ROWS
               if exp != PROBE and (args.only is None or exp in args.only or exp in REFERENCES)]
+    if any(a.startswith("--data.path") for a in args.extra):  # the ceiling needs its own 4x file of that world
+        chosen = [exp for exp in chosen if exp != CEILING]
     chosen += [TEACHER_OF[exp] for exp in chosen if exp in TEACHER_OF and TEACHER_OF[exp] not in chosen]
     run_seeds = {exp: seeds if exp in MAIN else side_seeds for exp in chosen}
     for exp, teacher in TEACHER_OF.items():  # a teacher runs on the seeds of its students
