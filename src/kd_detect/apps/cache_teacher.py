@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kd_detect.data.datamodule import FeatureDataModule
+    from kd_detect.data.feature_data import FeatureData
     from kd_detect.data.teacher_cache import write_teacher_cache
     from kd_detect.modules.loading import file_sha256, load_detector
 
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     teacher = load_detector(args.ckpt)
-    dm = FeatureDataModule(
+    dm = FeatureData(
         args.data,
         modalities=list(teacher.modalities),
         predict_subset=args.subsets or None,
@@ -47,9 +47,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if list(dm.classes) != list(teacher.classes):
         raise UsageError(f"{args.data}: classes differ from the teacher's ({args.ckpt})")
-    dm.setup("predict")
     out = write_teacher_cache(
-        teacher, dm.predict_dataloader(), args.out, file_sha256(args.ckpt), source_file=args.data,
+        teacher, dm.loader("predict"), args.out, file_sha256(args.ckpt), source_file=args.data,
         feature_dtype=args.dtype,
     )
     print(f"wrote teacher cache {out}")

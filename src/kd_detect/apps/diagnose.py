@@ -53,9 +53,9 @@ def retrieval_rates(q: Tensor, k: Tensor, video: Tensor) -> dict[str, float]:
 
 
 def atomic_retrieval(student: Any, data: Any, teacher: str = "teacher", plugin: str = "atomic") -> dict[str, float]:
-    """Mean rates of :func:`retrieval_rates` over the test batches of ``data`` (a DataModule).
-    Every atom of a batch is used: a copy of the plugin without its ``max_atoms`` sampling
-    (the student's own plugin is not changed)."""
+    """Mean rates of :func:`retrieval_rates` over the test batches of ``data`` (a
+    :class:`~kd_detect.data.feature_data.FeatureData`). Every atom of a batch is used: a copy
+    of the plugin without its ``max_atoms`` sampling (the student's own plugin is not changed)."""
     module = student.distill[teacher][plugin]
     if not isinstance(module, InBatchContrastive):
         raise UsageError(f"plugin {teacher}/{plugin} is a {type(module).__name__}, not an in-batch contrastive loss")
@@ -68,7 +68,7 @@ def atomic_retrieval(student: Any, data: Any, teacher: str = "teacher", plugin: 
     every_atom.max_atoms = 0
     totals: dict[str, float] = {}
     with torch.no_grad():
-        for batch in map(to_model_layout, data.test_dataloader()):
+        for batch in map(to_model_layout, data.loader("test")):
             s, t = student(batch), net(batch)
             mask = batch[MASK].bool()
             ids, n = atom_index(mask, every_atom.window)
@@ -92,7 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kd_detect.data.datamodule import FeatureDataModule
+    from kd_detect.data.feature_data import FeatureData
     from kd_detect.modules.loading import load_detector
     from kd_detect.modules.student import StudentModule
 
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.run}: the student has no plugin {args.teacher}/{args.plugin}")
     modalities = sorted({m for t in student.teachers.values() for m in t.modalities} | set(student.modalities))
     test = data_cfg.get("test_subset", "testing")
-    data = FeatureDataModule(str(path), modalities=modalities, train_subset=test, val_subset=test,
+    data = FeatureData(str(path), modalities=modalities, train_subset=test, val_subset=test,
                              test_subset=test, eval_batch_size=args.batch_size)
     result = atomic_retrieval(student, data, args.teacher, args.plugin)
     print(json.dumps({"run": str(args.run), **result}, indent=2))

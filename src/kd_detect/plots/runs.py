@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from kd_detect.data.datamodule import FeatureDataModule
+from kd_detect.data.feature_data import FeatureData
 from kd_detect.data.format import FeatureFile
 from kd_detect.distill import BoundarySaliency, GlobalContextualRelation
 from kd_detect.errors import UsageError
@@ -80,7 +80,7 @@ def choose_video(feature_file: Any, ids: Sequence[str]) -> str:
 def _run_models(models: list[RunModel], data: Path, subset: str, video: str | None, batch_size: int) -> tuple[Any, str]:
     """Score every video of ``subset`` with every model; keep the chosen video's features."""
     modalities = sorted({m for rm in models for m in rm.module.modalities})
-    dm = FeatureDataModule(
+    dm = FeatureData(
         str(data), modalities=modalities, train_subset=subset, val_subset=subset, test_subset=subset,
         eval_batch_size=batch_size, require_labels=True,
     )
@@ -96,15 +96,14 @@ def _run_models(models: list[RunModel], data: Path, subset: str, video: str | No
                 raise UsageError(f"{data}: modality {m!r} has dim {dm.modality_dims.get(m)}, {rm.ckpt} expects {dim}")
         if list(rm.module.classes) != list(dm.classes):
             raise UsageError(f"{data}: classes differ from those of {rm.ckpt}")
-    dm.setup("test")
     for rm in models:
         predictor = module_predictor(rm.module, str(rm.ckpt))
-        for vid, probs, feats, meta in iter_videos(predictor, dm.test_dataloader()):
+        for vid, probs, feats, meta in iter_videos(predictor, dm.loader("test")):
             rm.pooled.append((probs, meta["labels"]))
             if vid == video:
                 rm.features = feats
                 rm.scores[vid] = probs.numpy()
-    dm.teardown("test")
+    dm.close()
     return ff, video
 
 
