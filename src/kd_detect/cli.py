@@ -12,7 +12,7 @@ make train uses). The other subcommands are plain tools:
     kd-detect predict --ckpt CKPT --data FILE.h5 --out preds.h5 [--segments segs.jsonl]
     kd-detect export --ckpt student.ckpt --out student.pt
     kd-detect plot RUN_DIR
-    kd-detect diagnose RUN_DIR               atomic-contrast retrieval rates of a student
+    kd-detect diagnose RUN_DIR [--gradients] atomic retrieval, or each loss's gradient vs validation
 """
 
 from __future__ import annotations

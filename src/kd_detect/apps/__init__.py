@@ -22,7 +22,7 @@ APPS: dict[str, tuple[str, str]] = {
     "predict": ("kd_detect.apps.predict", "per-step probabilities (and segments) of a checkpoint or export"),
     "export": ("kd_detect.apps.export", "TorchScript + state file of a student's RGB-only detector"),
     "plot": ("kd_detect.apps.plot", "a run's pictures into RUN_DIR/plots"),
-    "diagnose": ("kd_detect.apps.diagnose", "atomic-contrast retrieval rates of a trained student"),
+    "diagnose": ("kd_detect.apps.diagnose", "atomic-contrast retrieval rates, or gradient alignment, of a trained student"),
 }
 
 
