@@ -25,8 +25,9 @@ each the mean over batches, are compared: ``cos_val = cos(g, g_val)`` (> 0: a sm
 on the term alone lowers the validation loss, to first order), ``cos_bce = cos(g, g_bce)``
 (how much of the term only repeats the training labels), and ``norm_ratio = ‖g‖ / ‖g_bce‖``.
 ``total`` is ``g_bce + Σ_k g_k``, what a training step follows; ``total``'s ``cos_val``
-above ``bce``'s means the distillation terms together turn the step towards validation. A local, first-order reading at one point of training: a leave-one-out run is
-the measurement, this is a cheap pointer to which term to question.
+above ``bce``'s means the distillation terms together turn the step towards validation.
+A local, first-order reading at one point of training: a leave-one-out run is the
+measurement, this is a cheap pointer to which term to question.
 """
 
 from __future__ import annotations
