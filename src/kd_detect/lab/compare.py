@@ -77,6 +77,9 @@ ROWS: list[tuple[str, str, str]] = [
     ("Ours, losses on dropout-free student features (distill_from: clean)", "ablations/synthetic_kd_clean",
      "ablation"),
     ("Ours, per-video centring in global and boundary", "ablations/synthetic_kd_center", "ablation"),
+    ("Ours, atoms of 8 steps (window 8)", "ablations/synthetic_kd_window8", "ablation"),
+    ("Ours, auto_share 1 (each term at the full detection gradient)", "ablations/synthetic_kd_share1", "ablation"),
+    ("Ours, boundary over strides 1, 2, 4", "ablations/synthetic_kd_boundary_strides124", "ablation"),
     ("Ours, from the teacher without RGB (flow+pose)", "ablations/synthetic_kd_flowpose_teacher", "ablation"),
     ("atomic only", "ablations/synthetic_only_atomic", "ablation"),
     ("global only", "ablations/synthetic_only_global", "ablation"),
@@ -92,6 +95,14 @@ ROWS: list[tuple[str, str, str]] = [
     ("RKD", "baselines/synthetic_rkd", "baseline"),
     ("PKT", "baselines/synthetic_pkt", "baseline"),
     ("CRD", "baselines/synthetic_crd", "baseline"),
+    ("logit KD, weight: auto", "baselines/synthetic_logit_kd_auto", "baseline"),
+    ("FitNets, weight: auto", "baselines/synthetic_fitnets_auto", "baseline"),
+    ("MARS (feature MSE), weight: auto", "baselines/synthetic_mars_auto", "baseline"),
+    ("attention transfer, weight: auto", "baselines/synthetic_at_auto", "baseline"),
+    ("similarity-preserving, weight: auto", "baselines/synthetic_sp_auto", "baseline"),
+    ("RKD, weight: auto", "baselines/synthetic_rkd_auto", "baseline"),
+    ("PKT, weight: auto", "baselines/synthetic_pkt_auto", "baseline"),
+    ("CRD, weight: auto", "baselines/synthetic_crd_auto", "baseline"),
 ]
 METRIC = "test/frame_map"
 PROBE_FILE = "data/synthetic.h5"
