@@ -132,20 +132,12 @@ def test_cli_on_a_student_run(tmp_path, capsys):
     data = write_feature_file(tmp_path / "d.h5", ["a", "b"], list(dims), videos, dtype="float32")
     common = {"head": {"class_path": "kd_detect.models.heads.TCN", "init_args": {"hidden": 8}},
               "num_classes": 2, "classes": ["a", "b"], "modality_dims": dims}
-    import pytorch_lightning as pl
-
-    def save(module, path):
-        trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
-        trainer.strategy.connect(module)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(path)
-
-    save(instantiate(TeacherModule, modalities=["rgb", "flow"], **common), tmp_path / "t" / "best.ckpt")
+    _save(instantiate(TeacherModule, modalities=["rgb", "flow"], **common), tmp_path / "t" / "best.ckpt")
     student = instantiate(StudentModule, modalities=["rgb"], teachers={"teacher": str(tmp_path / "t" / "best.ckpt")},
                           distill={"atomic": {"class_path": "kd_detect.distill.AtomicContrastive",
                                               "init_args": {"window": 3}}}, **common)
     run = tmp_path / "kd"
-    save(student, run / "best.ckpt")
+    _save(student, run / "best.ckpt")
     (run / "config.yaml").write_text(yaml.safe_dump({"data": {"path": str(data)}}))
     assert main([str(run), "--batch-size", "2"]) == 0
     out = json.loads(capsys.readouterr().out)
