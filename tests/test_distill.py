@@ -44,6 +44,7 @@ CONFIGS = {
     "boundary_kl_strides": lambda: BoundarySaliency(strides=(1, 2, 4), tau_b=0.3),
     "boundary_l2": lambda: BoundarySaliency(mode="l2", strides=(1, 2)),
     "boundary_kl_raw": lambda: BoundarySaliency(dim_scale=False, tau_b=1.0),
+    "boundary_kl_video": lambda: BoundarySaliency(strides=(1, 2), scale="video", tau_b=0.7),
     "logit_kd": lambda: LogitKD(tau=2.0),
     "fitnets": lambda: FitNets(),
     "mars": lambda: FeatureMSE(),
@@ -185,6 +186,9 @@ def ref_boundary(p, s, t, mask, seed) -> Tensor:
             continue
         vs, vf = torch.stack(list(bs.values())), torch.stack(list(bf.values()))
         if p.mode == "kl":
+            if p.scale == "video":  # population std; zero spread -> all 0
+                z = lambda v: (v - v.mean()) / v.std(unbiased=False) if float(v.std(unbiased=False)) > 1e-8 else v * 0  # noqa: E731
+                vs, vf = z(vs), z(vf)
             ps, pf = torch.softmax(vs / p.tau_b, 0), torch.softmax(vf / p.tau_b, 0)
             per_video.append((pf * torch.log(pf / ps)).sum())
         else:
@@ -362,6 +366,32 @@ def test_boundary_by_hand():
     assert p(HeadOutput(s, s), HeadOutput(f, f), mask).item() == pytest.approx(1.0, rel=1e-6)
 
 
+def test_boundary_video_scale_keeps_where_not_how_much():
+    """``scale="video"``: two defined steps standardise to (−1, 1) whatever their size, so the
+    logit gap is 2/τ and KL = c·tanh(c/2) with c = 2/τ, for a teacher whose change is full
+    (b_F = (2, 0)/√2) or a third as large; with ``raw`` the two teachers give different losses."""
+    s = torch.tensor([[[1.0, 2.0, 0.0], [0.0, 0.0, 1.0]]])  # b_S = [_, 0, 2]/√2
+    f_big = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 3.0, 1.0]]])  # b_F = [_, 2, 0]/√2
+    f_small = torch.tensor([[[1.0, 1.0, 1.0], [0.0, 0.5, 0.5]]])  # a smaller turn at t=1, none at t=2
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    c = 2 / 0.5
+    video, raw = BoundarySaliency(tau_b=0.5, scale="video"), BoundarySaliency(tau_b=0.5)
+    for p in (video, raw):
+        p.setup(2, 2, 1)
+    for f in (f_big, f_small):
+        assert video(HeadOutput(s, s), HeadOutput(f, f), mask).item() == pytest.approx(c * math.tanh(c / 2), rel=1e-6)
+    big, small = (raw(HeadOutput(s, s), HeadOutput(f, f), mask).item() for f in (f_big, f_small))
+    assert big > small * 1.5
+    # a student whose own changes are larger or smaller, at the same steps, costs the same
+    s_half = torch.tensor([[[1.0, 2.0, 1.0], [0.0, 0.0, 0.4]]])
+    assert video(HeadOutput(s_half, s_half), HeadOutput(f_big, f_big), mask).item() == pytest.approx(
+        c * math.tanh(c / 2), rel=1e-6)
+    with pytest.raises(ValueError):
+        BoundarySaliency(mode="l2", scale="video")
+    with pytest.raises(ValueError):
+        BoundarySaliency(scale="per-step")  # type: ignore[arg-type]
+
+
 def test_logit_kd_by_hand():
     p = LogitKD(tau=2.0)
     p.setup(1, 1, 1)
@@ -381,6 +411,7 @@ GOLDEN = {
     "boundary_kl_strides": 0.3015989661216736,
     "boundary_l2": 0.15818172693252563,
     "boundary_kl_raw": 0.4319634735584259,
+    "boundary_kl_video": 1.253594160079956,
     "logit_kd": 1.1065609455108643,
     "fitnets": 1.062573790550232,
     "mars": 1.0174062252044678,
@@ -409,6 +440,7 @@ ZERO_AT_IDENTITY = [
     "boundary_kl",
     "boundary_kl_strides",
     "boundary_l2",
+    "boundary_kl_video",
     "logit_kd",
     "mars",
     "at",
@@ -635,7 +667,7 @@ KNOBS = {
     "atomic": {"window": 2, "projector": "mlp", "symmetric": True, "max_atoms": 10, "exclude_same_label": True,
                "negatives": "video"},
     "global": {"mode": "gram", "tau_r": 0.05, "chunk_size": 64, "center": True},
-    "boundary": {"strides": [1, 2, 4], "mode": "l2", "tau_b": 0.2, "center": True},
+    "boundary": {"strides": [1, 2, 4], "mode": "kl", "tau_b": 0.2, "center": True, "scale": "video"},
     "logit_kd": {"tau": 4.0},
     "sp": {"chunk_size": 8},
     "rkd": {"max_samples": 16, "angle_weight": 0.0},

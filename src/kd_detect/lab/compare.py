@@ -80,6 +80,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("Ours, atoms of 8 steps (window 8)", "ablations/synthetic_kd_window8", "ablation"),
     ("Ours, auto_share 1 (each term at the full detection gradient)", "ablations/synthetic_kd_share1", "ablation"),
     ("Ours, boundary over strides 1, 2, 4", "ablations/synthetic_kd_boundary_strides124", "ablation"),
+    ("Ours, boundary saliency standardised per video (scale: video)", "ablations/synthetic_kd_boundary_video_scale", "ablation"),
     ("Ours, from the teacher without RGB (flow+pose)", "ablations/synthetic_kd_flowpose_teacher", "ablation"),
     ("atomic only", "ablations/synthetic_only_atomic", "ablation"),
     ("global only", "ablations/synthetic_only_global", "ablation"),
