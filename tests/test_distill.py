@@ -369,10 +369,10 @@ def test_boundary_by_hand():
 def test_boundary_video_scale_keeps_where_not_how_much():
     """``scale="video"``: two defined steps standardise to (−1, 1) whatever their size, so the
     logit gap is 2/τ and KL = c·tanh(c/2) with c = 2/τ, for a teacher whose change is full
-    (b_F = (2, 0)/√2) or a third as large; with ``raw`` the two teachers give different losses."""
+    (b_F = (2, 0)/√2) or about a quarter as large; with ``raw`` the two teachers give different losses."""
     s = torch.tensor([[[1.0, 2.0, 0.0], [0.0, 0.0, 1.0]]])  # b_S = [_, 0, 2]/√2
     f_big = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 3.0, 1.0]]])  # b_F = [_, 2, 0]/√2
-    f_small = torch.tensor([[[1.0, 1.0, 1.0], [0.0, 0.5, 0.5]]])  # a smaller turn at t=1, none at t=2
+    f_small = torch.tensor([[[1.0, 1.0, 1.0], [0.0, 0.5, 0.5]]])  # b_F ≈ [_, 0.39, 0]: a smaller turn at t=1, none at t=2
     mask = torch.ones(1, 3, dtype=torch.bool)
     c = 2 / 0.5
     video, raw = BoundarySaliency(tau_b=0.5, scale="video"), BoundarySaliency(tau_b=0.5)
