@@ -700,6 +700,17 @@ def test_instantiates_from_class_path_config(name):
         assert torch.isfinite(obj(s, t, mask, labels))
 
 
+def test_boundary_l2_mode_parses_from_yaml():
+    """KNOBS sets boundary ``scale: video`` (kl only), so the ``l2`` mode is parsed here."""
+    obj = _from_yaml("kd_detect.distill.BoundarySaliency", {"mode": "l2", "tau_b": 0.3, "strides": [1, 2]})
+    assert (obj.mode, obj.tau_b, obj.strides) == ("l2", 0.3, (1, 2))
+    obj.setup(8, 6, C)
+    s, t, mask = make_inputs(2, 9, 8, 6, "ragged", dtype=torch.float32)
+    assert torch.isfinite(obj(s, t, mask, None))
+    with pytest.raises(ValueError):
+        _from_yaml("kd_detect.distill.BoundarySaliency", {"mode": "l2", "scale": "video"})
+
+
 @pytest.mark.parametrize("name", sorted(PLUGINS))
 def test_weight_auto_parses_for_every_plugin(name):
     obj = _from_yaml(f"kd_detect.distill.{PLUGINS[name].__name__}", {"weight": "auto"})
