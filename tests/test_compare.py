@@ -229,3 +229,44 @@ def test_a_student_of_the_teacher_without_rgb_gets_that_teacher(tmp_path, monkey
     rows = {r["experiment"]: r for r in json.loads((out / "report.json").read_text())["rows"]}
     assert rows[compare.FLOWPOSE_TEACHER]["gap_closed"] is None and rows[compare.FLOWPOSE_TEACHER]["group"] == "teacher"
     assert "ours_minus_row" not in rows[compare.FLOWPOSE_TEACHER]
+
+
+def test_the_two_teacher_student_gets_both_named_teachers_of_its_seed(tmp_path, monkeypatch):
+    """``synthetic_kd_two_teachers`` names its teachers ``flow`` and ``pose`` in its config;
+    make compare trains the RGB+flow and RGB+pose teachers of each of its seeds first and
+    passes each checkpoint under its own name (not as ``teacher``)."""
+    import json
+    from pathlib import Path
+
+    from kd_detect.lab import compare
+
+    commands = []
+
+    def fake_run(cmd, **kwargs):
+        commands.append(cmd)
+        run = next(a for a in cmd if a.startswith("--trainer.default_root_dir=")).split("=", 1)[1]
+        Path(run).mkdir(parents=True, exist_ok=True)
+        (Path(run) / "metrics.json").write_text(json.dumps({compare.METRIC: 0.5}))
+        return type("Done", (), {"returncode": 0})()
+
+    monkeypatch.setattr(compare.subprocess, "run", fake_run)
+    out = tmp_path / "c"
+    assert compare.main(["--seeds", "2", "--ablation-seeds", "2", "--jobs", "1", "--out", str(out),
+                         "--only", compare.TWO_TEACHERS, "--", "--data.path=x.h5"]) == 0
+    configs = [c[c.index("--config") + 1] for c in commands]
+    student = [c for c in commands if c[c.index("--config") + 1] == f"experiments/{compare.TWO_TEACHERS}.yaml"]
+    assert len(student) == 2
+    for cmd in student:
+        seed = next(a for a in cmd if a.startswith("--seed_everything=")).split("=")[1]
+        given = sorted(a for a in cmd if a.startswith("--model.init_args.teachers."))
+        assert given == [
+            f"--model.init_args.teachers.flow={out / f'seed{seed}' / compare.FLOW_TEACHER / 'best.ckpt'}",
+            f"--model.init_args.teachers.pose={out / f'seed{seed}' / compare.POSE_TEACHER / 'best.ckpt'}",
+        ]
+    first_student = configs.index(f"experiments/{compare.TWO_TEACHERS}.yaml")
+    for teacher in (compare.FLOW_TEACHER, compare.POSE_TEACHER):
+        ran = [i for i, c in enumerate(configs) if c == f"experiments/{teacher}.yaml"]
+        assert len(ran) == 2 and max(ran) < first_student
+    rows = {r["experiment"]: r for r in json.loads((out / "report.json").read_text())["rows"]}
+    assert rows[compare.FLOW_TEACHER]["group"] == "teacher" and rows[compare.FLOW_TEACHER]["gap_closed"] is None
+    assert rows[compare.TWO_TEACHERS]["group"] == "ablation" and "ours_minus_row" in rows[compare.TWO_TEACHERS]

@@ -51,11 +51,17 @@ from kd_detect.runs import RunDir
 RGB, TEACHER, OURS = "synthetic_rgb", "synthetic_teacher", "synthetic_kd"
 CEILING, PROBE = "synthetic_rgb_ceiling", "probe"
 FLOWPOSE_TEACHER = "synthetic_teacher_flowpose"
+FLOW_TEACHER, POSE_TEACHER = "synthetic_teacher_flow", "synthetic_teacher_pose"
+TWO_TEACHERS = "synthetic_kd_two_teachers"
 REFERENCES = (RGB, TEACHER, CEILING)
-#: the students that distil from another teacher than the RGB+flow+pose one (of the same seed)
-TEACHER_OF = {"ablations/synthetic_kd_flowpose_teacher": FLOWPOSE_TEACHER}
+#: the students that distil from other teachers than the RGB+flow+pose one (of the same
+#: seed): {student: {teacher name in the student's config: teacher experiment}}
+TEACHER_OF: dict[str, dict[str, str]] = {
+    "ablations/synthetic_kd_flowpose_teacher": {"teacher": FLOWPOSE_TEACHER},
+    TWO_TEACHERS: {"flow": FLOW_TEACHER, "pose": POSE_TEACHER},
+}
 #: every teacher experiment: trained first, and not students themselves
-TEACHERS = (TEACHER, FLOWPOSE_TEACHER)
+TEACHERS = (TEACHER, FLOWPOSE_TEACHER, FLOW_TEACHER, POSE_TEACHER)
 MAIN = (RGB, TEACHER, OURS, CEILING)
 ROWS: list[tuple[str, str, str]] = [
     # (label, experiment, group)
@@ -64,6 +70,8 @@ ROWS: list[tuple[str, str, str]] = [
     ("RGB ceiling (4× labelled training videos)", CEILING, "reference"),
     ("Linear probe (RGB, ±2 steps)", PROBE, "reference"),
     ("Teacher without RGB (flow+pose)", FLOWPOSE_TEACHER, "teacher"),
+    ("Teacher RGB+flow", FLOW_TEACHER, "teacher"),
+    ("Teacher RGB+pose", POSE_TEACHER, "teacher"),
     ("Ours: atomic (same-video negatives) + global + boundary, weight: auto", OURS, "ours"),
     ("Ours with the previous defaults (λ = 0.1, batch negatives)", "ablations/synthetic_kd_previous_default",
      "ablation"),
@@ -82,6 +90,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("Ours, boundary over strides 1, 2, 4", "ablations/synthetic_kd_boundary_strides124", "ablation"),
     ("Ours, boundary saliency standardised per video (scale: video)", "ablations/synthetic_kd_boundary_video_scale", "ablation"),
     ("Ours, from the teacher without RGB (flow+pose)", "ablations/synthetic_kd_flowpose_teacher", "ablation"),
+    ("Ours, from two teachers, RGB+flow and RGB+pose (the paper's setup)", TWO_TEACHERS, "ablation"),
     ("atomic only", "ablations/synthetic_only_atomic", "ablation"),
     ("global only", "ablations/synthetic_only_global", "ablation"),
     ("boundary only", "ablations/synthetic_only_boundary", "ablation"),
@@ -158,8 +167,8 @@ def fit(exp: str, seed: int, root: Path, extra: list[str], log: Path, reference:
         "--trainer.enable_progress_bar=false", "--trainer.logger=kd_detect.loggers.CSVLogger", *extra,
     ]
     if exp not in REFERENCES and exp not in TEACHERS:
-        teacher = TEACHER_OF.get(exp, TEACHER)
-        cmd.append(f"--model.init_args.teachers.teacher={run_dir(root, seed, teacher, reference) / 'best.ckpt'}")
+        for name, teacher in TEACHER_OF.get(exp, {"teacher": TEACHER}).items():
+            cmd.append(f"--model.init_args.teachers.{name}={run_dir(root, seed, teacher, reference) / 'best.ckpt'}")
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     with open(log, "a") as fh:
@@ -328,11 +337,12 @@ def main(argv: list[str] | None = None) -> int:
               if exp != PROBE and (args.only is None or exp in args.only or exp in REFERENCES)]
     if any(a.startswith("--data.path") for a in args.extra):  # the ceiling needs its own 4x file of that world
         chosen = [exp for exp in chosen if exp != CEILING]
-    chosen += [TEACHER_OF[exp] for exp in chosen if exp in TEACHER_OF and TEACHER_OF[exp] not in chosen]
+    chosen += list(dict.fromkeys(t for exp in chosen for t in TEACHER_OF.get(exp, {}).values() if t not in chosen))
     run_seeds = {exp: seeds if exp in MAIN else side_seeds for exp in chosen}
-    for exp, teacher in TEACHER_OF.items():  # a teacher runs on the seeds of its students
-        if exp in chosen and teacher not in MAIN:
-            run_seeds[teacher] = sorted(set(run_seeds.get(teacher, [])) | set(run_seeds[exp]))
+    for exp, teachers in TEACHER_OF.items():  # a teacher runs on the seeds of its students
+        for teacher in teachers.values():
+            if exp in chosen and teacher not in MAIN:
+                run_seeds[teacher] = sorted(set(run_seeds.get(teacher, [])) | set(run_seeds[exp]))
     log = root / "compare.log"
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         # teachers (and the RGB baseline) first: every student of seed s needs teacher s
