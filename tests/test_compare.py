@@ -57,7 +57,40 @@ def test_ours_against_each_ablation_and_baseline_is_paired_by_seed():
     assert "ours_minus_row" not in rows[OURS] and "ours_minus_row" not in rows[TEACHER]
     table = markdown(list(rows.values()), [0, 1, 2], [])
     assert "| without atomic | ablation | 3 | +1.67 ± 2.52 |" in table
-    assert "| CRD | baseline | 2 | +4.00 ± 8.49 | [-72.24, +80.24] | 1/2 |" in table
+    assert "| CRD | baseline | 2 | +4.00 ± 8.49 | [-72.24, +80.24] | 1/2 | | |" in table  # no validation figures
+
+
+def test_ours_minus_row_on_validation_sits_beside_the_test_split():
+    """With the validation figures the checkpoints were chosen on, each ablation also gets
+    ours − row on validation, paired by seed. Hand-computed: test +0.02, −0.01, +0.04;
+    validation −0.03, −0.01, +0.01 (mean −0.01, ours above on 1 of 3): the splits disagree."""
+    test = {RGB: {0: 0.5, 1: 0.5, 2: 0.5}, OURS: {0: 0.60, 1: 0.62, 2: 0.64},
+            "ablations/synthetic_without_atomic": {0: 0.58, 1: 0.63, 2: 0.60}}
+    val = {RGB: {0: 0.6, 1: 0.6, 2: 0.6}, OURS: {0: 0.70, 1: 0.71, 2: 0.72},
+           "ablations/synthetic_without_atomic": {0: 0.73, 1: 0.72, 2: 0.71}}
+    rows = {r["experiment"]: r for r in summarise(test, val)}
+    v = rows["ablations/synthetic_without_atomic"]["ours_minus_row_val"]
+    assert v["mean"] == pytest.approx(-0.01) and v["above"] == 1 and v["runs"] == 3
+    assert rows["ablations/synthetic_without_atomic"]["ours_minus_row"]["above"] == 2
+    assert "ours_minus_row_val" not in rows[OURS]
+    table = markdown(list(rows.values()), [0, 1, 2], [])
+    assert "| without atomic | ablation | 3 | +1.67 ± 2.52 | [-4.59, +7.92] | 2/3 | -1.00 | 1/3 |" in table
+
+
+def test_collect_reads_the_selection_figure_of_each_run(tmp_path):
+    import json
+
+    from kd_detect.lab.compare import collect
+
+    for seed, (t, v) in enumerate([(0.5, 0.6), (0.52, None)]):
+        run = tmp_path / f"seed{seed}" / RGB
+        run.mkdir(parents=True)
+        metrics = {"test/frame_map": t}
+        if v is not None:
+            metrics["selection"] = {"monitor": "val/frame_map", "mode": "max", "score": v}
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    assert collect(tmp_path)[RGB] == {0: 0.5, 1: 0.52}
+    assert collect(tmp_path, validation=True)[RGB] == {0: 0.6}  # seed 1 recorded none: left out
 
 
 def test_t_interval_against_tabulated_quantiles():

@@ -175,6 +175,14 @@ def test_synthetic_detectors_learn_well_above_chance(make_synthetic_h5, tmp_path
     for run in ("rgb", "teacher"):
         files = {p.name for p in (tmp_path / run).iterdir()}
         assert {"best.ckpt", "last.ckpt", "config.yaml", "metrics.json", "charades_submission.txt"} <= files
+    # metrics.json records the validation figure the tested (best) checkpoint was chosen on
+    import torch
+
+    ckpt = torch.load(tmp_path / "rgb" / "best.ckpt", map_location="cpu", weights_only=False)
+    saved = next(v for k, v in ckpt["callbacks"].items() if k.startswith("RunCheckpoint"))
+    assert rgb["selection"]["monitor"] == "val/frame_map" and rgb["selection"]["mode"] == "max"
+    assert rgb["selection"]["score"] == pytest.approx(float(saved["best_model_score"]))
+    assert 0.0 < rgb["selection"]["score"] <= 1.0
     sub = (tmp_path / "rgb" / "charades_submission.txt").read_text().splitlines()
     assert len(sub) == 25 * len(labels) and len(sub[0].split()) == 2 + len(prevalence)
 

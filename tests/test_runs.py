@@ -34,6 +34,7 @@ def test_checkpoint_config_metrics_and_siblings(tmp_path):
     assert RunDir(kd).metrics() == {"test/frame_map": 0.5}
     assert RunDir(kd).rgb_sibling() == RunDir(rgb)  # longest prefix: pku_mmd_rgb, not pku_rgb
     assert RunDir(rgb).rgb_sibling() is None
+    assert RunDir(kd).selection_score() is None  # neither metrics.json's selection nor a CSV log
     (kd / "config.yaml").write_text("data: [unclosed\n")
     with pytest.raises(UsageError, match="invalid YAML"):
         RunDir(kd).config()
@@ -55,3 +56,22 @@ def test_teacher_metrics_logs_each_teachers_test_figures_once(tmp_path):
     trainer.is_global_zero = False
     TeacherMetrics().on_fit_start(trainer, types.SimpleNamespace(hparams={"teachers": teachers}))
     assert len(logged) == 1
+
+
+def test_selection_score_from_metrics_json_else_the_csv_log(tmp_path):
+    """The validation figure the tested checkpoint was chosen on: metrics.json's
+    ``selection`` when it names that monitor, else the best value of the column over the
+    run's CSV logs (a resumed run has several), blank cells skipped."""
+    run = tmp_path / "runs" / "x"
+    (run / "logs" / "version_0").mkdir(parents=True)
+    (run / "logs" / "version_1").mkdir()
+    (run / "logs" / "version_0" / "metrics.csv").write_text(
+        "epoch,step,train/loss,val/frame_map\n0,9,0.7,\n0,9,,0.31\n1,19,,0.52\n")
+    (run / "logs" / "version_1" / "metrics.csv").write_text("epoch,step,val/frame_map\n2,29,0.47\n")
+    (run / "metrics.json").write_text(json.dumps({"test/frame_map": 0.4}))
+    assert RunDir(run).selection_score() == 0.52
+    assert RunDir(run).selection_score("val/loss") is None
+    (run / "metrics.json").write_text(json.dumps(
+        {"test/frame_map": 0.4, "selection": {"monitor": "val/frame_map", "mode": "max", "score": 0.61}}))
+    assert RunDir(run).selection_score() == 0.61  # recorded by RunReport: wins over the log
+    assert RunDir(run).selection_score("val/charades_map") is None

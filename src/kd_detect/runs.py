@@ -8,7 +8,9 @@ Layout (DESIGN.md §7)::
     runs/<EXP>/run.json         what the run was trained on: the data file's identity
                                 (kd_detect.io.file_identity), written when the fit starts
                                 (kd_detect.apps.lightning.write_run_record)
-    runs/<EXP>/metrics.json     test figures (RunReport)
+    runs/<EXP>/metrics.json     test figures, and the validation figure the tested
+                                checkpoint was chosen on (RunReport)
+    runs/<EXP>/logs/            the logger's files (CSVLogger: logs/**/metrics.csv)
     runs/<EXP>/plots/           pictures (kd-detect plot)
 
 :class:`RunDir` is the one place that knows these names. Paths inside a config are read
@@ -18,6 +20,7 @@ holds ``runs/`` (so a run can be read from another working directory).
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +89,22 @@ class RunDir:
             return json.loads(path.read_text())
         except json.JSONDecodeError as err:
             raise UsageError(f"{path}: invalid JSON ({err})") from None
+
+    def selection_score(self, monitor: str = "val/frame_map") -> float | None:
+        """The ``monitor`` figure (higher is better) the tested checkpoint was chosen on:
+        ``metrics.json``'s ``selection``, else the best value of that column in the run's
+        CSV log (runs tested before ``metrics.json`` recorded it); ``None`` when neither has it."""
+        selection = (self.metrics() or {}).get("selection")
+        if isinstance(selection, dict) and selection.get("monitor") == monitor:
+            return float(selection["score"])
+        best = None
+        for log in sorted((self.path / "logs").rglob("metrics.csv")):
+            with open(log, newline="") as fh:
+                for row in csv.DictReader(fh):
+                    value = row.get(monitor)
+                    if value:
+                        best = float(value) if best is None else max(best, float(value))
+        return best
 
     def record(self) -> dict[str, Any] | None:
         """What the run recorded when its fit started (``run.json``), ``None`` when absent

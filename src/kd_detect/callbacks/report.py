@@ -60,6 +60,10 @@ class RunReport(Callback):
                 payload["best_epoch"] = int(torch.load(ckpt_path, map_location="cpu", weights_only=False)["epoch"])
             except Exception:  # noqa: BLE001 - the summary is best effort, the metrics are not
                 pass
+        cb = getattr(trainer, "checkpoint_callback", None)  # what the tested checkpoint was chosen on
+        score = getattr(cb, "best_model_score", None)
+        if score is not None and getattr(cb, "monitor", None):
+            payload["selection"] = {"monitor": cb.monitor, "mode": cb.mode, "score": _float(score)}
         write_json_atomic(run_dir / "metrics.json", payload)
         # gathered over ranks by the module's on_test_epoch_end; written by rank 0 only
         frames = getattr(pl_module, "charades_frames", None)

@@ -115,6 +115,8 @@ ROWS: list[tuple[str, str, str]] = [
     ("CRD, weight: auto", "baselines/synthetic_crd_auto", "baseline"),
 ]
 METRIC = "test/frame_map"
+#: the validation figure every run's checkpoint is chosen on (RunCheckpoint's monitor)
+SELECTION = "val/frame_map"
 PROBE_FILE = "data/synthetic.h5"
 #: the files the experiments read, with the generator options make compare's recipe uses
 DATA_FILES = {"data/synthetic.h5": {}, "data/synthetic_ceiling.h5": {"extra_training": 432}}
@@ -181,19 +183,27 @@ def fit(exp: str, seed: int, root: Path, extra: list[str], log: Path, reference:
     return json.loads(metrics.read_text())
 
 
-def collect(root: Path, reference: Path | None = None) -> dict[str, dict[int, float]]:
+def collect(root: Path, reference: Path | None = None, validation: bool = False) -> dict[str, dict[int, float]]:
     """Test figure of every finished run ``root/seed<s>/<exp>/metrics.json``, per experiment
     and seed (the RGB-only and teacher rows from ``reference`` when given, for the seeds of
-    ``root``)."""
+    ``root``). With ``validation``, the validation figure each run's checkpoint was chosen on
+    instead (no probe row; a run that did not record it is left out)."""
     results: dict[str, dict[int, float]] = {exp: {} for _, exp, _ in ROWS}
     for seed_dir in sorted(root.glob("seed*")):
         seed = int(seed_dir.name[len("seed"):])
         for _, exp, _ in ROWS:
             if exp == PROBE:
                 continue
-            metrics = RunDir(run_dir(root, seed, exp, reference)).metrics()
-            if metrics is not None:
+            run = RunDir(run_dir(root, seed, exp, reference))
+            metrics = run.metrics()
+            if metrics is None:
+                continue
+            if not validation:
                 results[exp][seed] = metrics[METRIC]
+            elif (score := run.selection_score(SELECTION)) is not None:
+                results[exp][seed] = score
+    if validation:
+        return results
     probe_json = (reference or root) / "probe.json"
     if probe_json.is_file():  # deterministic: the same value paired with every seed's RGB run
         value = json.loads(probe_json.read_text())[METRIC]
@@ -216,10 +226,13 @@ def run_probe(root: Path, path: str = PROBE_FILE) -> float:
     return result.test_map
 
 
-def summarise(results: dict[str, dict[int, float]]) -> list[dict]:
+def summarise(results: dict[str, dict[int, float]], validation: dict[str, dict[int, float]] | None = None) -> list[dict]:
     """One row per experiment with runs: mean ± std over seeds, the share of the teacher–RGB
     gap closed (from the means), and the difference to RGB-only paired by seed (the same
-    data, teacher and seed on both sides, so most of the seed-to-seed spread cancels)."""
+    data, teacher and seed on both sides, so most of the seed-to-seed spread cancels).
+    Ablations and baselines also get ours − row, on test and (from ``validation``, the
+    figures the checkpoints were chosen on) on validation, so a choice that only one split
+    supports shows as such."""
 
     def mean(xs: list[float]) -> float:
         return statistics.fmean(xs) if xs else float("nan")
@@ -255,6 +268,8 @@ def summarise(results: dict[str, dict[int, float]]) -> list[dict]:
             row["paired"] = paired_difference(runs, rgb_runs)
         if group in ("ablation", "baseline"):  # ours − row: for "without X", the leave-one-out cost of X
             row["ours_minus_row"] = paired_difference(results.get(OURS, {}), runs)
+            if validation is not None:
+                row["ours_minus_row_val"] = paired_difference(validation.get(OURS, {}), validation.get(exp, {}))
         rows.append(row)
     return rows
 
@@ -298,16 +313,19 @@ def markdown(rows: list[dict], seeds: list[int], extra: list[str], command: str 
         lines += [
             "",
             "Ours against each ablation and baseline, paired by seed (ours − row; for a \"without X\" row, the "
-            "leave-one-out cost of X: positive when X helps):",
+            "leave-one-out cost of X: positive when X helps). The last two columns pair the validation figures "
+            "each run's checkpoint was chosen on; where they disagree in sign with the test split, the two splits "
+            "(36 and 60 videos on the synthetic benchmark) do not agree on the choice:",
             "",
-            "| row | group | seeds | ours − row | 95 % CI | ours above |",
-            "|---|---|---:|---:|---:|---:|",
+            "| row | group | seeds | ours − row | 95 % CI | ours above | validation: ours − row | ours above |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
         ]
         for r in versus:
-            p = r["ours_minus_row"]
+            p, v = r["ours_minus_row"], r.get("ours_minus_row_val")
             ci = "" if not p.get("ci95") else f"[{100 * p['ci95'][0]:+.2f}, {100 * p['ci95'][1]:+.2f}]"
+            val = ("| | |" if not v else f"| {100 * v['mean']:+.2f} | {v['above']}/{v['runs']} |")
             lines.append(f"| {r['name']} | {r['group']} | {p['runs']} | {100 * p['mean']:+.2f} ± {100 * p['std']:.2f} "
-                         f"| {ci} | {p['above']}/{p['runs']} |")
+                         f"| {ci} | {p['above']}/{p['runs']} {val}")
     return "\n".join(lines) + "\n"
 
 
@@ -362,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     for s in seeds:  # the seed directory marks the seeds of this comparison (collect)
         (root / f"seed{s}").mkdir(parents=True, exist_ok=True)
     results = collect(root, reference)
-    rows = summarise(results)
+    rows = summarise(results, collect(root, reference, validation=True))
     command = None
     if args.out != "runs/compare" or reference is not None or args.only is not None:
         command = " ".join(["python -m kd_detect.lab.compare", f"--seeds {args.seeds}",
