@@ -39,7 +39,7 @@ $(STAMP): setup.cfg pyproject.toml
 install: $(STAMP) ## create .venv/ and install the package with its dev tools (torch pinned here only)
 
 lint: $(STAMP) ## ruff + the import contracts of docs/architecture.md (lint-imports)
-	$(VENV)/bin/ruff check src tests benchmarks data_prep
+	$(VENV)/bin/ruff check src tests benchmarks data_prep experiments
 	$(VENV)/bin/lint-imports
 
 test: $(STAMP) lint ## lint, then run the test suite (what CI runs)
