@@ -299,6 +299,26 @@ def test_auto_weight_is_the_hand_computed_gradient_ratio(files):
     assert plugin.auto_resolved and plugin.weight == pytest.approx(want, rel=1e-6)
 
 
+def test_auto_share_is_split_among_the_teachers(files):
+    """With two teachers each teacher's copy of a ``weight: auto`` loss gets ρ/2, so its
+    resolved weight is half the one-teacher weight for the same gradient norms."""
+    dm = FeatureDataModule(str(files["data"]), batch_size=4)
+    one = _auto_student(files, dm, auto_share=0.5, auto_warmup=1)
+    two = _auto_student(files, dm, auto_share=0.5, auto_warmup=1,
+                        teachers={"a": str(files["ckpt"]), "b": str(files["ckpt"])})
+    assert one.distill["t"]["mse"].auto_share == 0.5
+    assert two.distill["a"]["mse"].auto_share == two.distill["b"]["mse"].auto_share == 0.25
+    g = torch.Generator().manual_seed(0)
+    S = torch.randn(2, 16, 5, generator=g, requires_grad=True)
+    v = torch.randn(2, 16, 5, generator=g)
+    out = HeadOutput(S, S[:, :3])
+    one.observe_auto_weights(1.5 * (S**2).sum(), out, out, {("t", "mse"): (S * v).sum()})
+    two.observe_auto_weights(1.5 * (S**2).sum(), out, out, {("a", "mse"): (S * v).sum(), ("b", "mse"): (S * v).sum()})
+    want = 0.5 * 3 * S.detach().norm().item() / v.norm().item()
+    assert one.distill["t"]["mse"].weight == pytest.approx(want, rel=1e-6)
+    assert two.distill["a"]["mse"].weight == two.distill["b"]["mse"].weight == pytest.approx(want / 2, rel=1e-6)
+
+
 class WeightWatch(pl.Callback):
     def __init__(self) -> None:
         self.weights: list[float] = []
