@@ -221,16 +221,15 @@ def test_compare_expects_the_ceiling_file_the_makefile_makes():
     assert compare.DATA_FILES["data/synthetic.h5"] == {}
 
 
-def test_a_student_of_the_teacher_without_rgb_gets_that_teacher(tmp_path, monkeypatch):
-    """``ablations/synthetic_kd_flowpose_teacher`` distils from the flow+pose teacher of its
-    own seed, which runs first (on the students' seeds) and is not itself a student."""
+def _fake_fits(monkeypatch) -> list[list[str]]:
+    """Replace make compare's fits by a stub that records each command and writes the run's
+    metrics.json (test figure 0.5); returns the list the commands are appended to."""
     import json
     from pathlib import Path
 
     from kd_detect.lab import compare
 
-    student = "ablations/synthetic_kd_flowpose_teacher"
-    commands = []
+    commands: list[list[str]] = []
 
     def fake_run(cmd, **kwargs):
         commands.append(cmd)
@@ -240,6 +239,18 @@ def test_a_student_of_the_teacher_without_rgb_gets_that_teacher(tmp_path, monkey
         return type("Done", (), {"returncode": 0})()
 
     monkeypatch.setattr(compare.subprocess, "run", fake_run)
+    return commands
+
+
+def test_a_student_of_the_teacher_without_rgb_gets_that_teacher(tmp_path, monkeypatch):
+    """``ablations/synthetic_kd_flowpose_teacher`` distils from the flow+pose teacher of its
+    own seed, which runs first (on the students' seeds) and is not itself a student."""
+    import json
+
+    from kd_detect.lab import compare
+
+    student = "ablations/synthetic_kd_flowpose_teacher"
+    commands = _fake_fits(monkeypatch)
     out = tmp_path / "c"
     assert compare.main(["--seeds", "3", "--ablation-seeds", "2", "--jobs", "1", "--out", str(out),
                          "--only", student, "--", "--data.path=x.h5"]) == 0
@@ -269,20 +280,10 @@ def test_the_two_teacher_student_gets_both_named_teachers_of_its_seed(tmp_path, 
     make compare trains the RGB+flow and RGB+pose teachers of each of its seeds first and
     passes each checkpoint under its own name (not as ``teacher``)."""
     import json
-    from pathlib import Path
 
     from kd_detect.lab import compare
 
-    commands = []
-
-    def fake_run(cmd, **kwargs):
-        commands.append(cmd)
-        run = next(a for a in cmd if a.startswith("--trainer.default_root_dir=")).split("=", 1)[1]
-        Path(run).mkdir(parents=True, exist_ok=True)
-        (Path(run) / "metrics.json").write_text(json.dumps({compare.METRIC: 0.5}))
-        return type("Done", (), {"returncode": 0})()
-
-    monkeypatch.setattr(compare.subprocess, "run", fake_run)
+    commands = _fake_fits(monkeypatch)
     out = tmp_path / "c"
     assert compare.main(["--seeds", "2", "--ablation-seeds", "2", "--jobs", "1", "--out", str(out),
                          "--only", compare.TWO_TEACHERS, "--", "--data.path=x.h5"]) == 0
