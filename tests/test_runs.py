@@ -75,3 +75,7 @@ def test_selection_score_from_metrics_json_else_the_csv_log(tmp_path):
         {"test/frame_map": 0.4, "selection": {"monitor": "val/frame_map", "mode": "max", "score": 0.61}}))
     assert RunDir(run).selection_score() == 0.61  # recorded by RunReport: wins over the log
     assert RunDir(run).selection_score("val/charades_map") is None
+    (run / "metrics.json").write_text(json.dumps({"test/frame_map": 0.4}))
+    (run / "logs" / "version_1" / "metrics.csv").write_text("epoch,step,val/frame_map\n2,29,nan?\n")
+    with pytest.raises(UsageError, match=r"version_1/metrics.csv: line 2, column val/frame_map: expected a number"):
+        RunDir(run).selection_score()

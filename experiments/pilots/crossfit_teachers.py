@@ -34,6 +34,7 @@ from pathlib import Path
 
 import h5py
 
+from kd_detect.data.format import FeatureFile
 from kd_detect.io import atomic_write
 from kd_detect.lab.compare import METRIC, SELECTION, t_interval
 from kd_detect.runs import RunDir
@@ -44,8 +45,11 @@ COMMON = ["--test_after_fit=true", "--trainer.enable_progress_bar=false", "--tra
 
 def folds_of(data: Path, k: int, seed: int = 1234) -> list[list[str]]:
     """The training videos of ``data`` in ``k`` folds (a fixed shuffle, round-robin)."""
-    with h5py.File(data, "r") as h5:
-        train = sorted(v for v in h5["videos"] if h5["videos"][v].attrs["subset"] == "training")
+    features = FeatureFile(data)  # validates the file and names what is wrong
+    try:
+        train = sorted(features.videos_in("training"))
+    finally:
+        features.close()
     random.Random(seed).shuffle(train)
     return [sorted(train[i::k]) for i in range(k)]
 

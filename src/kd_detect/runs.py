@@ -100,10 +100,14 @@ class RunDir:
         best = None
         for log in sorted((self.path / "logs").rglob("metrics.csv")):
             with open(log, newline="") as fh:
-                for row in csv.DictReader(fh):
+                for line, row in enumerate(csv.DictReader(fh), start=2):
                     value = row.get(monitor)
-                    if value:
-                        best = float(value) if best is None else max(best, float(value))
+                    if not value:
+                        continue
+                    try:
+                        best = max(float(value), best) if best is not None else float(value)
+                    except ValueError:
+                        raise UsageError(f"{log}: line {line}, column {monitor}: expected a number, got {value!r}") from None
         return best
 
     def record(self) -> dict[str, Any] | None:
