@@ -96,6 +96,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("Ours, two teachers, each teacher's losses at the one-teacher share (auto_share 1)",
      "ablations/synthetic_kd_two_teachers_share1", "ablation"),
     ("Ours, from the RGB+pose teacher alone", "ablations/synthetic_kd_pose_teacher", "ablation"),
+    ("Ours + logit KD (the teacher's outputs too, weight: auto)", "ablations/synthetic_kd_plus_logit_kd", "ablation"),
     ("atomic only", "ablations/synthetic_only_atomic", "ablation"),
     ("global only", "ablations/synthetic_only_global", "ablation"),
     ("boundary only", "ablations/synthetic_only_boundary", "ablation"),
