@@ -124,3 +124,11 @@ def test_cli(tmp_path, capsys):
     assert err.count("\n") == 1 and "modality 'zzz'" in err and str(path) in err
     with pytest.raises(SystemExit):
         P.main([str(path), "--context", "-1"])
+
+
+def test_choose_per_class_takes_each_class_best_and_falls_back_for_a_class_without_positives():
+    val_ap = np.array([[0.2, 0.9, np.nan, 0.1],
+                       [0.5, 0.3, np.nan, 0.1],
+                       [0.4, 0.4, np.nan, 0.6]])  # candidate means (nan-skipped): 0.40, 0.30, 0.47
+    np.testing.assert_array_equal(P.choose_per_class(val_ap), [1, 0, 2, 2])
+    np.testing.assert_array_equal(P.choose_per_class(np.full((2, 3), np.nan)), [0, 0, 0])

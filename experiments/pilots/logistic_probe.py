@@ -23,8 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kd_detect.data.format import FeatureFile
-from kd_detect.lab.probe import frame_ap, load_split, with_context
+from kd_detect.lab.probe import choose_per_class, frame_ap, probe_inputs
 
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,29 +50,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--penalties", nargs="+", type=float, default=[1e-5, 1e-4, 1e-3, 1e-2, 0.1, 0.3, 1.0, 3.0])
     args = parser.parse_args(argv)
 
-    ff = FeatureFile(args.file)
-    splits = {name: load_split(ff, name, args.modalities) for name in ("training", "validation", "testing")}
-    ff.close()
-    train = np.concatenate(splits["training"].features)
-    mu, sigma = train.mean(0), np.maximum(train.std(0), 1e-6)
-
-    def rows(name: str) -> list[np.ndarray]:
-        return [with_context((f - mu) / sigma, args.context) for f in splits[name].features]
-
-    x = torch.as_tensor(np.concatenate(rows("training")))
+    _, splits = probe_inputs(args.file, args.modalities, args.context, ("training", "validation", "testing"))
+    x = torch.as_tensor(np.concatenate(splits["training"].features))
     y = torch.as_tensor(np.concatenate(splits["training"].labels))
-    val_x, test_x = rows("validation"), rows("testing")
+    val, test = splits["validation"], splits["testing"]
     val_ap, test_ap = [], []
     for lam in args.penalties:
         w, b = (t.numpy() for t in fit_logistic(x, y, lam))
-        val_ap.append(frame_ap([v @ w + b for v in val_x], splits["validation"].labels))
-        test_ap.append(frame_ap([t @ w + b for t in test_x], splits["testing"].labels))
+        val_ap.append(frame_ap([v @ w + b for v in val.features], val.labels))
+        test_ap.append(frame_ap([t @ w + b for t in test.features], test.labels))
         print(f"lam {lam:g}: validation {100 * np.nanmean(val_ap[-1]):.2f}, test {100 * np.nanmean(test_ap[-1]):.2f}",
               flush=True)
-    val, test = np.stack(val_ap), np.stack(test_ap)  # (P, C)
-    fallback = int(np.nanargmax(np.nanmean(val, axis=1)))
-    choice = [fallback if np.isnan(val[:, c]).all() else int(np.nanargmax(val[:, c])) for c in range(val.shape[1])]
-    picked = test[choice, np.arange(val.shape[1])]
+    choice = choose_per_class(np.stack(val_ap))
+    picked = np.stack(test_ap)[choice, np.arange(len(choice))]
     print(f"penalty chosen per class on validation: test {100 * np.nanmean(picked):.2f}")
     return 0
 

@@ -110,6 +110,39 @@ def fit_ridge(x: np.ndarray, y: np.ndarray, penalties: np.ndarray) -> np.ndarray
     return np.stack([evecs @ (proj / (evals + lam)[:, None]) for lam in penalties])
 
 
+def probe_inputs(
+    path: str | Path, modalities: list[str] | None, context: int, subsets: tuple[str, str, str]
+) -> tuple[list[str], dict[str, Split]]:
+    """The probe's inputs: per video of each of ``subsets`` (training first), the rows
+    ``x_t`` (standardised with the training steps' statistics, ``±context`` steps, see the
+    module doc) and the labels. Returns the modalities used and ``{subset: Split}``."""
+    ff = FeatureFile(path)
+    modalities = list(modalities or ff.modalities)
+    unknown = [m for m in modalities if m not in ff.modalities]
+    if unknown:
+        raise FeatureFileError(f"{ff.path}: modality {unknown[0]!r} not in the file (it has {ff.modalities})")
+    splits = {}
+    for name in subsets:
+        splits[name] = load_split(ff, name, modalities)
+        if not splits[name].features:
+            raise FeatureFileError(f"{ff.path}: subset {name!r} holds no video (the probe needs all three)")
+    ff.close()
+    train = np.concatenate(splits[subsets[0]].features)
+    mu, sigma = train.mean(0), np.maximum(train.std(0), 1e-6)
+    for split in splits.values():
+        split.features = [with_context((f - mu) / sigma, context) for f in split.features]
+    return modalities, splits
+
+
+def choose_per_class(val_ap: np.ndarray) -> np.ndarray:
+    """Index of the best candidate per class from validation APs ``(P, C)``; a class with no
+    validation positive (a NaN column) takes the candidate of best mean AP over the others."""
+    fallback = int(np.nanargmax(np.nanmean(val_ap, axis=1))) if not np.isnan(val_ap).all() else 0
+    return np.array(
+        [fallback if np.isnan(val_ap[:, c]).all() else int(np.nanargmax(val_ap[:, c])) for c in range(val_ap.shape[1])]
+    )
+
+
 def probe(
     path: str | Path,
     modalities: list[str] | None = None,
@@ -120,38 +153,19 @@ def probe(
     test_subset: str = "testing",
 ) -> ProbeResult:
     """Fit, select and score the probe on ``path`` (see the module docstring)."""
-    ff = FeatureFile(path)
-    modalities = list(modalities or ff.modalities)
-    unknown = [m for m in modalities if m not in ff.modalities]
-    if unknown:
-        raise FeatureFileError(f"{ff.path}: modality {unknown[0]!r} not in the file (it has {ff.modalities})")
-    splits = {}
-    for name in (train_subset, val_subset, test_subset):
-        splits[name] = load_split(ff, name, modalities)
-        if not splits[name].features:
-            raise FeatureFileError(f"{ff.path}: subset {name!r} holds no video (the probe needs all three)")
-    ff.close()
-    train = np.concatenate(splits[train_subset].features)
-    mu, sigma = train.mean(0), np.maximum(train.std(0), 1e-6)
-
-    def rows(split: Split) -> list[np.ndarray]:
-        return [with_context((f - mu) / sigma, context) for f in split.features]
-
-    x = np.concatenate(rows(splits[train_subset]))
+    modalities, splits = probe_inputs(path, modalities, context, (train_subset, val_subset, test_subset))
+    x = np.concatenate(splits[train_subset].features)
     y = np.concatenate(splits[train_subset].labels)
     ybar = y.mean(0)
     penalties = len(x) * np.asarray(ratios, dtype=np.float64)
     weights = fit_ridge(x, y, penalties)  # (P, d, C)
 
-    val_x, val_y = rows(splits[val_subset]), splits[val_subset].labels
+    val_x, val_y = splits[val_subset].features, splits[val_subset].labels
     val_ap = np.stack([frame_ap([v @ w + ybar for v in val_x], val_y) for w in weights])  # (P, C)
-    fallback = int(np.nanargmax(np.nanmean(val_ap, axis=1))) if not np.isnan(val_ap).all() else 0
-    choice = np.array(
-        [fallback if np.isnan(val_ap[:, c]).all() else int(np.nanargmax(val_ap[:, c])) for c in range(y.shape[1])]
-    )
+    choice = choose_per_class(val_ap)
     chosen = weights[choice, :, np.arange(y.shape[1])].T  # (d, C)
     picked_val = val_ap[choice, np.arange(y.shape[1])]
-    test_x, test_y = rows(splits[test_subset]), splits[test_subset].labels
+    test_x, test_y = splits[test_subset].features, splits[test_subset].labels
     test_ap = frame_ap([t @ chosen + ybar for t in test_x], test_y)
     return ProbeResult(
         modalities=modalities,
