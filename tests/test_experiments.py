@@ -100,7 +100,7 @@ def test_every_synthetic_experiment_fast_dev_run(exp, synthetic_h5, tiny_teacher
         expected = {f"train/distill/{p}" if len(model.distill) == 1 else f"train/distill/{t}/{p}"
                     for t, plugins in active.items() for p in plugins}
         assert logged == expected, exp  # every active plugin ran; zero-weight ones did not
-        assert expected or exp.stem == "synthetic_student", exp
+        assert expected or exp.stem.startswith("synthetic_student"), exp  # students on labels alone
 
 
 def test_cli_overrides_reach_nested_modules(synthetic_h5, tiny_teacher, tmp_path):

@@ -25,6 +25,11 @@
   per step (about 2× the head's compute; the teacher forward is unchanged). Dropout
   applied functionally (``F.dropout``) rather than by an ``nn.Dropout`` module is not
   switched off.
+* ``init_from`` (a name in ``teachers``) starts the student's head from that teacher's
+  trained head (:func:`start_from_teacher`): every weight copied, and of the input layer
+  only the columns that read the student's modalities. With the other modalities at their
+  training mean (0 after standardisation) the student then computes exactly what the
+  teacher computes. A checkpoint loaded afterwards (resume, predict, export) overrides it.
 * ``weight: auto`` plugins (see :mod:`kd_detect.distill.base`) are balanced here: during
   the first ``auto_warmup`` steps the module measures ``‖∂L_BCE/∂S‖`` (at the dropout
   forward's features) and ``‖∂L_k/∂S‖`` (at the features the plugins see) with
@@ -73,6 +78,67 @@ def reduced_precision(precision: str | None) -> torch.dtype | None:
     return {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(precision))
 
 
+def start_from_teacher(student: DetectorModule, teacher: DetectorModule) -> list[str]:
+    """Copy ``teacher``'s head into ``student``'s, in place; returns the names of the sliced
+    parameters (the input layer).
+
+    Both heads must be of one class and size, the teacher an early-fusion detector whose
+    modalities include the student's (same dims), both standardising their inputs or neither
+    (the student takes the teacher's statistics), and both with identity encoders: the
+    teacher's fused input is then ``[x_m for m in teacher.modalities]`` along channels, and a
+    parameter whose dim 1 is that width (the input layer) keeps the student's modalities'
+    columns. Any other difference of shape is refused, naming the parameter.
+    """
+    where = f"init_from: teacher ({type(teacher).__name__}, modalities {list(teacher.modalities)})"
+    if getattr(teacher, "fusion", "early") != "early":
+        raise TeacherCompatibilityError(f"{where}: needs an early-fusion teacher, this one is {teacher.fusion!r}")
+    if type(teacher.head) is not type(student.head):
+        raise TeacherCompatibilityError(
+            f"{where}: its head is a {type(teacher.head).__name__}, the student's a {type(student.head).__name__}"
+        )
+    if teacher.standardize != student.standardize:
+        raise TeacherCompatibilityError(
+            f"{where}: standardize is {teacher.standardize} in the teacher and {student.standardize} in the student"
+        )
+    for name, module in (("teacher", teacher), ("student", student)):
+        coded = [m for m, enc in module.encoders.items() if not isinstance(enc, nn.Identity)]
+        if coded:
+            raise TeacherCompatibilityError(f"{where}: the {name} encodes {coded} before fusion; needs identity encoders")
+    offsets, start = {}, 0
+    for m in teacher.modalities:
+        offsets[m] = (start, start + teacher.modality_dims[m])
+        start += teacher.modality_dims[m]
+    for m in student.modalities:
+        if m not in offsets or teacher.modality_dims[m] != student.modality_dims[m]:
+            raise TeacherCompatibilityError(
+                f"{where}: the student reads {m!r} of dim {student.modality_dims[m]}, the teacher "
+                + (f"of dim {teacher.modality_dims[m]}" if m in offsets else "does not read it")
+            )
+    columns = torch.cat([torch.arange(*offsets[m]) for m in student.modalities])
+    source = teacher.head.state_dict()
+    state, sliced = {}, []
+    for name, value in student.head.state_dict().items():
+        theirs = source.get(name)
+        if theirs is not None and theirs.shape == value.shape:
+            state[name] = theirs.clone()
+        elif (theirs is not None and theirs.dim() >= 2 and theirs.shape[1] == start and value.shape[1] == len(columns)
+              and theirs.shape[:1] + theirs.shape[2:] == value.shape[:1] + value.shape[2:]):
+            state[name] = theirs.index_select(1, columns.to(theirs.device)).clone()
+            sliced.append(name)
+        else:
+            raise TeacherCompatibilityError(
+                f"{where}: head parameter {name!r} is {tuple(value.shape)} in the student and "
+                f"{tuple(theirs.shape) if theirs is not None else 'missing'} in the teacher (another head size?)"
+            )
+    student.head.load_state_dict(state)
+    if student.standardize:  # the weights read the teacher's standardised inputs: take its statistics
+        for m in student.modalities:
+            if teacher.standardizers[m].is_ready:
+                ready = teacher.standardizers[m]
+                student.standardizers[m].set_statistics(ready.mean.detach().cpu(), ready.std.detach().cpu())
+    return sliced
+
+
 class StudentModule(DetectorModule):
     """RGB-only detector distilled from one or more frozen teachers. Args as
     :class:`DetectorModule`, plus:
@@ -94,6 +160,9 @@ class StudentModule(DetectorModule):
             benchmark with two teachers (README, Results; 5 seeds): ``ρ/2`` per copy was
             ahead of ``ρ`` per copy on 4/5 seeds on test and on validation.
         auto_warmup: steps over which the auto weights are estimated, then fixed.
+        init_from: name of a teacher in ``teachers`` to start the head from
+            (:func:`start_from_teacher`); ``None`` (default): PyTorch's initialisation.
+            Skipped when the module is rebuilt without teachers (from its own checkpoint).
 
     YAML::
 
@@ -114,6 +183,7 @@ class StudentModule(DetectorModule):
         distill_from: DistillFrom = "dropout",
         auto_share: float = 0.5,
         auto_warmup: int = 50,
+        init_from: str | None = None,
         **kwargs: Any,
     ) -> None:
         """``kwargs``: every :class:`DetectorModule` argument (head, modalities, lr, ...)."""
@@ -141,6 +211,13 @@ class StudentModule(DetectorModule):
             dims[name] = teacher.feature_dim
         self.teacher_dims = dims
         self.hparams["teacher_dims"] = dims
+        if init_from is not None and (teachers or teacher_caches):  # without both: a rebuild from a checkpoint
+            if init_from not in self._teachers:
+                raise TeacherCompatibilityError(
+                    f"init_from: {init_from!r} is not a teacher checkpoint of this student "
+                    f"(teachers: {sorted(teachers)}; a cache holds outputs, not weights)"
+                )
+            start_from_teacher(self, self._teachers[init_from])
         plugins = dict(distill or {})
         self.distill = nn.ModuleDict()
         for tname, tdim in dims.items():
