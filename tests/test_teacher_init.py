@@ -87,6 +87,21 @@ def test_student_computes_what_the_teacher_computes_with_the_other_modalities_at
     assert (moved - t.logits)[m].abs().max() > 1e-3
 
 
+def test_a_cached_teacher_still_gives_its_weights(setup, tmp_path):
+    from kd_detect.apps.cache_teacher import main as cache_teacher
+
+    ckpt = setup["ckpts"][("rgb", "flow", "pose")]
+    cache = tmp_path / "cache.h5"
+    assert cache_teacher(["--ckpt", str(ckpt), "--data", str(setup["data"]), "--out", str(cache)]) == 0
+    live = _student(setup, init_from="t")
+    cached = _student(setup, init_from="t", teacher_caches={"t": str(cache)})
+    assert cached.teachers == {}  # the outputs come from the cache; the checkpoint gave the weights
+    for name, value in live.student_state_dict().items():
+        assert torch.equal(value, cached.state_dict()[name]), name
+    with pytest.raises(TeacherCompatibilityError, match="not a teacher checkpoint"):
+        _student(setup, init_from="t", teachers={}, teacher_caches={"t": str(cache)})
+
+
 def test_without_init_from_the_student_is_its_own(setup):
     student = _student(setup)
     assert not torch.equal(student.head.classifier.weight, student.teachers["t"].head.classifier.weight)

@@ -212,12 +212,14 @@ class StudentModule(DetectorModule):
         self.teacher_dims = dims
         self.hparams["teacher_dims"] = dims
         if init_from is not None and (teachers or teacher_caches):  # without both: a rebuild from a checkpoint
-            if init_from not in self._teachers:
+            if init_from not in teachers:
                 raise TeacherCompatibilityError(
                     f"init_from: {init_from!r} is not a teacher checkpoint of this student "
                     f"(teachers: {sorted(teachers)}; a cache holds outputs, not weights)"
                 )
-            start_from_teacher(self, self._teachers[init_from])
+            # a cached teacher's checkpoint is read for its weights only, then let go
+            source = self._teachers.get(init_from) or self._load_teacher(init_from, teachers[init_from])
+            start_from_teacher(self, source)
         plugins = dict(distill or {})
         self.distill = nn.ModuleDict()
         for tname, tdim in dims.items():
