@@ -131,15 +131,38 @@ def test_init_from_refusals_name_what_differs(setup, change, match):
         _student(setup, **change)
 
 
-def test_init_from_refuses_a_late_fusion_teacher_and_a_standardisation_mismatch(setup, tmp_path):
+def test_a_late_fusion_teacher_gives_the_head_of_the_students_stream(setup):
     from kd_detect.modules.student import start_from_teacher
 
     dm = setup["dm"]
-    late = instantiate(TeacherModule, head=TINY_HEAD, modalities=["rgb", "flow"], num_classes=2, classes=dm.classes,
-                       modality_dims=dm.modality_dims, fusion="late")
+    pl.seed_everything(1)
+    late = instantiate(TeacherModule, head=TINY_HEAD, modalities=["flow", "rgb"], num_classes=2, classes=dm.classes,
+                       modality_dims=dm.modality_dims, fusion="late", standardize=True)
+    for m, (mean, std) in dm.feature_statistics(["flow", "rgb"]).items():
+        late.standardizers[m].set_statistics(mean + 0.5, 2.0 * std)  # not what the student would measure
+    student = _student(setup).eval()
+    assert start_from_teacher(student, late) == []  # one stream, one modality: nothing to slice
+    late.eval()
+    batch = _batch(setup, late, flow_pose_at_mean=False)
+    with torch.no_grad():
+        rgb_stream = late.heads["rgb"](late.standardizers["rgb"](batch["rgb"], batch[MASK]), batch[MASK])
+        s = student(batch)
+    torch.testing.assert_close(s.logits, rgb_stream.logits)
+    torch.testing.assert_close(s.features, rgb_stream.features)
+    two = _student(setup, modalities=("rgb", "flow"))
+    with pytest.raises(TeacherCompatibilityError, match=r"the student must read one of its modalities, it reads \['rgb', 'flow'\]"):
+        start_from_teacher(two, late)
+
+
+def test_init_from_refuses_mid_fusion_a_standardisation_mismatch_and_a_missing_modality(setup):
+    from kd_detect.modules.student import start_from_teacher
+
+    dm = setup["dm"]
+    mid = instantiate(TeacherModule, head=TINY_HEAD, modalities=["rgb", "flow"], num_classes=2, classes=dm.classes,
+                      modality_dims=dm.modality_dims, fusion="mid", embed_dim=16, standardize=True)
     student = _student(setup)
-    with pytest.raises(TeacherCompatibilityError, match="needs an early-fusion teacher, this one is 'late'"):
-        start_from_teacher(student, late)
+    with pytest.raises(TeacherCompatibilityError, match="needs an early- or late-fusion teacher, this one is 'mid'"):
+        start_from_teacher(student, mid)
     raw = instantiate(TeacherModule, head=TINY_HEAD, modalities=["rgb", "flow"], num_classes=2, classes=dm.classes,
                       modality_dims=dm.modality_dims)
     with pytest.raises(TeacherCompatibilityError, match="standardize is False in the teacher and True"):

@@ -26,8 +26,9 @@
   applied functionally (``F.dropout``) rather than by an ``nn.Dropout`` module is not
   switched off.
 * ``init_from`` (a name in ``teachers``) starts the student's head from that teacher's
-  trained head (:func:`start_from_teacher`): every weight copied, and of the input layer
-  only the columns that read the student's modalities. With the other modalities at their
+  trained head (:func:`start_from_teacher`; with late fusion, the head of the student's
+  stream): every weight copied, and of the input layer only the columns that read the
+  student's modalities. With the other modalities at their
   training mean (0 after standardisation) the student then computes exactly what the
   teacher computes. A checkpoint loaded afterwards (resume, predict, export) overrides it.
 * ``weight: auto`` plugins (see :mod:`kd_detect.distill.base`) are balanced here: during
@@ -82,30 +83,43 @@ def start_from_teacher(student: DetectorModule, teacher: DetectorModule) -> list
     """Copy ``teacher``'s head into ``student``'s, in place; returns the names of the sliced
     parameters (the input layer).
 
-    Both heads must be of one class and size, the teacher an early-fusion detector whose
-    modalities include the student's (same dims), both standardising their inputs or neither
-    (the student takes the teacher's statistics), and both with identity encoders: the
-    teacher's fused input is then ``[x_m for m in teacher.modalities]`` along channels, and a
-    parameter whose dim 1 is that width (the input layer) keeps the student's modalities'
-    columns. Any other difference of shape is refused, naming the parameter.
+    The source is the teacher's head (early fusion), or with late fusion the head of the
+    stream the student reads (the student must read exactly one of the teacher's modalities);
+    mid fusion has no head on the raw modalities and is refused. Source and student heads must
+    be of one class and size, the source's modalities must include the student's (same dims),
+    both models standardise their inputs or neither (the student takes the teacher's
+    statistics), and their encoders are identities: the source's input is then
+    ``[x_m for m in its modalities]`` along channels, and a parameter whose dim 1 is that
+    width (the input layer) keeps the student's modalities' columns. Any other difference of
+    shape is refused, naming the parameter.
     """
     where = f"init_from: teacher ({type(teacher).__name__}, modalities {list(teacher.modalities)})"
-    if getattr(teacher, "fusion", "early") != "early":
-        raise TeacherCompatibilityError(f"{where}: needs an early-fusion teacher, this one is {teacher.fusion!r}")
-    if type(teacher.head) is not type(student.head):
+    fusion = getattr(teacher, "fusion", "early")
+    if fusion == "late":
+        if len(student.modalities) != 1 or student.modalities[0] not in teacher.heads:
+            raise TeacherCompatibilityError(
+                f"{where}: a late-fusion teacher gives one stream's head; the student must read one of its "
+                f"modalities, it reads {list(student.modalities)}"
+            )
+        head, modalities = teacher.heads[student.modalities[0]], list(student.modalities)
+    elif fusion == "early":
+        head, modalities = teacher.head, list(teacher.modalities)
+    else:
+        raise TeacherCompatibilityError(f"{where}: needs an early- or late-fusion teacher, this one is {fusion!r}")
+    if type(head) is not type(student.head):
         raise TeacherCompatibilityError(
-            f"{where}: its head is a {type(teacher.head).__name__}, the student's a {type(student.head).__name__}"
+            f"{where}: its head is a {type(head).__name__}, the student's a {type(student.head).__name__}"
         )
     if teacher.standardize != student.standardize:
         raise TeacherCompatibilityError(
             f"{where}: standardize is {teacher.standardize} in the teacher and {student.standardize} in the student"
         )
-    for name, module in (("teacher", teacher), ("student", student)):
-        coded = [m for m, enc in module.encoders.items() if not isinstance(enc, nn.Identity)]
+    for name, module, names in (("teacher", teacher, modalities), ("student", student, student.modalities)):
+        coded = [m for m in names if not isinstance(module.encoders[m], nn.Identity)]
         if coded:
             raise TeacherCompatibilityError(f"{where}: the {name} encodes {coded} before fusion; needs identity encoders")
     offsets, start = {}, 0
-    for m in teacher.modalities:
+    for m in modalities:
         offsets[m] = (start, start + teacher.modality_dims[m])
         start += teacher.modality_dims[m]
     for m in student.modalities:
@@ -115,7 +129,7 @@ def start_from_teacher(student: DetectorModule, teacher: DetectorModule) -> list
                 + (f"of dim {teacher.modality_dims[m]}" if m in offsets else "does not read it")
             )
     columns = torch.cat([torch.arange(*offsets[m]) for m in student.modalities])
-    source = teacher.head.state_dict()
+    source = head.state_dict()
     state, sliced = {}, []
     for name, value in student.head.state_dict().items():
         theirs = source.get(name)
