@@ -52,6 +52,7 @@ RGB, TEACHER, OURS = "synthetic_rgb", "synthetic_teacher", "synthetic_kd"
 CEILING, PROBE = "synthetic_rgb_ceiling", "probe"
 FLOWPOSE_TEACHER = "synthetic_teacher_flowpose"
 FLOW_TEACHER, POSE_TEACHER = "synthetic_teacher_flow", "synthetic_teacher_pose"
+LATE_TEACHER = "synthetic_teacher_late"
 TWO_TEACHERS = "synthetic_kd_two_teachers"
 REFERENCES = (RGB, TEACHER, CEILING)
 #: the students that distil from other teachers than the RGB+flow+pose one (of the same
@@ -61,9 +62,11 @@ TEACHER_OF: dict[str, dict[str, str]] = {
     TWO_TEACHERS: {"flow": FLOW_TEACHER, "pose": POSE_TEACHER},
     "ablations/synthetic_kd_two_teachers_share1": {"flow": FLOW_TEACHER, "pose": POSE_TEACHER},
     "ablations/synthetic_kd_pose_teacher": {"teacher": POSE_TEACHER},
+    "ablations/synthetic_kd_late_teacher": {"teacher": LATE_TEACHER},
+    "ablations/synthetic_kd_late_teacher_init": {"teacher": LATE_TEACHER},
 }
 #: every teacher experiment: trained first, and not students themselves
-TEACHERS = (TEACHER, FLOWPOSE_TEACHER, FLOW_TEACHER, POSE_TEACHER)
+TEACHERS = (TEACHER, FLOWPOSE_TEACHER, FLOW_TEACHER, POSE_TEACHER, LATE_TEACHER)
 MAIN = (RGB, TEACHER, OURS, CEILING)
 ROWS: list[tuple[str, str, str]] = [
     # (label, experiment, group)
@@ -74,6 +77,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("Teacher without RGB (flow+pose)", FLOWPOSE_TEACHER, "teacher"),
     ("Teacher RGB+flow", FLOW_TEACHER, "teacher"),
     ("Teacher RGB+pose", POSE_TEACHER, "teacher"),
+    ("Teacher RGB+flow+pose, late fusion", LATE_TEACHER, "teacher"),
     ("Ours: atomic (same-video negatives) + global + boundary, weight: auto", OURS, "ours"),
     ("Ours with the previous defaults (λ = 0.1, batch negatives)", "ablations/synthetic_kd_previous_default",
      "ablation"),
@@ -101,6 +105,9 @@ ROWS: list[tuple[str, str, str]] = [
      "ablations/synthetic_kd_teacher_init", "ablation"),
     ("The teacher's head as the start, labels only (no distillation loss)",
      "ablations/synthetic_student_teacher_init", "ablation"),
+    ("Ours, from the late-fusion teacher", "ablations/synthetic_kd_late_teacher", "ablation"),
+    ("Ours, from the late-fusion teacher, started from its RGB stream (init_from: teacher)",
+     "ablations/synthetic_kd_late_teacher_init", "ablation"),
     ("atomic only", "ablations/synthetic_only_atomic", "ablation"),
     ("global only", "ablations/synthetic_only_global", "ablation"),
     ("boundary only", "ablations/synthetic_only_boundary", "ablation"),
