@@ -127,8 +127,10 @@ def test_a_fitted_student_reloads_without_its_teacher(setup, tmp_path):
      "its head is a PDAN, the student's a TCN"),
 ])
 def test_init_from_refusals_name_what_differs(setup, change, match):
-    with pytest.raises(TeacherCompatibilityError, match=match):
+    with pytest.raises(TeacherCompatibilityError, match=match) as err:
         _student(setup, **change)
+    if change["init_from"] == "t":  # the checkpoint is named
+        assert str(setup["ckpts"][("rgb", "flow", "pose")]) in str(err.value)
 
 
 def test_a_late_fusion_teacher_gives_the_head_of_the_students_stream(setup):

@@ -79,9 +79,9 @@ def reduced_precision(precision: str | None) -> torch.dtype | None:
     return {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(precision))
 
 
-def start_from_teacher(student: DetectorModule, teacher: DetectorModule) -> list[str]:
+def start_from_teacher(student: DetectorModule, teacher: DetectorModule, source: str | None = None) -> list[str]:
     """Copy ``teacher``'s head into ``student``'s, in place; returns the names of the sliced
-    parameters (the input layer).
+    parameters (the input layer). ``source`` (the teacher's checkpoint) is named in errors.
 
     The source is the teacher's head (early fusion), or with late fusion the head of the
     stream the student reads (the student must read exactly one of the teacher's modalities);
@@ -93,7 +93,8 @@ def start_from_teacher(student: DetectorModule, teacher: DetectorModule) -> list
     width (the input layer) keeps the student's modalities' columns. Any other difference of
     shape is refused, naming the parameter.
     """
-    where = f"init_from: teacher ({type(teacher).__name__}, modalities {list(teacher.modalities)})"
+    named = f"{source} " if source else ""
+    where = f"init_from: teacher {named}({type(teacher).__name__}, modalities {list(teacher.modalities)})"
     fusion = getattr(teacher, "fusion", "early")
     if fusion == "late":
         if len(student.modalities) != 1 or student.modalities[0] not in teacher.heads:
@@ -232,8 +233,10 @@ class StudentModule(DetectorModule):
                     f"(teachers: {sorted(teachers)}; a cache holds outputs, not weights)"
                 )
             # a cached teacher's checkpoint is read for its weights only, then let go
-            source = self._teachers.get(init_from) or self._load_teacher(init_from, teachers[init_from])
-            start_from_teacher(self, source)
+            live = self._teachers.get(init_from)
+            if live is None:
+                live = self._load_teacher(init_from, teachers[init_from])
+            start_from_teacher(self, live, source=str(teachers[init_from]))
         plugins = dict(distill or {})
         self.distill = nn.ModuleDict()
         for tname, tdim in dims.items():
