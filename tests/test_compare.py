@@ -304,3 +304,38 @@ def test_the_two_teacher_student_gets_both_named_teachers_of_its_seed(tmp_path, 
     rows = {r["experiment"]: r for r in json.loads((out / "report.json").read_text())["rows"]}
     assert rows[compare.FLOW_TEACHER]["group"] == "teacher" and rows[compare.FLOW_TEACHER]["gap_closed"] is None
     assert rows[compare.TWO_TEACHERS]["group"] == "ablation" and "ours_minus_row" in rows[compare.TWO_TEACHERS]
+
+
+def test_the_self_distillation_control_gets_an_rgb_only_teacher_of_another_training_seed(tmp_path, monkeypatch):
+    """``ablations/synthetic_kd_rgb_teacher`` distils from the RGB-only recipe trained as a
+    teacher with ``--seed_everything`` = seed + 100 (kept under ``seed<s>``), so the teacher is
+    neither the student's own initialisation nor the RGB-only run it is paired against."""
+    import json
+    from pathlib import Path
+
+    from kd_detect.lab import compare
+
+    student = "ablations/synthetic_kd_rgb_teacher"
+    commands = _fake_fits(monkeypatch)
+    out = tmp_path / "c"
+    assert compare.main(["--seeds", "2", "--ablation-seeds", "2", "--jobs", "1", "--out", str(out),
+                         "--only", student, "--", "--data.path=x.h5"]) == 0
+    seeds = {}
+    for c in commands:
+        cfg = c[c.index("--config") + 1]
+        root = next(a for a in c if a.startswith("--trainer.default_root_dir=")).split("=", 1)[1]
+        seed = next(a for a in c if a.startswith("--seed_everything=")).split("=")[1]
+        seeds.setdefault(cfg, []).append((Path(root).relative_to(out).parts[0], seed, c))
+    teacher = sorted((d, s) for d, s, _ in seeds[f"experiments/{compare.RGB_TEACHER}.yaml"])
+    assert teacher == [("seed0", "100"), ("seed1", "101")]
+    rgb = sorted((d, s) for d, s, _ in seeds[f"experiments/{compare.RGB}.yaml"])
+    assert rgb == [("seed0", "0"), ("seed1", "1")]
+    for d, s, cmd in seeds[f"experiments/{student}.yaml"]:
+        assert s == d[len("seed"):]  # the student keeps its own seed, paired with RGB-only's
+        assert f"--model.init_args.teachers.teacher={out / d / compare.RGB_TEACHER / 'best.ckpt'}" in cmd
+    order = [c[c.index("--config") + 1] for c in commands]
+    assert max(i for i, c in enumerate(order) if compare.RGB_TEACHER in c) < min(
+        i for i, c in enumerate(order) if student in c)
+    rows = {r["experiment"]: r for r in json.loads((out / "report.json").read_text())["rows"]}
+    assert rows[compare.RGB_TEACHER]["group"] == "teacher" and "ours_minus_row" not in rows[compare.RGB_TEACHER]
+    assert rows[student]["group"] == "ablation"

@@ -53,6 +53,8 @@ CEILING, PROBE = "synthetic_rgb_ceiling", "probe"
 FLOWPOSE_TEACHER = "synthetic_teacher_flowpose"
 FLOW_TEACHER, POSE_TEACHER = "synthetic_teacher_flow", "synthetic_teacher_pose"
 LATE_TEACHER = "synthetic_teacher_late"
+#: the RGB-only recipe as a teacher, for the self-distillation control
+RGB_TEACHER = "synthetic_teacher_rgb"
 TWO_TEACHERS = "synthetic_kd_two_teachers"
 REFERENCES = (RGB, TEACHER, CEILING)
 #: the students that distil from other teachers than the RGB+flow+pose one (of the same
@@ -64,9 +66,14 @@ TEACHER_OF: dict[str, dict[str, str]] = {
     "ablations/synthetic_kd_pose_teacher": {"teacher": POSE_TEACHER},
     "ablations/synthetic_kd_late_teacher": {"teacher": LATE_TEACHER},
     "ablations/synthetic_kd_late_teacher_init": {"teacher": LATE_TEACHER},
+    "ablations/synthetic_kd_rgb_teacher": {"teacher": RGB_TEACHER},
 }
+#: teachers trained with ``--seed_everything`` = seed + offset (their run directory keeps
+#: ``seed<s>``): the RGB-only teacher of seed s is another RGB-only run, which shares neither
+#: initialisation nor batch order with its student, nor with the RGB-only row it is paired against
+SEED_OFFSET: dict[str, int] = {RGB_TEACHER: 100}
 #: every teacher experiment: trained first, and not students themselves
-TEACHERS = (TEACHER, FLOWPOSE_TEACHER, FLOW_TEACHER, POSE_TEACHER, LATE_TEACHER)
+TEACHERS = (TEACHER, FLOWPOSE_TEACHER, FLOW_TEACHER, POSE_TEACHER, LATE_TEACHER, RGB_TEACHER)
 MAIN = (RGB, TEACHER, OURS, CEILING)
 ROWS: list[tuple[str, str, str]] = [
     # (label, experiment, group)
@@ -78,6 +85,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("Teacher RGB+flow", FLOW_TEACHER, "teacher"),
     ("Teacher RGB+pose", POSE_TEACHER, "teacher"),
     ("Teacher RGB+flow+pose, late fusion", LATE_TEACHER, "teacher"),
+    ("Teacher RGB only (the RGB-only recipe, training seed + 100)", RGB_TEACHER, "teacher"),
     ("Ours: atomic (same-video negatives) + global + boundary, weight: auto", OURS, "ours"),
     ("Ours with the previous defaults (λ = 0.1, batch negatives)", "ablations/synthetic_kd_previous_default",
      "ablation"),
@@ -108,6 +116,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("Ours, from the late-fusion teacher", "ablations/synthetic_kd_late_teacher", "ablation"),
     ("Ours, from the late-fusion teacher, started from its RGB stream (init_from: teacher)",
      "ablations/synthetic_kd_late_teacher_init", "ablation"),
+    ("Ours, from an RGB-only teacher (self-distillation control)", "ablations/synthetic_kd_rgb_teacher", "ablation"),
     ("atomic only", "ablations/synthetic_only_atomic", "ablation"),
     ("global only", "ablations/synthetic_only_global", "ablation"),
     ("boundary only", "ablations/synthetic_only_boundary", "ablation"),
@@ -182,7 +191,7 @@ def fit(exp: str, seed: int, root: Path, extra: list[str], log: Path, reference:
         return json.loads(metrics.read_text())
     cmd = [
         str(Path(sys.executable).with_name("kd-detect")), "fit", "--config", f"experiments/{exp}.yaml",
-        f"--seed_everything={seed}", f"--trainer.default_root_dir={out}", "--test_after_fit=true",
+        f"--seed_everything={seed + SEED_OFFSET.get(exp, 0)}", f"--trainer.default_root_dir={out}", "--test_after_fit=true",
         "--trainer.enable_progress_bar=false", "--trainer.logger=kd_detect.loggers.CSVLogger", *extra,
     ]
     if exp not in REFERENCES and exp not in TEACHERS:
