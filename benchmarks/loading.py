@@ -72,7 +72,13 @@ class NpyDataset(Dataset):
 
 
 def _drain(loader: DataLoader, convert: Any = None) -> int:
-    """Every batch of one epoch; ``convert`` (e.g. ``to_model_layout``) applied to each."""
+    """Every batch of one epoch; ``convert`` (e.g. ``to_model_layout``) applied to each. A
+    sampler with ``set_epoch`` (the training loader's) is moved on to the next epoch first, as
+    Lightning does, so each timed epoch has its own order and crops, as in training."""
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        loader.drained_epochs = getattr(loader, "drained_epochs", 0) + 1
+        sampler.set_epoch(loader.drained_epochs - 1)
     n = 0
     for batch in loader:
         if convert is not None:

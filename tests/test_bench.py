@@ -90,6 +90,32 @@ def test_floor_copies_are_the_loaders_batches(tmp_path):
     dm.teardown("fit")
 
 
+def test_each_drained_epoch_is_a_new_epoch_of_the_training_loader(tmp_path, monkeypatch):
+    """The loading benchmark times epochs as training runs them: the training sampler is set
+    to epoch 0, 1, ... (Lightning's set_epoch), so the order of the videos changes; draining
+    without it would time epoch 0 again and again."""
+    from benchmarks.loading import _drain
+    from kd_detect.data.datamodule import FeatureDataModule
+
+    data = write_data(TINY_CHARADES, tmp_path, dtypes=("float16",))
+    dm = FeatureDataModule(str(data.h5["float16"]), batch_size=2, val_subset="training", test_subset="training")
+    loader = dm.train_dataloader()
+    orders = []
+    real_iter = type(loader.sampler).__iter__
+
+    def recording_iter(self):
+        items = list(real_iter(self))
+        orders.append((self.epoch, [i for i, _ in items]))
+        return iter(items)
+
+    monkeypatch.setattr(type(loader.sampler), "__iter__", recording_iter)
+    for _ in range(3):
+        assert _drain(loader) == len(dm.dataset("train"))
+    assert [e for e, _ in orders] == [0, 1, 2]
+    assert orders[0][1] != orders[1][1] and sorted(orders[0][1]) == sorted(orders[1][1])
+    dm.teardown("fit")
+
+
 def test_transport_batches_have_the_template_shapes_and_reuse_only_when_asked():
     from benchmarks.loading import _FreshBatches
 
