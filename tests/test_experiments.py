@@ -139,6 +139,10 @@ def test_runner_finds_data_and_teachers():
     assert dependencies("synthetic_kd_two_teachers", ["--data.path=x.h5"]) == [
         "x.h5", "runs/synthetic_teacher_flow/best.ckpt", "runs/synthetic_teacher_pose/best.ckpt"]
     assert dependencies("synthetic_rgb", []) == ["data/synthetic.h5"]
+    # a cached student needs its cache too, so `make train EXP=synthetic_kd_cached` builds it
+    assert dependencies("synthetic_kd_cached", []) == [
+        "data/synthetic.h5", "runs/synthetic_teacher/best.ckpt", "runs/synthetic_teacher/teacher_cache.h5"]
+    assert dependencies("synthetic_kd_cached", ["--model.init_args.teacher_caches.teacher=c.h5"])[-1] == "c.h5"
     # a student-only override must not reach the teacher's training
     assert teacher_args(["--data.path=x.h5 --model.init_args.distill.atomic.init_args.weight=2 --trainer.max_epochs 3"]) == (
         "--data.path=x.h5 --trainer.max_epochs 3")

@@ -71,10 +71,23 @@ def data_and_teachers(exp: str, args: list[str]) -> tuple[str | None, list[str]]
     return (str(data_path) if data_path else None), [str(p) for p in teachers.values()]
 
 
+def teacher_caches(exp: str, args: list[str]) -> list[str]:
+    """The teacher-output caches experiment ``exp`` reads (``teacher_caches``, with ``args``'
+    overrides)."""
+    caches = dict(section(load_config(EXPERIMENTS / f"{exp}.yaml"), "model").get("teacher_caches") or {})
+    for key, value in _overrides(args).items():
+        for prefix in ("model.init_args.teacher_caches.", "model.teacher_caches."):
+            if key.startswith(prefix):
+                caches[key[len(prefix):]] = value
+    return [str(p) for p in caches.values()]
+
+
 def dependencies(exp: str, args: list[str]) -> list[str]:
-    """Files experiment ``exp`` needs: its data file, then its teachers' checkpoints."""
+    """Files experiment ``exp`` needs: its data file, its teachers' checkpoints, then its
+    teacher caches (the Makefile writes ``runs/<teacher>/teacher_cache.h5`` from that
+    teacher's checkpoint, again when the checkpoint is newer)."""
     data, teachers = data_and_teachers(exp, args)
-    return ([data] if data else []) + teachers
+    return ([data] if data else []) + teachers + teacher_caches(exp, args)
 
 
 def teacher_args(args: list[str]) -> str:
