@@ -339,3 +339,26 @@ def test_the_self_distillation_control_gets_an_rgb_only_teacher_of_another_train
     rows = {r["experiment"]: r for r in json.loads((out / "report.json").read_text())["rows"]}
     assert rows[compare.RGB_TEACHER]["group"] == "teacher" and "ours_minus_row" not in rows[compare.RGB_TEACHER]
     assert rows[student]["group"] == "ablation"
+
+
+def test_the_student_of_the_full_and_the_rgb_teacher_gets_both_of_its_seed(tmp_path, monkeypatch):
+    """``ablations/synthetic_kd_rgb_and_full_teachers`` names ``teacher`` (RGB+flow+pose) and
+    ``rgb`` (the control's RGB-only teacher, seed + 100) and gets both checkpoints of its seed."""
+    from kd_detect.lab import compare
+
+    student = "ablations/synthetic_kd_rgb_and_full_teachers"
+    commands = _fake_fits(monkeypatch)
+    out = tmp_path / "c"
+    assert compare.main(["--seeds", "2", "--ablation-seeds", "2", "--jobs", "1", "--out", str(out),
+                         "--only", student, "--", "--data.path=x.h5"]) == 0
+    runs = [c for c in commands if c[c.index("--config") + 1] == f"experiments/{student}.yaml"]
+    assert len(runs) == 2
+    for cmd in runs:
+        seed = next(a for a in cmd if a.startswith("--seed_everything=")).split("=")[1]
+        assert sorted(a for a in cmd if a.startswith("--model.init_args.teachers.")) == [
+            f"--model.init_args.teachers.rgb={out / f'seed{seed}' / compare.RGB_TEACHER / 'best.ckpt'}",
+            f"--model.init_args.teachers.teacher={out / f'seed{seed}' / compare.TEACHER / 'best.ckpt'}",
+        ]
+    assert sorted(next(a for a in c if a.startswith("--seed_everything=")) for c in commands
+                  if c[c.index("--config") + 1] == f"experiments/{compare.RGB_TEACHER}.yaml") == [
+        "--seed_everything=100", "--seed_everything=101"]

@@ -67,6 +67,7 @@ TEACHER_OF: dict[str, dict[str, str]] = {
     "ablations/synthetic_kd_late_teacher": {"teacher": LATE_TEACHER},
     "ablations/synthetic_kd_late_teacher_init": {"teacher": LATE_TEACHER},
     "ablations/synthetic_kd_rgb_teacher": {"teacher": RGB_TEACHER},
+    "ablations/synthetic_kd_rgb_and_full_teachers": {"teacher": TEACHER, "rgb": RGB_TEACHER},
 }
 #: teachers trained with ``--seed_everything`` = seed + offset (their run directory keeps
 #: ``seed<s>``): the RGB-only teacher of seed s is another RGB-only run, which shares neither
@@ -117,6 +118,8 @@ ROWS: list[tuple[str, str, str]] = [
     ("Ours, from the late-fusion teacher, started from its RGB stream (init_from: teacher)",
      "ablations/synthetic_kd_late_teacher_init", "ablation"),
     ("Ours, from an RGB-only teacher (self-distillation control)", "ablations/synthetic_kd_rgb_teacher", "ablation"),
+    ("Ours, from the RGB+flow+pose and an RGB-only teacher together", "ablations/synthetic_kd_rgb_and_full_teachers",
+     "ablation"),
     ("atomic only", "ablations/synthetic_only_atomic", "ablation"),
     ("global only", "ablations/synthetic_only_global", "ablation"),
     ("boundary only", "ablations/synthetic_only_boundary", "ablation"),
