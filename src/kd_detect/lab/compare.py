@@ -18,6 +18,10 @@ The yardsticks:
   teacher what labels alone would have taught.
 * **Linear probe**: a ridge reader of RGB with +-2 steps of context (``kd_detect.lab.probe``,
   deterministic: one run). A floor that the RGB-only detector must reach.
+* **Self-distillation control** (``ablations/synthetic_kd_rgb_teacher``): the method with
+  its defaults, distilling from an RGB-only teacher (the RGB-only recipe trained with seed
+  ``s + 100``). It knows nothing the student's own input does not carry, so what ours gains
+  over it, not over RGB-only, is what the other modalities bring.
 
 Writes ``runs/compare/report.md``, ``report.json`` and the bar chart ``compare.png``. Per row:
 mean +- std of the test frame mAP; *gap closed* to the teacher ``(row - rgb) / (teacher - rgb)``
