@@ -57,37 +57,38 @@ def _overrides(args: list[str]) -> dict[str, str]:
     return out
 
 
+def _named_paths(model: dict[str, Any], over: dict[str, str], key: str) -> list[str]:
+    """The paths of the model's ``key`` mapping (``teachers``, ``teacher_caches``), with the
+    ``--model.init_args.<key>.<name>=...`` overrides of ``over`` applied."""
+    named = dict(model.get(key) or {})
+    for option, value in over.items():
+        for prefix in (f"model.init_args.{key}.", f"model.{key}."):
+            if option.startswith(prefix):
+                named[option[len(prefix):]] = value
+    return [str(p) for p in named.values()]
+
+
 def data_and_teachers(exp: str, args: list[str]) -> tuple[str | None, list[str]]:
     """Experiment ``exp``'s data file (``None`` when it names none) and its teachers' checkpoints."""
+    data, teachers, _ = _data_teachers_caches(exp, args)
+    return data, teachers
+
+
+def _data_teachers_caches(exp: str, args: list[str]) -> tuple[str | None, list[str], list[str]]:
     cfg = load_config(EXPERIMENTS / f"{exp}.yaml")
     over = _overrides(args)
     data_path = over.get("data.path") or over.get("data.init_args.path") or section(cfg, "data").get("path")
     model = section(cfg, "model")
-    teachers = dict(model.get("teachers") or {})
-    for key, value in over.items():
-        for prefix in ("model.init_args.teachers.", "model.teachers."):
-            if key.startswith(prefix):
-                teachers[key[len(prefix):]] = value
-    return (str(data_path) if data_path else None), [str(p) for p in teachers.values()]
-
-
-def teacher_caches(exp: str, args: list[str]) -> list[str]:
-    """The teacher-output caches experiment ``exp`` reads (``teacher_caches``, with ``args``'
-    overrides)."""
-    caches = dict(section(load_config(EXPERIMENTS / f"{exp}.yaml"), "model").get("teacher_caches") or {})
-    for key, value in _overrides(args).items():
-        for prefix in ("model.init_args.teacher_caches.", "model.teacher_caches."):
-            if key.startswith(prefix):
-                caches[key[len(prefix):]] = value
-    return [str(p) for p in caches.values()]
+    return ((str(data_path) if data_path else None), _named_paths(model, over, "teachers"),
+            _named_paths(model, over, "teacher_caches"))
 
 
 def dependencies(exp: str, args: list[str]) -> list[str]:
     """Files experiment ``exp`` needs: its data file, its teachers' checkpoints, then its
     teacher caches (the Makefile writes ``runs/<teacher>/teacher_cache.h5`` from that
     teacher's checkpoint, again when the checkpoint is newer)."""
-    data, teachers = data_and_teachers(exp, args)
-    return ([data] if data else []) + teachers + teacher_caches(exp, args)
+    data, teachers, caches = _data_teachers_caches(exp, args)
+    return ([data] if data else []) + teachers + caches
 
 
 def teacher_args(args: list[str]) -> str:
