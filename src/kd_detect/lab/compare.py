@@ -59,6 +59,8 @@ FLOW_TEACHER, POSE_TEACHER = "synthetic_teacher_flow", "synthetic_teacher_pose"
 LATE_TEACHER = "synthetic_teacher_late"
 #: the RGB-only recipe as a teacher, for the self-distillation control
 RGB_TEACHER = "synthetic_teacher_rgb"
+#: the teacher with ModDrop (flow and pose dropped from training videos), and with channel input dropout
+MODDROP_TEACHER, DROPOUT_TEACHER = "synthetic_teacher_moddrop", "synthetic_teacher_input_dropout"
 TWO_TEACHERS = "synthetic_kd_two_teachers"
 REFERENCES = (RGB, TEACHER, CEILING)
 #: the students that distil from other teachers than the RGB+flow+pose one (of the same
@@ -72,13 +74,16 @@ TEACHER_OF: dict[str, dict[str, str]] = {
     "ablations/synthetic_kd_late_teacher_init": {"teacher": LATE_TEACHER},
     "ablations/synthetic_kd_rgb_teacher": {"teacher": RGB_TEACHER},
     "ablations/synthetic_kd_rgb_and_full_teachers": {"teacher": TEACHER, "rgb": RGB_TEACHER},
+    "ablations/synthetic_kd_moddrop_teacher": {"teacher": MODDROP_TEACHER},
+    "ablations/synthetic_kd_input_dropout_teacher": {"teacher": DROPOUT_TEACHER},
 }
 #: teachers trained with ``--seed_everything`` = seed + offset (their run directory keeps
 #: ``seed<s>``): the RGB-only teacher of seed s is another RGB-only run, which shares neither
 #: initialisation nor batch order with its student, nor with the RGB-only row it is paired against
 SEED_OFFSET: dict[str, int] = {RGB_TEACHER: 100}
 #: every teacher experiment: trained first, and not students themselves
-TEACHERS = (TEACHER, FLOWPOSE_TEACHER, FLOW_TEACHER, POSE_TEACHER, LATE_TEACHER, RGB_TEACHER)
+TEACHERS = (TEACHER, FLOWPOSE_TEACHER, FLOW_TEACHER, POSE_TEACHER, LATE_TEACHER, RGB_TEACHER, MODDROP_TEACHER,
+            DROPOUT_TEACHER)
 MAIN = (RGB, TEACHER, OURS, CEILING)
 ROWS: list[tuple[str, str, str]] = [
     # (label, experiment, group)
@@ -91,6 +96,9 @@ ROWS: list[tuple[str, str, str]] = [
     ("Teacher RGB+pose", POSE_TEACHER, "teacher"),
     ("Teacher RGB+flow+pose, late fusion", LATE_TEACHER, "teacher"),
     ("Teacher RGB only (the RGB-only recipe, training seed + 100)", RGB_TEACHER, "teacher"),
+    ("Teacher RGB+flow+pose, ModDrop (flow, pose each dropped from half the training videos)", MODDROP_TEACHER,
+     "teacher"),
+    ("Teacher RGB+flow+pose, channel input dropout 0.3", DROPOUT_TEACHER, "teacher"),
     ("Ours: atomic (same-video negatives) + global + boundary, weight: auto", OURS, "ours"),
     ("Ours with the previous defaults (λ = 0.1, batch negatives)", "ablations/synthetic_kd_previous_default",
      "ablation"),
@@ -123,6 +131,9 @@ ROWS: list[tuple[str, str, str]] = [
      "ablations/synthetic_kd_late_teacher_init", "ablation"),
     ("Ours, from an RGB-only teacher (self-distillation control)", "ablations/synthetic_kd_rgb_teacher", "ablation"),
     ("Ours, from the RGB+flow+pose and an RGB-only teacher together", "ablations/synthetic_kd_rgb_and_full_teachers",
+     "ablation"),
+    ("Ours, from the ModDrop teacher", "ablations/synthetic_kd_moddrop_teacher", "ablation"),
+    ("Ours, from the teacher with channel input dropout 0.3", "ablations/synthetic_kd_input_dropout_teacher",
      "ablation"),
     ("atomic only", "ablations/synthetic_only_atomic", "ablation"),
     ("global only", "ablations/synthetic_only_global", "ablation"),

@@ -10,11 +10,18 @@ Padded steps stay 0 (the mask is applied after the shift), so masking stays exac
 dimension of a video is dropped for the whole video with probability ``p`` (the rest scaled
 by ``1/(1-p)``), as MS-TCN does on I3D features. It regularises a detector that would
 otherwise lean on a few appearance dimensions of a small training set.
+
+:func:`modality_dropout` drops whole modalities of a video (ModDrop, Neverova et al. 2015):
+modality ``m`` of each video is replaced by zeros with probability ``p[m]``, with no
+rescaling, so with standardised inputs a dropped modality reads as its training mean. A
+multi-modal teacher trained this way must also detect from what is left (RGB, when only
+the privileged modalities are listed), which ties its features to what the RGB student can
+see. A video whose every modality was drawn to be dropped keeps them all.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Mapping, Optional
 
 import torch
 from torch import Tensor, nn
@@ -63,3 +70,24 @@ def input_dropout(x: Tensor, p: float, training: bool) -> Tensor:
     if p <= 0.0 or not training:
         return x
     return nn.functional.dropout1d(x, p, training=True)
+
+
+def modality_dropout(xs: Mapping[str, Tensor], p: Mapping[str, float], training: bool) -> dict[str, Tensor]:
+    """``{modality: (B, D_m, T)}`` with modality ``m`` of each video zeroed with probability ``p[m]``.
+
+    Modalities absent from ``p`` are always kept; a video that would lose every modality keeps
+    them all. Identity outside training or when no probability is positive.
+    """
+    xs = dict(xs)
+    drawn = {m: q for m, q in p.items() if q > 0.0 and m in xs}
+    if not training or not drawn:
+        return xs
+    first = next(iter(xs.values()))
+    batch, device = first.shape[0], first.device
+    keep = {m: torch.rand(batch, device=device) >= q for m, q in drawn.items()}
+    if len(drawn) == len(xs):  # only then can a video lose everything
+        lost_all = ~torch.stack(list(keep.values())).any(0)
+        keep = {m: k | lost_all for m, k in keep.items()}
+    for m, k in keep.items():
+        xs[m] = xs[m] * k.to(xs[m].dtype)[:, None, None]
+    return xs
