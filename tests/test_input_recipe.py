@@ -13,8 +13,8 @@ from kd_detect.apps.export import main as export_main
 from kd_detect.data import FeatureDataModule
 from kd_detect.data.format import FeatureFile
 from kd_detect.data.statistics import feature_moments
-from kd_detect.models.inputs import Standardize, input_dropout
-from kd_detect.modules import DetectorModule, instantiate, load_detector
+from kd_detect.models.inputs import Standardize, input_dropout, modality_dropout
+from kd_detect.modules import DetectorModule, TeacherModule, instantiate, load_detector
 from kd_detect.modules.deploy import load_state, state_path
 from tests.helpers import TINY_HEAD
 
@@ -156,3 +156,83 @@ def test_a_teacher_standardises_each_of_its_modalities(fusion):
     torch.testing.assert_close(encoded["rgb"], (batch["rgb"] - 2.0) / 0.5)
     torch.testing.assert_close(encoded["flow"], batch["flow"])
     assert teacher(batch).logits.shape == (1, 2, 6)
+
+
+def test_modality_dropout_zeroes_whole_listed_modalities_of_a_video_and_never_all_of_them():
+    torch.manual_seed(0)
+    xs = {m: torch.rand(400, d, 6) + 1.0 for m, d in (("rgb", 3), ("flow", 4), ("pose", 5))}
+    assert modality_dropout(xs, {"flow": 0.5}, training=False)["flow"] is xs["flow"]
+    assert modality_dropout(xs, {"flow": 0.0}, training=True)["flow"] is xs["flow"]
+    out = modality_dropout(xs, {"flow": 0.5, "pose": 0.25}, training=True)
+    assert out["rgb"] is xs["rgb"]  # not listed: always kept, untouched
+    for m, p in (("flow", 0.5), ("pose", 0.25)):
+        zero = (out[m] == 0).flatten(1).all(1)
+        kept = ~zero
+        # a video's modality is either all zeros or exactly itself (no 1/(1-p) rescaling)
+        torch.testing.assert_close(out[m][kept], xs[m][kept])
+        assert abs(zero.float().mean().item() - p) < 0.08  # 400 Bernoulli(p) draws
+    # flow and pose are drawn independently: both dropped on about p_flow * p_pose of the videos
+    both = ((out["flow"] == 0).flatten(1).all(1) & (out["pose"] == 0).flatten(1).all(1)).float().mean().item()
+    assert abs(both - 0.125) < 0.05
+    # every modality listed: a video drawn to lose them all keeps them all
+    full = modality_dropout(xs, {"rgb": 0.9, "flow": 0.9, "pose": 0.9}, training=True)
+    alive = torch.stack([(full[m] != 0).flatten(1).any(1) for m in xs])
+    assert alive.any(0).all()
+    intact = alive.all(0)  # 0.9^3 = 73 % of videos were drawn to lose all three: they keep all three
+    assert intact.float().mean().item() > 0.6
+    for m in xs:
+        torch.testing.assert_close(full[m][intact], xs[m][intact])
+
+
+def _teacher(**kw) -> TeacherModule:
+    return instantiate(TeacherModule, head=TINY_HEAD, num_classes=3, modalities=["rgb", "flow", "pose"],
+                       modality_dims={"rgb": 4, "flow": 5, "pose": 6}, **kw)
+
+
+@pytest.mark.parametrize("fusion", ["early", "mid", "late"])
+def test_teacher_applies_input_and_modality_dropout_in_training_only(fusion):
+    """The teacher once ignored input_dropout: its head must see the dropped input in training."""
+    torch.manual_seed(0)
+    batch = {m: torch.rand(6, d, 8) + 1.0 for m, d in (("rgb", 4), ("flow", 5), ("pose", 6))}
+    batch["mask"] = torch.ones(6, 8, dtype=torch.bool)
+    t = _teacher(fusion=fusion, input_dropout=0.4, modality_dropout={"flow": 0.5})
+    seen = []
+    heads = list(t.heads.values()) if fusion == "late" else [t.head]
+    if fusion == "mid":  # the embeddings see the encoded modalities
+        for name, emb in t.embeddings.items():
+            emb.register_forward_pre_hook(lambda mod, args, name=name: seen.append((name, args[0])))
+    else:
+        for h in heads:
+            h.register_forward_pre_hook(lambda mod, args: seen.append((None, args[0])))
+    t.eval()
+    with torch.no_grad():
+        t(batch)
+    assert all((x != 0).all() for _, x in seen)  # eval: nothing dropped
+    seen.clear()
+    t.train()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        t(batch)
+    x = torch.cat([x for _, x in seen], dim=1)  # (B, D_total, T) in every fusion
+    zero_dims = (x == 0).all(2)
+    assert 0 < zero_dims.float().mean().item() < 1
+    kept = ~zero_dims
+    # the kept dimensions are scaled by 1/(1-0.4): they are the inputs' values / 0.6
+    raw = torch.cat([batch["rgb"], batch["flow"], batch["pose"]], dim=1)
+    torch.testing.assert_close(x[kept], (raw / 0.6)[kept])
+    flow = x[:, 4:9]
+    flow_gone = (flow == 0).flatten(1).all(1)
+    assert flow_gone.any() and not flow_gone.all()  # six videos, Bernoulli(0.5) each, seed 1
+
+
+def test_teacher_modality_dropout_is_validated_and_kept_by_its_checkpoint(tmp_path):
+    with pytest.raises(ValueError, match="depth"):
+        _teacher(modality_dropout={"depth": 0.5})
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        _teacher(modality_dropout={"flow": 1.0})
+    t = _teacher(modality_dropout={"flow": 0.5, "pose": 0.25}, input_dropout=0.1)
+    ckpt = tmp_path / "t.ckpt"
+    torch.save({"state_dict": t.state_dict(), "hyper_parameters": dict(t.hparams),
+                "pytorch-lightning_version": pl.__version__}, ckpt)
+    loaded = TeacherModule.load_from_checkpoint(ckpt, head=TINY_HEAD)
+    assert loaded.modality_dropout == {"flow": 0.5, "pose": 0.25} and loaded.input_dropout == 0.1
