@@ -242,37 +242,42 @@ def _fake_fits(monkeypatch) -> list[list[str]]:
     return commands
 
 
-def test_a_student_of_the_teacher_without_rgb_gets_that_teacher(tmp_path, monkeypatch):
+@pytest.mark.parametrize("student,teacher", [
+    ("ablations/synthetic_kd_flowpose_teacher", "synthetic_teacher_flowpose"),
+    ("ablations/synthetic_kd_moddrop_teacher", "synthetic_teacher_moddrop"),
+    ("ablations/synthetic_kd_input_dropout_teacher", "synthetic_teacher_input_dropout"),
+])
+def test_a_student_of_another_teacher_gets_that_teacher(tmp_path, monkeypatch, student, teacher):
     """``ablations/synthetic_kd_flowpose_teacher`` distils from the flow+pose teacher of its
-    own seed, which runs first (on the students' seeds) and is not itself a student."""
+    own seed (the ModDrop and input-dropout teachers' students likewise), which runs first
+    (on the students' seeds) and is not itself a student."""
     import json
 
     from kd_detect.lab import compare
 
-    student = "ablations/synthetic_kd_flowpose_teacher"
     commands = _fake_fits(monkeypatch)
     out = tmp_path / "c"
     assert compare.main(["--seeds", "3", "--ablation-seeds", "2", "--jobs", "1", "--out", str(out),
                          "--only", student, "--", "--data.path=x.h5"]) == 0
     ran = {(c[c.index("--config") + 1], next(a for a in c if a.startswith("--seed_everything="))): c
            for c in commands}
-    fp = {s: c for (cfg, s), c in ran.items() if cfg == f"experiments/{compare.FLOWPOSE_TEACHER}.yaml"}
+    tr = {s: c for (cfg, s), c in ran.items() if cfg == f"experiments/{teacher}.yaml"}
     kd = {s: c for (cfg, s), c in ran.items() if cfg == f"experiments/{student}.yaml"}
-    assert sorted(fp) == sorted(kd) == ["--seed_everything=0", "--seed_everything=1"]
+    assert sorted(tr) == sorted(kd) == ["--seed_everything=0", "--seed_everything=1"]
     # another world (--data.path): no RGB-ceiling runs, which would be plain RGB-only on that file
     assert not any(cfg == f"experiments/{compare.CEILING}.yaml" for cfg, _ in ran)
     assert any(cfg == f"experiments/{compare.RGB}.yaml" for cfg, _ in ran)
     for seed in (0, 1):
-        assert not any(a.startswith("--model.init_args.teachers.teacher=") for a in fp[f"--seed_everything={seed}"])
-        assert (f"--model.init_args.teachers.teacher={out / f'seed{seed}' / compare.FLOWPOSE_TEACHER / 'best.ckpt'}"
+        assert not any(a.startswith("--model.init_args.teachers.teacher=") for a in tr[f"--seed_everything={seed}"])
+        assert (f"--model.init_args.teachers.teacher={out / f'seed{seed}' / teacher / 'best.ckpt'}"
                 in kd[f"--seed_everything={seed}"])
     # every flow+pose teacher ran before any of its students
     order = [c[c.index("--config") + 1] for c in commands]
-    assert max(i for i, c in enumerate(order) if "teacher_flowpose" in c) < min(
+    assert max(i for i, c in enumerate(order) if teacher in c) < min(
         i for i, c in enumerate(order) if student in c)
     rows = {r["experiment"]: r for r in json.loads((out / "report.json").read_text())["rows"]}
-    assert rows[compare.FLOWPOSE_TEACHER]["gap_closed"] is None and rows[compare.FLOWPOSE_TEACHER]["group"] == "teacher"
-    assert "ours_minus_row" not in rows[compare.FLOWPOSE_TEACHER]
+    assert rows[teacher]["gap_closed"] is None and rows[teacher]["group"] == "teacher"
+    assert "ours_minus_row" not in rows[teacher]
 
 
 def test_the_two_teacher_student_gets_both_named_teachers_of_its_seed(tmp_path, monkeypatch):
