@@ -245,7 +245,7 @@ def _fake_fits(monkeypatch) -> list[list[str]]:
 @pytest.mark.parametrize("student,teacher", [
     ("ablations/synthetic_kd_flowpose_teacher", "synthetic_teacher_flowpose"),
     ("ablations/synthetic_kd_moddrop_teacher", "synthetic_teacher_moddrop"),
-    ("ablations/synthetic_kd_input_dropout_teacher", "synthetic_teacher_input_dropout"),
+    ("ablations/synthetic_kd_no_input_dropout_teacher", "synthetic_teacher_no_input_dropout"),
 ])
 def test_a_student_of_another_teacher_gets_that_teacher(tmp_path, monkeypatch, student, teacher):
     """``ablations/synthetic_kd_flowpose_teacher`` distils from the flow+pose teacher of its

@@ -59,8 +59,9 @@ FLOW_TEACHER, POSE_TEACHER = "synthetic_teacher_flow", "synthetic_teacher_pose"
 LATE_TEACHER = "synthetic_teacher_late"
 #: the RGB-only recipe as a teacher, for the self-distillation control
 RGB_TEACHER = "synthetic_teacher_rgb"
-#: the teacher with ModDrop (flow and pose dropped from training videos), and with channel input dropout
-MODDROP_TEACHER, DROPOUT_TEACHER = "synthetic_teacher_moddrop", "synthetic_teacher_input_dropout"
+#: the teacher with ModDrop (flow and pose dropped from training videos), and the teacher
+#: without channel input dropout (as every teacher trained until 2026-12-04)
+MODDROP_TEACHER, NO_DROPOUT_TEACHER = "synthetic_teacher_moddrop", "synthetic_teacher_no_input_dropout"
 TWO_TEACHERS = "synthetic_kd_two_teachers"
 REFERENCES = (RGB, TEACHER, CEILING)
 #: the students that distil from other teachers than the RGB+flow+pose one (of the same
@@ -75,7 +76,7 @@ TEACHER_OF: dict[str, dict[str, str]] = {
     "ablations/synthetic_kd_rgb_teacher": {"teacher": RGB_TEACHER},
     "ablations/synthetic_kd_rgb_and_full_teachers": {"teacher": TEACHER, "rgb": RGB_TEACHER},
     "ablations/synthetic_kd_moddrop_teacher": {"teacher": MODDROP_TEACHER},
-    "ablations/synthetic_kd_input_dropout_teacher": {"teacher": DROPOUT_TEACHER},
+    "ablations/synthetic_kd_no_input_dropout_teacher": {"teacher": NO_DROPOUT_TEACHER},
 }
 #: teachers trained with ``--seed_everything`` = seed + offset (their run directory keeps
 #: ``seed<s>``): the RGB-only teacher of seed s is another RGB-only run, which shares neither
@@ -83,7 +84,7 @@ TEACHER_OF: dict[str, dict[str, str]] = {
 SEED_OFFSET: dict[str, int] = {RGB_TEACHER: 100}
 #: every teacher experiment: trained first, and not students themselves
 TEACHERS = (TEACHER, FLOWPOSE_TEACHER, FLOW_TEACHER, POSE_TEACHER, LATE_TEACHER, RGB_TEACHER, MODDROP_TEACHER,
-            DROPOUT_TEACHER)
+            NO_DROPOUT_TEACHER)
 MAIN = (RGB, TEACHER, OURS, CEILING)
 ROWS: list[tuple[str, str, str]] = [
     # (label, experiment, group)
@@ -96,9 +97,10 @@ ROWS: list[tuple[str, str, str]] = [
     ("Teacher RGB+pose", POSE_TEACHER, "teacher"),
     ("Teacher RGB+flow+pose, late fusion", LATE_TEACHER, "teacher"),
     ("Teacher RGB only (the RGB-only recipe, training seed + 100)", RGB_TEACHER, "teacher"),
-    ("Teacher RGB+flow+pose, ModDrop (flow, pose each dropped from half the training videos)", MODDROP_TEACHER,
+    ("Teacher RGB+flow+pose, ModDrop (flow, pose each dropped from half the training videos; no input dropout)",
+     MODDROP_TEACHER,
      "teacher"),
-    ("Teacher RGB+flow+pose, channel input dropout 0.3", DROPOUT_TEACHER, "teacher"),
+    ("Teacher RGB+flow+pose without input dropout (the teacher until 2026-12-04)", NO_DROPOUT_TEACHER, "teacher"),
     ("Ours: atomic (same-video negatives) + global + boundary, weight: auto", OURS, "ours"),
     ("Ours with the previous defaults (λ = 0.1, batch negatives)", "ablations/synthetic_kd_previous_default",
      "ablation"),
@@ -133,8 +135,8 @@ ROWS: list[tuple[str, str, str]] = [
     ("Ours, from the RGB+flow+pose and an RGB-only teacher together", "ablations/synthetic_kd_rgb_and_full_teachers",
      "ablation"),
     ("Ours, from the ModDrop teacher", "ablations/synthetic_kd_moddrop_teacher", "ablation"),
-    ("Ours, from the teacher with channel input dropout 0.3", "ablations/synthetic_kd_input_dropout_teacher",
-     "ablation"),
+    ("Ours, from the teacher without input dropout (ours until 2026-12-04)",
+     "ablations/synthetic_kd_no_input_dropout_teacher", "ablation"),
     ("atomic only", "ablations/synthetic_only_atomic", "ablation"),
     ("global only", "ablations/synthetic_only_global", "ablation"),
     ("boundary only", "ablations/synthetic_only_boundary", "ablation"),
