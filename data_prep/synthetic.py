@@ -73,7 +73,9 @@ calibration of v2 (``--preset v2.0``: RGB appearance ``rgb_amp`` 1.0, RGB motion
 PDAN recipe, but only ~5 % once the RGB recipe was tuned on validation (issue 13 B) --
 less than real data's. Revision 2 weakens RGB's own evidence (``rgb_amp`` 0.8: a smaller,
 more cluttered object relative to the scene; ``rgb_motion`` 0.3) and changes nothing else.
-It was chosen on the teacher's lead alone, with the tuned recipe, between two candidates
+It was chosen on the teacher's lead alone, with the tuned recipe (but a teacher that, by a
+bug fixed on 2026-12-04, trained without the recipe's input dropout; with it the teacher's
+PDAN lead is about +32 %, README, Results), between two candidates
 (PDAN, training seed 0, test frame mAP: ``rgb_amp`` 0.7 / ``rgb_motion`` 0.25 gave RGB
 45.8, teacher 58.6, +28 %; 0.8 / 0.3 gave 54.1 and 62.2, +15 %, the Charades-sized
 lead), not on what distillation did on them.
@@ -83,7 +85,8 @@ Measured on revision 2, test frame mAP, linear probe (``python -m kd_detect.lab.
 30.73, RGB+flow+pose 72.39 (+17 % relative; generator seeds 1 and 2: +15 %, +12 %); the RGB
 probe on the ceiling file (4x the training videos) 68.25. The PDAN figures of the
 tuned recipe (RGB, teacher, RGB ceiling, over 5 seeds) are in the README, Results.
-PDAN scores below the linear probe of its own inputs (RGB and teacher alike). The world
+RGB-only PDAN scores below the linear probe of its own input; the teacher did too until it
+trained with the recipe's input dropout (2026-12-04), and is now level with its probe. The world
 is linear-Gaussian in the phase and class activity, so a short linear window is close to
 the best reader, and with 144 noisily labelled training videos a head of ~300k parameters
 pays in variance for capacity it does not need (the probe itself gains 6.5 points from 4x
