@@ -294,3 +294,23 @@ def test_generator_interrupted_mid_write_exits_130_in_one_line_without_debris(tm
         assert proc.returncode == 130, err
         assert err == f"python -m data_prep.synthetic: interrupted; {out} was not written (or kept its previous content)"
         assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_signal_just_after_the_temporary_file_is_created_leaves_nothing(tmp_path, fresh_handlers, monkeypatch):
+    """Ctrl-C between the creation of the temporary file and the writer learning its name
+    (the window tempfile.mkstemp had) must not leave the file behind."""
+    import kd_detect.io as kio
+
+    real_open = os.open
+
+    def open_then_interrupt(path, flags, mode=0o777):
+        fd = real_open(path, flags, mode)
+        os.close(fd)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(kio.os, "open", open_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        AtomicFile(tmp_path / "out")
+    monkeypatch.setattr(kio.os, "open", real_open)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored

@@ -34,9 +34,9 @@ import glob
 import hashlib
 import os
 import re
+import secrets
 import signal
 import sys
-import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -90,9 +90,12 @@ def _writable_dir(folder: Path, named: Path, what: str, create: bool = True) -> 
             folder.mkdir(parents=True, exist_ok=True)
         else:
             folder = next(p for p in (folder, *folder.parents) if p.is_dir())
-        fd, probe = tempfile.mkstemp(prefix=".kd_detect_probe.", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
+        # named before it exists and removed in `finally`: a signal cannot leave it behind
+        probe = folder / f".kd_detect_probe.{secrets.token_hex(8)}"
+        try:
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        finally:
+            probe.unlink(missing_ok=True)
     except OSError as err:
         raise UnwritableOutputError(f"{named}: cannot write here ({what}): {err.strerror or err}") from err
 
@@ -240,9 +243,16 @@ class AtomicFile:
         self._handlers = _install_handlers()
         tmp = None
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.pid{os.getpid()}.", suffix=".tmp", dir=self.path.parent)
-            os.close(fd)
-            self.tmp = Path(tmp)
+            # the name is known before the file exists (unlike tempfile.mkstemp, which returns
+            # it after creating the file), so a signal at any point leaves nothing behind
+            while True:
+                tmp = self.path.parent / f".{self.path.name}.pid{os.getpid()}.{secrets.token_hex(6)}.tmp"
+                try:
+                    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                    break
+                except FileExistsError:  # not ours: never remove it
+                    tmp = None
+            self.tmp = tmp
         except BaseException as err:
             if tmp is not None:
                 Path(tmp).unlink(missing_ok=True)
