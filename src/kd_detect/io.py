@@ -7,7 +7,7 @@ What it guarantees, whatever writes the file (``open``, h5py, ``torch.save``, ma
   was killed outright (SIGKILL, power loss) cannot clean up, so the next writer of the same
   target removes the temporary files whose process no longer exists;
 * on success the temporary file is fsynced, given the mode ``0o666 & ~umask`` (what a plain
-  ``open`` would give, not mkstemp's 0600), renamed over ``path`` and the folder fsynced:
+  ``open`` would give, not the temporary file's 0600), renamed over ``path`` and the folder fsynced:
   readers see the old file or the complete new one, never a truncated one;
 * on any exception, and on SIGTERM/SIGINT while writing (a handler that raises is
   installed in the main thread and the previous one restored afterwards), the temporary
