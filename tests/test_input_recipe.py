@@ -225,6 +225,32 @@ def test_teacher_applies_input_and_modality_dropout_in_training_only(fusion):
     assert flow_gone.any() and not flow_gone.all()  # six videos, Bernoulli(0.5) each, seed 1
 
 
+@pytest.mark.parametrize("fusion", ["early", "mid", "late"])
+def test_teacher_modality_dropout_alone_drops_only_the_listed_modality_of_whole_videos(fusion):
+    torch.manual_seed(0)
+    batch = {m: torch.rand(32, d, 8) + 1.0 for m, d in (("rgb", 4), ("flow", 5), ("pose", 6))}
+    batch["mask"] = torch.ones(32, 8, dtype=torch.bool)
+    t = _teacher(fusion=fusion, modality_dropout={"flow": 0.5})
+    seen = {}
+    if fusion == "mid":
+        for name, emb in t.embeddings.items():
+            emb.register_forward_pre_hook(lambda mod, args, name=name: seen.__setitem__(name, args[0]))
+    elif fusion == "late":
+        for name, h in t.heads.items():
+            h.register_forward_pre_hook(lambda mod, args, name=name: seen.__setitem__(name, args[0]))
+    else:
+        t.head.register_forward_pre_hook(lambda mod, args: seen.update(zip(("rgb", "flow", "pose"),
+                                                                           args[0].split([4, 5, 6], dim=1))))
+    t.train()
+    with torch.no_grad():
+        t(batch)
+    torch.testing.assert_close(seen["rgb"], batch["rgb"])  # not listed: untouched
+    torch.testing.assert_close(seen["pose"], batch["pose"])
+    gone = (seen["flow"] == 0).flatten(1).all(1)
+    assert 0 < int(gone.sum()) < 32  # 32 Bernoulli(0.5) draws, seed 0
+    torch.testing.assert_close(seen["flow"][~gone], batch["flow"][~gone])  # kept videos: unscaled
+
+
 def test_teacher_modality_dropout_is_validated_and_kept_by_its_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="depth"):
         _teacher(modality_dropout={"depth": 0.5})
