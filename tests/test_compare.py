@@ -367,3 +367,39 @@ def test_the_student_of_the_full_and_the_rgb_teacher_gets_both_of_its_seed(tmp_p
     assert sorted(next(a for a in c if a.startswith("--seed_everything=")) for c in commands
                   if c[c.index("--config") + 1] == f"experiments/{compare.RGB_TEACHER}.yaml") == [
         "--seed_everything=100", "--seed_everything=101"]
+
+
+@pytest.mark.parametrize("student, base, offset", [
+    ("ablations/synthetic_kd_cross_fitted", "synthetic_teacher", 0),
+    ("ablations/synthetic_kd_rgb_teacher_cross_fitted", "synthetic_teacher_rgb", 100),
+])
+def test_a_cross_fitted_student_gets_its_four_fold_teachers_of_its_seed_in_fold_order(
+        tmp_path, monkeypatch, student, base, offset):
+    """The cross-fitted rows train the 4 fold teachers (``experiments/folds/<teacher>_fold<k>``,
+    the RGB-only ones at seed + 100 like the plain control's teacher) of each seed before any
+    student, and pass their checkpoints as one list, fold 0 first."""
+    from pathlib import Path
+
+    from kd_detect.lab import compare
+
+    commands = _fake_fits(monkeypatch)
+    out = tmp_path / "c"
+    assert compare.main(["--seeds", "2", "--ablation-seeds", "2", "--jobs", "1", "--out", str(out),
+                         "--only", student, "--", "--data.path=x.h5"]) == 0
+    configs = [c[c.index("--config") + 1] for c in commands]
+    folds = [f"folds/{base}_fold{k}" for k in range(4)]
+    assert compare.TEACHER_OF[student] == {"teacher": folds}
+    for fold in folds:
+        assert (Path(__file__).resolve().parents[1] / "experiments" / f"{fold}.yaml").is_file()
+        ran = sorted(next(a for a in c if a.startswith("--seed_everything=")) for c in commands
+                     if c[c.index("--config") + 1] == f"experiments/{fold}.yaml")
+        assert ran == [f"--seed_everything={offset}", f"--seed_everything={offset + 1}"]
+    first_student = configs.index(f"experiments/{student}.yaml")
+    assert max(i for i, c in enumerate(configs) if "/folds/" in c) < first_student
+    runs = [c for c in commands if c[c.index("--config") + 1] == f"experiments/{student}.yaml"]
+    assert len(runs) == 2
+    for cmd in runs:
+        seed = next(a for a in cmd if a.startswith("--seed_everything=")).split("=")[1]
+        ckpts = ", ".join(str(out / f"seed{seed}" / f / "best.ckpt") for f in folds)
+        assert [a for a in cmd if a.startswith("--model.init_args.teachers.")] == [
+            f"--model.init_args.teachers.teacher=[{ckpts}]"]

@@ -139,6 +139,11 @@ def test_runner_finds_data_and_teachers():
     assert dependencies("synthetic_kd_two_teachers", ["--data.path=x.h5"]) == [
         "x.h5", "runs/synthetic_teacher_flow/best.ckpt", "runs/synthetic_teacher_pose/best.ckpt"]
     assert dependencies("synthetic_rgb", []) == ["data/synthetic.h5"]
+    # a cross-fitted teacher is a list: every fold teacher is a dependency, in fold order
+    folds = [f"runs/folds/synthetic_teacher_fold{k}/best.ckpt" for k in range(4)]
+    assert dependencies("ablations/synthetic_kd_cross_fitted", []) == ["data/synthetic.h5", *folds]
+    assert dependencies("ablations/synthetic_kd_cross_fitted", ["--model.init_args.teachers.teacher=[a.ckpt,b.ckpt]"]) == [
+        "data/synthetic.h5", "a.ckpt", "b.ckpt"]
     # a cached student needs its cache too, so `make train EXP=synthetic_kd_cached` builds it
     assert dependencies("synthetic_kd_cached", []) == [
         "data/synthetic.h5", "runs/synthetic_teacher/best.ckpt", "runs/synthetic_teacher/teacher_cache.h5"]

@@ -66,6 +66,18 @@ def test_a_teacher_of_another_config_is_retrained_with_one_line(sandbox, capsys)
         "(trainer.max_epochs was 1 in the run, is 50 now); retraining it\n")
 
 
+def test_fold_teachers_in_a_folder_of_runs_are_checked_like_any_teacher(sandbox, capsys):
+    """``runs/folds/<fold teacher>``: a cross-fitted student's fold teachers are reused when
+    they match and retrained (one line each) when not, like a teacher directly under runs/."""
+    student = "ablations/synthetic_kd_cross_fitted"
+    fake_run("folds/synthetic_teacher_fold0", TINY_ARGS)
+    fake_run("folds/synthetic_teacher_fold1", TINY_ARGS, **{"data.fold": 3})
+    assert runner.stale_teachers(student, TINY_ARGS) == ["folds/synthetic_teacher_fold1"]
+    assert capsys.readouterr().err == (
+        f"runs/folds/synthetic_teacher_fold1: does not match experiments/folds/synthetic_teacher_fold1.yaml for "
+        f"{student} (data.fold was 3 in the run, is 1 now); retraining it\n")
+
+
 def test_a_teacher_of_another_data_file_is_retrained(sandbox, capsys, make_synthetic_h5):
     fake_run("synthetic_teacher", TINY_ARGS)
     shutil.copy(make_synthetic_h5(seed=1), "data/other.h5")

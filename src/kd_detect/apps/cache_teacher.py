@@ -21,7 +21,9 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ckpt", required=True, help="teacher checkpoint")
+    parser.add_argument("--ckpt", required=True, nargs="+",
+                        help="teacher checkpoint; several: the fold teachers of a cross-fitted teacher, each "
+                             "video read by the first that did not train on it (kd_detect.modules.cross_fit)")
     parser.add_argument("--data", required=True, help="feature file (HDF5, format v1)")
     parser.add_argument("--out", required=True, help="cache file to write (atomically)")
     parser.add_argument("--subsets", nargs="*", default=None, help="subsets to cache (default: all)")
@@ -34,11 +36,17 @@ def run(args: argparse.Namespace) -> int:
     from kd_detect.data.teacher_cache import write_teacher_cache
     from kd_detect.modules.loading import file_sha256, load_detector
 
-    refuse_inputs(args.out, (args.data, args.ckpt))
+    refuse_inputs(args.out, (args.data, *args.ckpt))
     ensure_writable_file(args.out, "teacher cache")  # before the teacher runs, not after
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    teacher = load_detector(args.ckpt)
+    if len(args.ckpt) == 1:
+        teacher, sha = load_detector(args.ckpt[0]), file_sha256(args.ckpt[0])
+    else:
+        from kd_detect.modules.cross_fit import CrossFittedTeacher, combined_sha256
+
+        teacher = CrossFittedTeacher([load_detector(p) for p in args.ckpt], args.ckpt)
+        sha = combined_sha256([file_sha256(p) for p in args.ckpt])
     dm = FeatureData(
         args.data,
         modalities=list(teacher.modalities),
@@ -46,9 +54,9 @@ def run(args: argparse.Namespace) -> int:
         eval_batch_size=args.batch_size,
     )
     if list(dm.classes) != list(teacher.classes):
-        raise UsageError(f"{args.data}: classes differ from the teacher's ({args.ckpt})")
+        raise UsageError(f"{args.data}: classes differ from the teacher's ({' '.join(args.ckpt)})")
     out = write_teacher_cache(
-        teacher, dm.loader("predict"), args.out, file_sha256(args.ckpt), source_file=args.data,
+        teacher, dm.loader("predict"), args.out, sha, source_file=args.data,
         feature_dtype=args.dtype,
     )
     print(f"wrote teacher cache {out}")

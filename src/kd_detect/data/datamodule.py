@@ -12,9 +12,9 @@ import pytorch_lightning as pl
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
-from .feature_data import AUTO, AUTO_SHARE, VALIDATION, FeatureData, Subset, fixed_share
+from .feature_data import AUTO, AUTO_SHARE, VALIDATION, FeatureData, Subset, fixed_share, fold_of
 
-__all__ = ["AUTO", "AUTO_SHARE", "VALIDATION", "FeatureDataModule", "Subset", "fixed_share"]
+__all__ = ["AUTO", "AUTO_SHARE", "VALIDATION", "FeatureDataModule", "Subset", "fixed_share", "fold_of"]
 
 
 @rank_zero_only

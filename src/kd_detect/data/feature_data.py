@@ -50,6 +50,13 @@ def _subset_name(subset: Subset | None) -> str:
     return repr(subset) if isinstance(subset, str) else repr(list(subset))
 
 
+def fold_of(video_id: str, folds: int) -> int:
+    """The cross-fitting fold (``0 .. folds-1``) of ``video_id``: its SHA-1 modulo ``folds``.
+    A property of the id alone, so the same in every seed, process and run, and the folds of
+    the fold teachers of one cross-fitted teacher partition any training subset."""
+    return int(hashlib.sha1(video_id.encode()).hexdigest(), 16) % folds
+
+
 def fixed_share(video_ids: list[str], fraction: float) -> list[str]:
     """``ceil(fraction * n)`` of ``video_ids`` (at least one), in their original order: those
     whose SHA-1 of the id ranks lowest. Independent of seeds and processes, and nested: the
@@ -74,6 +81,10 @@ class FeatureData:
     ``validate=True`` first checks the whole file with the rules of ``kd-detect check``
     (:func:`~kd_detect.data.verdict.ensure_valid`, verdict cached per file identity) and
     raises :class:`~kd_detect.errors.DataValidationError` naming the first problem(s).
+    ``folds=K`` (> 1) with ``fold=k`` trains on the training videos outside fold ``k``
+    (:func:`fold_of`): the K runs ``fold=0..K-1`` are the fold teachers of a cross-fitted
+    teacher (``kd_detect.modules.cross_fit``). Validation and test are unchanged. The videos
+    a model trained on are recorded in its checkpoint (:attr:`training_videos`).
     """
 
     def __init__(
@@ -94,6 +105,8 @@ class FeatureData:
         seed: int = 0,
         train_fraction: float = 1.0,
         validate: bool = True,
+        folds: int = 1,
+        fold: int = 0,
     ) -> None:
         super().__init__()  # FeatureDataModule: the LightningDataModule's
         # No save_hyperparameters(): Lightning refuses to log when a key (seed, modalities...)
@@ -113,6 +126,8 @@ class FeatureData:
             raise ValueError(f"FeatureDataModule: num_workers must be >= 0, got {num_workers}")
         if not 0.0 < float(train_fraction) <= 1.0:
             raise ValueError(f"FeatureDataModule: train_fraction must be in (0, 1], got {train_fraction}")
+        if int(folds) < 1 or not 0 <= int(fold) < int(folds):
+            raise ValueError(f"FeatureDataModule: folds must be >= 1 and fold in [0, folds), got folds={folds}, fold={fold}")
         self.feature_file = FeatureFile(file_path)
         ff = self.feature_file
         if modalities is not None and len(modalities) == 0:
@@ -171,13 +186,28 @@ class FeatureData:
                 if require_labels or stage == "predict":
                     raise error
                 self._empty[stage] = error
+            if stage == "train" and int(folds) > 1 and ids:
+                kept = [v for v in ids if fold_of(v, int(folds)) != int(fold)]
+                if not kept:
+                    raise FeatureFileError(
+                        f"{file_path}: train_subset={_subset_name(train_subset)} with folds={folds}, fold={fold} leaves "
+                        f"no training video: all {len(ids)} are in fold {fold}; use fewer folds"
+                    )
+                ids = kept
             if stage == "train" and train_fraction < 1.0 and ids:
                 ids = fixed_share(ids, train_fraction)
             self._ids[stage] = ids
         self.train_fraction = float(train_fraction)
+        self.folds, self.fold = int(folds), int(fold)
         self._datasets: dict[str, FeatureDataset] = {}
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def training_videos(self) -> list[str]:
+        """The ids of the videos the training stage reads (after the validation hold-out,
+        ``folds``/``fold`` and ``train_fraction``); empty for a label-free file."""
+        return list(self._ids.get("train", []))
+
     def feature_statistics(self, modalities: list[str] | None = None) -> dict:
         """``{modality: (mean, std)}`` per dimension over every step of the training videos
         (``kd_detect.data.statistics``); the same on every rank (no shard)."""

@@ -64,9 +64,20 @@ RGB_TEACHER = "synthetic_teacher_rgb"
 MODDROP_TEACHER, NO_DROPOUT_TEACHER = "synthetic_teacher_moddrop", "synthetic_teacher_no_input_dropout"
 TWO_TEACHERS = "synthetic_kd_two_teachers"
 REFERENCES = (RGB, TEACHER, CEILING)
+#: the fold teachers of a cross-fitted teacher (experiments/folds/<teacher>_fold<k>.yaml)
+FOLDS = 4
+
+
+def fold_teachers(teacher: str) -> list[str]:
+    """The fold-teacher experiments of ``teacher`` cross-fitted (kd_detect.modules.cross_fit)."""
+    return [f"folds/{teacher}_fold{k}" for k in range(FOLDS)]
+
+
+CROSS_FITTED, RGB_CROSS_FITTED = "ablations/synthetic_kd_cross_fitted", "ablations/synthetic_kd_rgb_teacher_cross_fitted"
 #: the students that distil from other teachers than the RGB+flow+pose one (of the same
-#: seed): {student: {teacher name in the student's config: teacher experiment}}
-TEACHER_OF: dict[str, dict[str, str]] = {
+#: seed): {student: {teacher name in the student's config: teacher experiment, or the list
+#: of fold-teacher experiments of a cross-fitted teacher}}
+TEACHER_OF: dict[str, dict[str, str | list[str]]] = {
     "ablations/synthetic_kd_flowpose_teacher": {"teacher": FLOWPOSE_TEACHER},
     TWO_TEACHERS: {"flow": FLOW_TEACHER, "pose": POSE_TEACHER},
     "ablations/synthetic_kd_two_teachers_share1": {"flow": FLOW_TEACHER, "pose": POSE_TEACHER},
@@ -77,14 +88,26 @@ TEACHER_OF: dict[str, dict[str, str]] = {
     "ablations/synthetic_kd_rgb_and_full_teachers": {"teacher": TEACHER, "rgb": RGB_TEACHER},
     "ablations/synthetic_kd_moddrop_teacher": {"teacher": MODDROP_TEACHER},
     "ablations/synthetic_kd_no_input_dropout_teacher": {"teacher": NO_DROPOUT_TEACHER},
+    CROSS_FITTED: {"teacher": fold_teachers(TEACHER)},
+    RGB_CROSS_FITTED: {"teacher": fold_teachers(RGB_TEACHER)},
 }
+
+
+def teacher_experiments(exp: str) -> list[str]:
+    """Every teacher experiment student ``exp`` of :data:`TEACHER_OF` needs (fold teachers flattened)."""
+    out: list[str] = []
+    for spec in TEACHER_OF.get(exp, {}).values():
+        out.extend(spec if isinstance(spec, list) else [spec])
+    return out
+
+
 #: teachers trained with ``--seed_everything`` = seed + offset (their run directory keeps
 #: ``seed<s>``): the RGB-only teacher of seed s is another RGB-only run, which shares neither
 #: initialisation nor batch order with its student, nor with the RGB-only row it is paired against
-SEED_OFFSET: dict[str, int] = {RGB_TEACHER: 100}
+SEED_OFFSET: dict[str, int] = {RGB_TEACHER: 100, **{f: 100 for f in fold_teachers(RGB_TEACHER)}}
 #: every teacher experiment: trained first, and not students themselves
 TEACHERS = (TEACHER, FLOWPOSE_TEACHER, FLOW_TEACHER, POSE_TEACHER, LATE_TEACHER, RGB_TEACHER, MODDROP_TEACHER,
-            NO_DROPOUT_TEACHER)
+            NO_DROPOUT_TEACHER, *fold_teachers(TEACHER), *fold_teachers(RGB_TEACHER))
 MAIN = (RGB, TEACHER, OURS, CEILING)
 ROWS: list[tuple[str, str, str]] = [
     # (label, experiment, group)
@@ -136,6 +159,10 @@ ROWS: list[tuple[str, str, str]] = [
     ("Ours, from the ModDrop teacher", "ablations/synthetic_kd_moddrop_teacher", "ablation"),
     ("Ours, from the teacher without input dropout (ours until 2026-12-04)",
      "ablations/synthetic_kd_no_input_dropout_teacher", "ablation"),
+    ("Ours, from the cross-fitted teacher (4 fold teachers; each training video read by the one that never saw it)",
+     CROSS_FITTED, "ablation"),
+    ("Ours, from the cross-fitted RGB-only teacher (held-out self-distillation control)", RGB_CROSS_FITTED,
+     "ablation"),
     ("atomic only", "ablations/synthetic_only_atomic", "ablation"),
     ("global only", "ablations/synthetic_only_global", "ablation"),
     ("boundary only", "ablations/synthetic_only_boundary", "ablation"),
@@ -215,7 +242,11 @@ def fit(exp: str, seed: int, root: Path, extra: list[str], log: Path, reference:
     ]
     if exp not in REFERENCES and exp not in TEACHERS:
         for name, teacher in TEACHER_OF.get(exp, {"teacher": TEACHER}).items():
-            cmd.append(f"--model.init_args.teachers.{name}={run_dir(root, seed, teacher, reference) / 'best.ckpt'}")
+            if isinstance(teacher, list):  # cross-fitted: the fold teachers' checkpoints, in fold order
+                ckpts = ", ".join(str(run_dir(root, seed, t, reference) / "best.ckpt") for t in teacher)
+                cmd.append(f"--model.init_args.teachers.{name}=[{ckpts}]")
+            else:
+                cmd.append(f"--model.init_args.teachers.{name}={run_dir(root, seed, teacher, reference) / 'best.ckpt'}")
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     with open(log, "a") as fh:
@@ -400,10 +431,10 @@ def main(argv: list[str] | None = None) -> int:
               if exp != PROBE and (args.only is None or exp in args.only or exp in REFERENCES)]
     if any(a.startswith("--data.path") for a in args.extra):  # the ceiling needs its own 4x file of that world
         chosen = [exp for exp in chosen if exp != CEILING]
-    chosen += list(dict.fromkeys(t for exp in chosen for t in TEACHER_OF.get(exp, {}).values() if t not in chosen))
+    chosen += list(dict.fromkeys(t for exp in chosen for t in teacher_experiments(exp) if t not in chosen))
     run_seeds = {exp: seeds if exp in MAIN else side_seeds for exp in chosen}
-    for exp, teachers in TEACHER_OF.items():  # a teacher runs on the seeds of its students
-        for teacher in teachers.values():
+    for exp in TEACHER_OF:  # a teacher runs on the seeds of its students
+        for teacher in teacher_experiments(exp):
             if exp in chosen and teacher not in MAIN:
                 run_seeds[teacher] = sorted(set(run_seeds.get(teacher, [])) | set(run_seeds[exp]))
     log = root / "compare.log"

@@ -64,8 +64,14 @@ def _named_paths(model: dict[str, Any], over: dict[str, str], key: str) -> list[
     for option, value in over.items():
         for prefix in (f"model.init_args.{key}.", f"model.{key}."):
             if option.startswith(prefix):
-                named[option[len(prefix):]] = value
-    return [str(p) for p in named.values()]
+                try:  # a cross-fitted teacher is a list: --model.init_args.teachers.t='[a, b]'
+                    named[option[len(prefix):]] = yaml.safe_load(value)
+                except yaml.YAMLError:
+                    named[option[len(prefix):]] = value
+    paths: list[str] = []
+    for value in named.values():
+        paths.extend(str(p) for p in (value if isinstance(value, list) else [value]))
+    return paths
 
 
 def data_and_teachers(exp: str, args: list[str]) -> tuple[str | None, list[str]]:
@@ -264,9 +270,12 @@ def stale_teachers(exp: str, args: list[str]) -> list[str]:
     stale = []
     for ckpt in teachers:
         path = Path(ckpt)
-        teacher = path.parent.name
-        if path.parent.parent != RUNS or not (EXPERIMENTS / f"{teacher}.yaml").is_file() or not path.is_file():
+        try:  # runs/<exp>/best.ckpt, <exp> possibly in a folder (runs/folds/<fold teacher>)
+            teacher = path.parent.relative_to(RUNS).as_posix()
+        except ValueError:
             continue  # a checkpoint the user named: nothing to compare it with
+        if not (EXPERIMENTS / f"{teacher}.yaml").is_file() or not path.is_file():
+            continue
         run = RunDir(path.parent)
         if not run.finished():
             raise UsageError(

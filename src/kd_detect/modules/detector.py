@@ -44,6 +44,10 @@ def masked_bce(logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
     return (loss * weights).sum() / denom.clamp_min(1.0)
 
 
+#: checkpoint key of the ids of the videos the model was trained on
+TRAINING_VIDEOS = "kd_detect_training_videos"
+
+
 class DetectorModule(pl.LightningModule):
     """A temporal action detector on one or more precomputed-feature modalities.
 
@@ -59,6 +63,11 @@ class DetectorModule(pl.LightningModule):
             and std, measured when fit starts and kept in the checkpoint.
         event_map: also compute event-level mAP (PKU-MMD protocol) at test time.
         event_threshold, event_merge_gap, event_min_length: segment extraction for it.
+
+    The ids of the videos a fit trained on (the DataModule's ``training_videos``) are kept
+    in :attr:`training_videos` and in the checkpoint (``None`` when unknown: a checkpoint
+    written before they were recorded); a cross-fitted teacher
+    (``kd_detect.modules.cross_fit``) routes each video to a fold teacher that never saw it.
     """
 
     def __init__(
@@ -106,6 +115,7 @@ class DetectorModule(pl.LightningModule):
                       "min_length": event_min_length}
         if self.standardize:  # before build_model, which subclasses (TeacherModule) override
             self.standardizers = nn.ModuleDict({m: Standardize(self.modality_dims[m]) for m in self.modalities})
+        self.training_videos: list[str] | None = None
         self.build_model()
         self._build_metrics()
 
@@ -158,6 +168,22 @@ class DetectorModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         if self.standardize:
             self.measure_input_statistics()
+        self.record_training_videos()
+
+    def record_training_videos(self) -> None:
+        """Keep the ids of the attached DataModule's training videos (kept by the checkpoint)."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        videos = getattr(datamodule, "training_videos", None)
+        if videos:
+            self.training_videos = sorted(videos)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.training_videos is not None:
+            checkpoint[TRAINING_VIDEOS] = list(self.training_videos)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        videos = checkpoint.get(TRAINING_VIDEOS)
+        self.training_videos = None if videos is None else [str(v) for v in videos]
 
     def measure_input_statistics(self) -> None:
         """Set the standardisation statistics from the training videos of the attached

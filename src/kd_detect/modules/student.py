@@ -8,6 +8,9 @@
   float32). They are **not**
   submodules: Lightning never flips them to train mode, DDP never sees them (no
   ``find_unused_parameters``), and the student's checkpoint holds none of their weights.
+* A list of checkpoints under one name is a **cross-fitted teacher**
+  (:mod:`kd_detect.modules.cross_fit`): fold teachers, each training video read by one that
+  did not train on it; refused before training when a training video was seen by all.
 * Or teacher outputs come from caches written by ``kd-detect cache-teacher``
   (``teacher_caches: {name: path}``), refused when stale; both paths give the same losses.
 * ``distill`` maps a name to a :class:`~kd_detect.distill.base.DistillationLoss`; each
@@ -56,6 +59,16 @@ from kd_detect.modules.detector import DetectorModule
 from kd_detect.modules.loading import file_sha256, load_detector
 
 DistillFrom = Literal["dropout", "clean"]
+
+
+def teacher_sha256(path: str | list[str]) -> str:
+    """The identity of a teacher: its checkpoint's sha256, or for a cross-fitted teacher
+    (a list of checkpoints) the combined identity of the ordered list."""
+    if isinstance(path, str):
+        return file_sha256(path)
+    from kd_detect.modules.cross_fit import combined_sha256
+
+    return combined_sha256([file_sha256(p) for p in path])
 
 
 @contextlib.contextmanager
@@ -159,7 +172,8 @@ class StudentModule(DetectorModule):
     :class:`DetectorModule`, plus:
 
     Args:
-        teachers: ``{name: checkpoint path}`` of frozen teachers run live.
+        teachers: ``{name: checkpoint path}`` of frozen teachers run live; ``{name: [paths]}``
+            makes that teacher cross-fitted (:mod:`kd_detect.modules.cross_fit`).
         teacher_caches: ``{name: cache path}`` read instead of running that teacher; when
             the same name is in ``teachers`` too, the cache must have been written from
             that checkpoint (sha256 compared) or it is refused as stale.
@@ -191,7 +205,7 @@ class StudentModule(DetectorModule):
 
     def __init__(
         self,
-        teachers: dict[str, str] | None = None,
+        teachers: dict[str, str | list[str]] | None = None,
         teacher_caches: dict[str, str] | None = None,
         distill: dict[str, DistillationLoss] | None = None,
         teacher_dims: dict[str, int] | None = None,
@@ -214,7 +228,7 @@ class StudentModule(DetectorModule):
         dims = dict(teacher_dims or {})
         for name, path in teacher_caches.items():
             # With the checkpoint named too, the cache must have been written by it.
-            expected = file_sha256(teachers[name]) if name in teachers else None
+            expected = teacher_sha256(teachers[name]) if name in teachers else None
             cache = self._open_cache(name, path, expected)
             self._caches[name] = cache
             dims[name] = cache.feature_dim
@@ -227,10 +241,11 @@ class StudentModule(DetectorModule):
         self.teacher_dims = dims
         self.hparams["teacher_dims"] = dims
         if init_from is not None and (teachers or teacher_caches):  # without both: a rebuild from a checkpoint
-            if init_from not in teachers:
+            if init_from not in teachers or not isinstance(teachers[init_from], str):
                 raise TeacherCompatibilityError(
                     f"init_from: {init_from!r} is not a teacher checkpoint of this student "
-                    f"(teachers: {sorted(teachers)}; a cache holds outputs, not weights)"
+                    f"(teachers: {sorted(teachers)}; a cache holds outputs, not weights, and a cross-fitted "
+                    "teacher has no single head)"
                 )
             # a cached teacher's checkpoint is read for its weights only, then let go
             live = self._teachers.get(init_from)
@@ -260,7 +275,15 @@ class StudentModule(DetectorModule):
         return scale
 
     # -------------------------------------------------------------- teachers
-    def _load_teacher(self, name: str, path: str) -> DetectorModule:
+    def _load_teacher(self, name: str, path: str | list[str]) -> DetectorModule:
+        if not isinstance(path, str):
+            from kd_detect.modules.cross_fit import CrossFittedTeacher
+
+            folds = [self._load_teacher(f"{name}[{k}]", p) for k, p in enumerate(path)]
+            teacher = CrossFittedTeacher(folds, [str(p) for p in path])
+            teacher.eval()
+            teacher.sha256 = teacher_sha256(path)
+            return teacher
         teacher = load_detector(path)
         if list(teacher.classes) != list(self.classes):
             raise TeacherCompatibilityError(
@@ -305,6 +328,10 @@ class StudentModule(DetectorModule):
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and stage in ("fit", "validate") and self._teachers:
             self.check_data(dm.modality_dims)
+        if dm is not None and stage == "fit":
+            for name, teacher in self._teachers.items():
+                if hasattr(teacher, "check_covers"):  # cross-fitted: every training video held out somewhere
+                    teacher.check_covers(getattr(dm, "training_videos", []), name)
         if dm is not None and stage in ("fit", "validate") and getattr(dm, "path", None) is not None:
             for cache in self._caches.values():
                 cache.check_source(dm.path)  # StaleCacheError: written from another feature file
@@ -405,6 +432,7 @@ class StudentModule(DetectorModule):
 
     # ------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         # Belt and braces: teachers are not submodules, so nothing of theirs is in the
         # state dict; make sure of it.
         state = checkpoint.get("state_dict", {})

@@ -143,8 +143,11 @@ def make_plots(
         teachers = dict(section(cfg, "model").get("teachers") or {})
         if teachers:
             name, path = next(iter(teachers.items()))
-            teacher_ckpt = run.resolve(path)
-            if not teacher_ckpt.is_file():
+            teacher_ckpt = None if isinstance(path, list) else run.resolve(path)
+            if teacher_ckpt is None:
+                _note(f"teacher {name!r} is cross-fitted ({len(path)} fold teachers, no single model); "
+                      "teacher curves skipped (give --teacher-run DIR)")
+            elif not teacher_ckpt.is_file():
                 _note(f"teacher {name!r} checkpoint {path} not found (give --teacher-run DIR); teacher curves skipped")
                 teacher_ckpt = None
     if teacher_ckpt is not None:
