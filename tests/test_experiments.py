@@ -62,7 +62,20 @@ def tiny_teacher(tmp_path_factory, synthetic_h5) -> dict[str, Path]:
     ckpt = root / "best.ckpt"
     cache = root / "teacher_cache.h5"
     assert main(["cache-teacher", "--ckpt", str(ckpt), "--data", str(synthetic_h5), "--out", str(cache)]) == 0
-    return {"ckpt": ckpt, "cache": cache}
+    # two fold teachers (the fold experiments' recipe, 2 folds on the tiny file) for the
+    # cross-fitted students, which refuse a teacher that saw every training video
+    folds = []
+    for k in range(2):
+        fold_root = root / f"fold{k}"
+        lightning_main(
+            ["fit", "--config", str(ROOT / f"experiments/folds/synthetic_teacher_fold{k}.yaml"),
+             f"--data.path={synthetic_h5}", "--data.folds=2", f"--trainer.default_root_dir={fold_root}",
+             "--trainer.max_epochs=1", *TINY[:2], "--model.init_args.head.init_args.hidden=16",
+             "--model.init_args.head.init_args.num_layers=2",
+             "--trainer.callbacks=[{class_path: kd_detect.callbacks.RunCheckpoint}]", "--trainer.logger=false"]
+        )
+        folds.append(fold_root / "best.ckpt")
+    return {"ckpt": ckpt, "cache": cache, "folds": folds}
 
 
 @pytest.mark.parametrize("exp", EXPERIMENTS, ids=_rel)
@@ -80,7 +93,9 @@ def test_every_experiment_parses(exp, tmp_path):
 
 def _teacher_overrides(exp: Path, tiny_teacher: dict[str, Path]) -> list[str]:
     model = load_config(exp)["model"].get("init_args", {})
-    args = [f"--model.init_args.teachers.{name}={tiny_teacher['ckpt']}" for name in model.get("teachers") or {}]
+    args = [f"--model.init_args.teachers.{name}=" + (f"[{', '.join(map(str, tiny_teacher['folds']))}]"
+                                                       if isinstance(spec, list) else str(tiny_teacher["ckpt"]))
+            for name, spec in (model.get("teachers") or {}).items()]
     args += [f"--model.init_args.teacher_caches.{name}={tiny_teacher['cache']}" for name in model.get("teacher_caches") or {}]
     return args
 
@@ -94,6 +109,8 @@ def test_every_synthetic_experiment_fast_dev_run(exp, synthetic_h5, tiny_teacher
     assert cli.trainer.state.finished
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
     model = cli.model
+    if isinstance((load_config(exp)["model"].get("init_args", {}).get("teachers") or {}).get("teacher"), list):
+        assert type(model.teachers["teacher"]).__name__ == "CrossFittedTeacher", exp
     if hasattr(model, "distill"):
         active = model.active_plugins()
         logged = {k for k in cli.trainer.callback_metrics if k.startswith("train/distill/")}

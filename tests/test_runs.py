@@ -53,6 +53,9 @@ def test_teacher_metrics_logs_each_teachers_test_figures_once(tmp_path):
     TeacherMetrics().on_fit_start(trainer, types.SimpleNamespace(hparams={"teachers": teachers}))
     assert logged == [({"teacher/a/frame_map": 0.25, "teacher/a/charades_map": 0.5}, 0)]
     TeacherMetrics().on_fit_start(trainer, types.SimpleNamespace(hparams={}))  # a model without teachers
+    # a cross-fitted teacher (a list of fold checkpoints): one entry per fold teacher
+    assert teacher_figures({"x": [str(t2 / "best.ckpt"), str(t1 / "best.ckpt")]}) == {
+        "teacher/x[1]/frame_map": 0.25, "teacher/x[1]/charades_map": 0.5}
     trainer.is_global_zero = False
     TeacherMetrics().on_fit_start(trainer, types.SimpleNamespace(hparams={"teachers": teachers}))
     assert len(logged) == 1

@@ -17,14 +17,18 @@ from kd_detect.runs import RunDir
 KEYS = ("test/frame_map", "test/charades_map")
 
 
-def teacher_figures(teachers: dict[str, str]) -> dict[str, float]:
-    """``{"teacher/<name>/<figure>": value}`` from the teachers' run directories."""
+def teacher_figures(teachers: dict[str, str | list[str]]) -> dict[str, float]:
+    """``{"teacher/<name>/<figure>": value}`` from the teachers' run directories; for a
+    cross-fitted teacher (a list of fold checkpoints) one entry per fold teacher,
+    ``teacher/<name>[<k>]/<figure>``."""
     figures = {}
-    for name, path in teachers.items():
-        metrics = RunDir.of_checkpoint(path).metrics() or {}
-        for key in KEYS:
-            if key in metrics:
-                figures[f"teacher/{name}/{key.split('/', 1)[1]}"] = float(metrics[key])
+    for name, spec in teachers.items():
+        paths = {name: spec} if isinstance(spec, str) else {f"{name}[{k}]": p for k, p in enumerate(spec)}
+        for label, path in paths.items():
+            metrics = RunDir.of_checkpoint(path).metrics() or {}
+            for key in KEYS:
+                if key in metrics:
+                    figures[f"teacher/{label}/{key.split('/', 1)[1]}"] = float(metrics[key])
     return figures
 
 
