@@ -115,8 +115,7 @@ def test_each_video_goes_to_the_first_teacher_that_did_not_train_on_it(folds):
     for v in folds["train"]:
         assert teacher.route(v) == fold_of(v, 2)  # fold teacher k left out fold k
     assert teacher.route("v16") == 0  # a test video: no teacher saw it, the first reads it
-    both = CrossFittedTeacher(*map(list, zip(*[(load_detector(folds["full"]), "full"),
-                                                 (load_detector(folds["ckpts"][0]), "fold0")])))
+    both = CrossFittedTeacher([load_detector(folds["full"]), load_detector(folds["ckpts"][0])], ["full", "fold0"])
     seen_by_all = [v for v in folds["train"] if fold_of(v, 2) == 1]  # in full and in fold teacher 0
     assert both.route(seen_by_all[0]) is None
     with pytest.raises(TeacherCompatibilityError, match=rf"'{seen_by_all[0]}' \({len(seen_by_all)} of 14\).*"
@@ -174,7 +173,7 @@ def _student(folds, dm, **kw):
                        classes=dm.classes, modality_dims=dm.modality_dims, lr=1e-2, **kw)
 
 
-def test_a_student_with_a_list_of_teachers_distils_from_the_cross_fitted_teacher_and_learns(folds):
+def test_a_student_with_a_list_of_teachers_reads_the_cross_fitted_teacher_and_trains_frozen_from_it(folds):
     dm = FeatureDataModule(str(folds["data"]), batch_size=4, val_subset="testing")
     pl.seed_everything(0)
     student = _student(folds, dm)

@@ -70,7 +70,7 @@ def _named_paths(model: dict[str, Any], over: dict[str, str], key: str) -> list[
                     named[option[len(prefix):]] = value
     paths: list[str] = []
     for value in named.values():
-        paths.extend(str(p) for p in (value if isinstance(value, list) else [value]))
+        paths.extend(str(p) for p in (value if isinstance(value, list) else [value]) if p is not None)
     return paths
 
 
