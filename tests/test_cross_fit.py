@@ -15,9 +15,10 @@ from kd_detect.apps.cache_teacher import main as cache_teacher
 from kd_detect.data.batch import META, to_model_layout
 from kd_detect.data.datamodule import FeatureDataModule, fold_of
 from kd_detect.data.format import FeatureFileError, VideoRecord, write_feature_file
+from kd_detect.data.teacher_cache import TeacherCache
 from kd_detect.modules import StudentModule, TeacherCompatibilityError, TeacherModule, instantiate
 from kd_detect.modules.cross_fit import CrossFittedTeacher, combined_sha256
-from kd_detect.modules.detector import TRAINING_VIDEOS
+from kd_detect.modules.detector import TRAINING_SEED, TRAINING_VIDEOS
 from kd_detect.modules.loading import file_sha256, load_detector
 from tests.helpers import TINY_HEAD
 
@@ -103,6 +104,12 @@ def test_a_checkpoint_records_the_videos_its_fit_trained_on(folds):
         raw = torch.load(ckpt, map_location="cpu", weights_only=False)
         assert raw[TRAINING_VIDEOS] == sorted(dm.training_videos)
         assert load_detector(ckpt).training_videos == sorted(dm.training_videos)
+
+
+def test_a_checkpoint_records_the_seed_its_fit_started_from(folds):
+    for k, ckpt in enumerate(folds["ckpts"]):  # fold teacher k was fitted after seed_everything(k)
+        assert torch.load(ckpt, map_location="cpu", weights_only=False)[TRAINING_SEED] == k
+        assert load_detector(ckpt).seed == k
 
 
 # --------------------------------------------------------------------------- routing
@@ -219,3 +226,55 @@ def test_the_cache_of_a_cross_fitted_teacher_gives_the_live_losses(folds, tmp_pa
     with pytest.raises(FeatureFileError, match="stale teacher cache"):  # the folds in another order
         _student(folds, dm, teachers={"t": [str(c) for c in reversed(folds["ckpts"])]},
                  teacher_caches={"t": str(cache)})
+
+
+# ------------------------------------------------------------- one feature basis or not
+def _reseeded(ckpt, out, seed):
+    """``ckpt`` as if its fit had started from ``seed`` (``None``: not recorded)."""
+    raw = torch.load(ckpt, map_location="cpu", weights_only=False)
+    raw.pop(TRAINING_SEED, None)
+    if seed is not None:
+        raw[TRAINING_SEED] = seed
+    torch.save(raw, out)
+    return str(out)
+
+
+def test_fold_teachers_share_one_space_when_they_started_from_one_seed(folds, tmp_path):
+    teachers, sources = _fold_teachers(folds)
+    assert CrossFittedTeacher(teachers, sources).seeds == [0, 1]
+    assert CrossFittedTeacher(teachers, sources).shares_one_space is False
+    same = [load_detector(_reseeded(c, tmp_path / f"s{k}.ckpt", 7)) for k, c in enumerate(folds["ckpts"])]
+    assert CrossFittedTeacher(same, sources).shares_one_space is True
+    same[1].seed = None
+    assert CrossFittedTeacher(same, sources).shares_one_space is None
+
+
+SPACE = {"fit": {"class_path": "kd_detect.distill.FitNets", "init_args": {"weight": 1.0}},
+         "g": {"class_path": "kd_detect.distill.GlobalContextualRelation", "init_args": {"weight": 1.0}}}
+
+
+def test_a_plugin_that_needs_one_basis_is_refused_on_fold_teachers_of_different_seeds(folds, tmp_path):
+    dm = FeatureDataModule(str(folds["data"]), batch_size=4, val_subset="testing")
+    with pytest.raises(TeacherCompatibilityError, match=r"fit \(FitNets\).*teacher 't' is cross-fitted.*"
+                                                        r"different seeds \(\[0, 1\]\)"):
+        _student(folds, dm, distill=SPACE)
+    # the same plugin at weight 0 is not computed; one seed is accepted; unknown seeds warn
+    _student(folds, dm, distill={**SPACE, "fit": {**SPACE["fit"], "init_args": {"weight": 0.0}}})
+    one = [_reseeded(c, tmp_path / f"one{k}.ckpt", 3) for k, c in enumerate(folds["ckpts"])]
+    assert "fit" in _student(folds, dm, teachers={"t": one}, distill=SPACE).distill["t"]
+    unknown = [_reseeded(c, tmp_path / f"unk{k}.ckpt", None) for k, c in enumerate(folds["ckpts"])]
+    with pytest.warns(UserWarning, match="fit \\(FitNets\\).*seeds were not recorded"):
+        _student(folds, dm, teachers={"t": unknown}, distill=SPACE)
+
+
+def test_the_cache_keeps_the_fold_seeds_and_the_student_reads_them(folds, tmp_path):
+    cache = tmp_path / "cache.h5"
+    assert cache_teacher(["--ckpt", *map(str, folds["ckpts"]), "--data", str(folds["data"]), "--out", str(cache)]) == 0
+    assert TeacherCache(cache).fold_seeds == [0, 1]
+    assert TeacherCache(cache).shares_one_space is False
+    dm = FeatureDataModule(str(folds["data"]), batch_size=4, val_subset="testing")
+    with pytest.raises(TeacherCompatibilityError, match="different seeds"):
+        _student(folds, dm, teacher_caches={"t": str(cache)}, distill=SPACE)
+    single = tmp_path / "single.h5"
+    assert cache_teacher(["--ckpt", str(folds["full"]), "--data", str(folds["data"]), "--out", str(single)]) == 0
+    assert TeacherCache(single).fold_seeds is None and TeacherCache(single).shares_one_space is True

@@ -508,6 +508,37 @@ def test_padding_changes_nothing(name, garbage):
             assert torch.all(b.grad[..., 7:] == 0)
 
 
+def rebase_each_video(t: HeadOutput, seed: int = 0) -> HeadOutput:
+    """Each video's teacher features in another basis: a signed permutation of the feature
+    axes, a different one per video (what a cross-fitted teacher's fold networks may do)."""
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.empty_like(t.features)
+    for b in range(feats.shape[0]):
+        perm = torch.randperm(feats.shape[1], generator=g)
+        sign = torch.randint(0, 2, (feats.shape[1], 1), generator=g).to(feats.dtype) * 2 - 1
+        feats[b] = sign * t.features[b, perm]
+    return HeadOutput(feats, t.logits)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_teacher_view_says_whether_each_videos_teacher_basis_matters(name):
+    """``teacher_view`` "logits"/"video": the loss is the same when every video's teacher
+    features are in a basis of their own, and nothing is learnt on the teacher's side;
+    "space": it changes (so the label is not vacuous)."""
+    p = build(name, 6, 4)
+    s, t, mask = make_inputs(3, 7, 6, 4, "ragged")
+    torch.manual_seed(3)
+    same = p(s, t, mask)
+    torch.manual_seed(3)
+    rebased = p(s, rebase_each_video(t), mask)
+    assert p.teacher_view in ("logits", "video", "space")
+    if p.teacher_view == "space":
+        assert not torch.allclose(rebased, same)
+    else:
+        torch.testing.assert_close(rebased, same, rtol=1e-12, atol=1e-12)
+        assert not list(p.parameters())
+
+
 RELEVANT = {"logit_kd": "logits"}
 
 

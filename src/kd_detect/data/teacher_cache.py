@@ -5,7 +5,8 @@ running the teacher each step.
 Layout::
 
     /                  attrs: kd_detect_teacher_cache=1, teacher_sha256, teacher_class,
-                              classes, feature_dim, source_file, source_sha256
+                              classes, feature_dim, source_file, source_sha256,
+                              [fold_seeds]  (a cross-fitted teacher's: its fold teachers' seeds, -1 unknown)
     /videos/<id>/features   float16|float32 (T, F_t)
     /videos/<id>/logits     float32 (T, C)
 
@@ -19,6 +20,9 @@ refuses, with :class:`~kd_detect.errors.StaleCacheError` naming both files, a ca
 another feature file (same ids and T or not). A cache written before this attribute existed
 is refused too, with the command that rebuilds it: its source cannot be verified, and
 silently distilling from another file's teacher outputs is the failure this guards against.
+
+``fold_seeds`` tells whether a cross-fitted teacher's features share one basis
+(:attr:`TeacherCache.shares_one_space`, :func:`one_seed`; see ``kd_detect.modules.cross_fit``).
 """
 
 from __future__ import annotations
@@ -43,6 +47,14 @@ CACHE_ATTR = "kd_detect_teacher_cache"
 CACHE_VERSION = 1
 
 
+def one_seed(seeds: Iterable[int | None]) -> bool | None:
+    """Whether fold teachers started from one seed: ``None`` when a seed is unknown."""
+    seeds = list(seeds)
+    if any(seed is None for seed in seeds):
+        return None
+    return len(set(seeds)) == 1
+
+
 def write_teacher_cache(
     teacher: Any,
     loader: Iterable[dict[str, Any]],
@@ -65,6 +77,9 @@ def write_teacher_cache(
             h5.attrs["feature_dim"] = int(teacher.feature_dim)
             h5.attrs["source_file"] = str(source_file)
             h5.attrs["source_sha256"] = content_hash(source_file) if source_file else ""
+            seeds = getattr(teacher, "seeds", None)
+            if seeds is not None:  # cross-fitted
+                h5.attrs["fold_seeds"] = [-1 if seed is None else int(seed) for seed in seeds]
             videos = h5.create_group("videos")
             with torch.no_grad():
                 for batch in loader:
@@ -100,8 +115,15 @@ class TeacherCache:
                 self.video_ids = set(h5["videos"].keys())
                 self.source_file = str(h5.attrs.get("source_file", ""))
                 self.source_sha256 = str(h5.attrs.get("source_sha256", ""))
+                folds = h5.attrs.get("fold_seeds")
+                cross_fitted = str(h5.attrs.get("teacher_class", "")).endswith("CrossFittedTeacher")
         except OSError as err:
             raise FeatureFileError(f"{self.path}: unreadable teacher cache ({err})") from err
+        #: a cross-fitted teacher's fold seeds (``None`` each when unknown); ``None``: one teacher
+        self.fold_seeds: list[int | None] | None = (
+            [None if int(seed) < 0 else int(seed) for seed in folds] if folds is not None
+            else [None] if cross_fitted else None  # a cross-fitted cache written before the seeds were kept
+        )
         if expected_sha256 is not None and expected_sha256 != self.teacher_sha256:
             raise FeatureFileError(
                 f"{self.path}: stale teacher cache: written for checkpoint sha256 {self.teacher_sha256[:12]}…, "
@@ -114,6 +136,12 @@ class TeacherCache:
         if preload:
             with h5py.File(self.path, "r") as h5:
                 self._ram = {v: (g["features"][()], g["logits"][()]) for v, g in h5["videos"].items()}
+
+    @property
+    def shares_one_space(self) -> bool | None:
+        """Whether every video's features come from networks with one basis: ``True`` for a
+        single teacher, :func:`one_seed` of the fold seeds for a cross-fitted one."""
+        return True if self.fold_seeds is None else one_seed(self.fold_seeds)
 
     def check_source(self, data_path: str | os.PathLike) -> None:
         """Raise :class:`StaleCacheError` unless this cache was computed from a feature file

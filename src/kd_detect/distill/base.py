@@ -20,6 +20,23 @@ batch's labels ``(B, C, T)``; the student always passes them. A plugin that uses
 ``needs_labels = True`` and implements ``loss(student, teacher, mask, labels)``; every
 other plugin keeps the three-argument ``loss(student, teacher, mask)`` and never sees them.
 
+**How the teacher's features are read (``teacher_view``).** A cross-fitted teacher
+(``kd_detect.modules.cross_fit``) gives each video the features of one of several fold
+teachers, so one batch may hold features of different networks. Each plugin says what that
+means for it:
+
+* ``"logits"``: it reads the teacher's class logits only, one space for every teacher;
+* ``"video"``: each video's target comes from that video's teacher features alone, with
+  nothing learnt on the teacher's side, so the term of a video is the same whoever read the
+  others (global relation, boundary saliency, SP, AT);
+* ``"space"`` (the default, the cautious reading for a new plugin): teacher features of
+  different videos meet, in a comparison or in a learned map that every video trains, so
+  they must share one basis (atomic contrast and CRD through their teacher projection,
+  FitNets, MARS, RKD, PKT).
+
+The student refuses a ``"space"`` plugin on fold teachers that started from different
+seeds, whose bases are unrelated.
+
 **Automatic weight (``weight: auto``).** Instead of a number, ``weight: auto`` scales the
 term to a set share ``ρ`` (the student's ``auto_share``) of the detection loss's gradient
 norm at the student's features ``S``:
@@ -47,6 +64,8 @@ from kd_detect.models.heads.base import HeadOutput
 
 #: a plugin weight: a number ``λ``, or ``"auto"`` (see the module docstring)
 Weight = Union[float, Literal["auto"]]
+#: how a plugin reads the teacher's features (see the module docstring)
+TeacherView = Literal["logits", "video", "space"]
 
 
 class DistillationLoss(nn.Module):
@@ -59,6 +78,8 @@ class DistillationLoss(nn.Module):
 
     #: ``True``: :meth:`loss` takes the batch's ``labels (B, C, T)`` as a fourth argument
     needs_labels: bool = False
+    #: ``"logits"``, ``"video"`` or ``"space"``: see "How the teacher's features are read"
+    teacher_view: TeacherView = "space"
 
     def __init__(self, weight: Weight = 1.0) -> None:
         super().__init__()

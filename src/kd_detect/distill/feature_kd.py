@@ -67,6 +67,8 @@ class AttentionTransfer(DistillationLoss):
     video's valid steps (videos without valid steps are left out). Works with ``F_s ≠ F_t``.
     """
 
+    teacher_view = "video"
+
     def loss(self, student: HeadOutput, teacher: HeadOutput, mask: Tensor) -> Tensor:
         with fp32_region(student.features):
             a_s = attention_profile(masked(student.features, mask))

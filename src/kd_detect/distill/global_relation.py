@@ -224,6 +224,8 @@ class GlobalContextualRelation(DistillationLoss):
           init_args: {weight: 0.1, center: true}
     """
 
+    teacher_view = "video"
+
     def __init__(
         self,
         weight: Weight = 1.0,

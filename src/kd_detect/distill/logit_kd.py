@@ -30,6 +30,8 @@ class LogitKD(DistillationLoss):
             probability towards 0.5. ``τ²`` keeps the gradient scale comparable across τ.
     """
 
+    teacher_view = "logits"
+
     def __init__(self, weight: Weight = 1.0, tau: float = 2.0) -> None:
         super().__init__(weight)
         if tau <= 0:

@@ -34,6 +34,8 @@ class SimilarityPreserving(DistillationLoss):
         chunk_size: Gram rows per chunk.
     """
 
+    teacher_view = "video"
+
     def __init__(self, weight: Weight = 1.0, chunk_size: int = 256) -> None:
         super().__init__(weight)
         if chunk_size < 1:

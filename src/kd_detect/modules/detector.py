@@ -13,6 +13,7 @@ adds mid and late fusion.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 import pytorch_lightning as pl
@@ -46,6 +47,8 @@ def masked_bce(logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
 
 #: checkpoint key of the ids of the videos the model was trained on
 TRAINING_VIDEOS = "kd_detect_training_videos"
+#: checkpoint key of the seed the fit was started with (``seed_everything``)
+TRAINING_SEED = "kd_detect_seed"
 
 
 class DetectorModule(pl.LightningModule):
@@ -68,6 +71,8 @@ class DetectorModule(pl.LightningModule):
     in :attr:`training_videos` and in the checkpoint (``None`` when unknown: a checkpoint
     written before they were recorded); a cross-fitted teacher
     (``kd_detect.modules.cross_fit``) routes each video to a fold teacher that never saw it.
+    So is the seed the fit started from (:attr:`seed`, ``seed_everything``; ``None`` when
+    unseeded or unknown): fold teachers started from one seed share their feature basis.
     """
 
     def __init__(
@@ -116,6 +121,7 @@ class DetectorModule(pl.LightningModule):
         if self.standardize:  # before build_model, which subclasses (TeacherModule) override
             self.standardizers = nn.ModuleDict({m: Standardize(self.modality_dims[m]) for m in self.modalities})
         self.training_videos: list[str] | None = None
+        self.seed: int | None = None
         self.build_model()
         self._build_metrics()
 
@@ -171,19 +177,28 @@ class DetectorModule(pl.LightningModule):
         self.record_training_videos()
 
     def record_training_videos(self) -> None:
-        """Keep the ids of the attached DataModule's training videos (kept by the checkpoint)."""
+        """Keep the ids of the attached DataModule's training videos, and the seed
+        ``seed_everything`` set (``PL_GLOBAL_SEED``), for the checkpoint. A resumed fit
+        keeps the seed its checkpoint recorded."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         videos = getattr(datamodule, "training_videos", None)
         if videos:
             self.training_videos = sorted(videos)
+        seed = os.environ.get("PL_GLOBAL_SEED")
+        if self.seed is None and seed is not None:
+            self.seed = int(seed)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.training_videos is not None:
             checkpoint[TRAINING_VIDEOS] = list(self.training_videos)
+        if self.seed is not None:
+            checkpoint[TRAINING_SEED] = int(self.seed)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         videos = checkpoint.get(TRAINING_VIDEOS)
         self.training_videos = None if videos is None else [str(v) for v in videos]
+        seed = checkpoint.get(TRAINING_SEED)
+        self.seed = None if seed is None else int(seed)
 
     def measure_input_statistics(self) -> None:
         """Set the standardisation statistics from the training videos of the attached

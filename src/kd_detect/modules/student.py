@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import warnings
 from typing import Any, Iterator, Literal
 
 import torch
@@ -265,6 +266,32 @@ class StudentModule(DetectorModule):
                     p.configure_auto(auto_share / len(dims), auto_warmup)
                 per_teacher[pname] = p
             self.distill[tname] = per_teacher
+        self.check_teacher_views()
+
+    def check_teacher_views(self) -> None:
+        """Refuse a plugin that needs one feature basis (``teacher_view == "space"``, see
+        ``kd_detect.distill.base``) on a cross-fitted teacher whose fold teachers started
+        from different seeds; warn when their seeds were not recorded."""
+        for tname, plugins in self.distill.items():
+            source = self._caches.get(tname) or self._teachers.get(tname)
+            one = getattr(source, "shares_one_space", True)
+            if one is True:
+                continue
+            needy = [f"{pname} ({type(p).__name__})" for pname, p in plugins.items()
+                     if p.teacher_view == "space" and p.is_active]
+            if not needy:
+                continue
+            seeds = getattr(source, "seeds", None) or getattr(source, "fold_seeds", None)
+            what = (f"distill {', '.join(needy)} compares teacher features across videos or learns a map into the "
+                    f"teacher's feature space, but teacher {tname!r} is cross-fitted from fold teachers")
+            if one is False:
+                raise TeacherCompatibilityError(
+                    f"{what} started from different seeds ({seeds}), whose feature bases are unrelated; train "
+                    "the fold teachers with one seed_everything, or distil with plugins that read the logits "
+                    "or each video on its own (teacher_view 'logits'/'video')"
+                )
+            warnings.warn(f"{what} whose seeds were not recorded: they must have started from one seed to share "
+                          "a feature basis (kd_detect.modules.cross_fit)", stacklevel=2)
 
     @property
     def distill_scale(self) -> float:
