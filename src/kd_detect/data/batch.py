@@ -38,6 +38,16 @@ former float32 ``(B, D, T)`` collate produced.
 
 At evaluation time windows are whole videos (``offset == 0`` and
 ``mask.sum(1) == length``); at training time ``max_steps`` may crop a random window.
+
+:func:`mix_videos` is mixup across the videos of a model-layout training batch (Zhang et
+al., ICLR 2018; a detector's ``mixup: α``): every modality and the labels of video ``i``
+become ``w x_i + (1 − w) x_j`` for a partner ``j`` drawn by permutation, with
+``w = max(λ, 1 − λ)``, ``λ ~ Beta(α, α)`` per video, so each video stays mostly itself (its
+id, crop and mask; ``meta`` is untouched). At steps where the partner is padding ``w = 1``.
+Mixing commutes with a model's standardisation (an affine map; the weights sum to 1), so
+raw features are mixed. A student's teacher reads the same mixed batch, so it is asked
+about inputs that are not its training videos, where its outputs are not the labels it
+learnt ("consistent teaching", Beyer et al., CVPR 2022).
 """
 
 from __future__ import annotations
@@ -94,4 +104,27 @@ def to_model_layout(batch: dict[str, Any], device: torch.device | str | None = N
         if host and key != MASK:
             value = _channels_first_float(value)
         out[key] = value
+    return out
+
+
+def mix_videos(batch: dict[str, Any], alpha: float, lam: torch.Tensor | None = None,
+               perm: torch.Tensor | None = None) -> dict[str, Any]:
+    """Mixup of a model-layout batch (module docstring): a new dict, modalities and labels
+    mixed. ``alpha <= 0`` or a batch of one video gives it back unmixed. ``lam (B,)`` and
+    ``perm (B,)`` replace the draws (for tests); ``lam`` is folded to ``max(λ, 1 − λ)``."""
+    mask: torch.Tensor = batch[MASK]
+    n = mask.shape[0]
+    if alpha <= 0 or n < 2:
+        return dict(batch)
+    if perm is None:
+        perm = torch.randperm(n).to(mask.device)
+    if lam is None:
+        lam = torch.distributions.Beta(float(alpha), float(alpha)).sample((n,)).to(mask.device)
+    lam = torch.maximum(lam, 1 - lam)
+    w = torch.where(mask & mask[perm], lam[:, None], torch.ones_like(lam)[:, None]).unsqueeze(1)  # (B, 1, T)
+    out = dict(batch)
+    for key in [*modalities_in(batch), LABELS]:
+        if key in batch:
+            x = batch[key]
+            out[key] = (w * x + (1 - w) * x[perm]).to(x.dtype)
     return out

@@ -64,6 +64,9 @@ RGB_TEACHER = "synthetic_teacher_rgb"
 MODDROP_TEACHER, NO_DROPOUT_TEACHER = "synthetic_teacher_moddrop", "synthetic_teacher_no_input_dropout"
 TWO_TEACHERS = "synthetic_kd_two_teachers"
 REFERENCES = (RGB, TEACHER, CEILING)
+#: rows trained from the labels alone, like RGB-only, but not references
+RGB_MIXUP = "ablations/synthetic_rgb_mixup"
+LABELS_ONLY = (RGB_MIXUP,)
 #: the fold teachers of a cross-fitted teacher (experiments/folds/<teacher>_fold<k>.yaml)
 FOLDS = 4
 
@@ -163,6 +166,9 @@ ROWS: list[tuple[str, str, str]] = [
      CROSS_FITTED, "ablation"),
     ("Ours, from the cross-fitted RGB-only teacher (held-out self-distillation control)", RGB_CROSS_FITTED,
      "ablation"),
+    ("Ours with mixup across the batch's videos (α = 0.4; the teacher reads the mixed videos)",
+     "ablations/synthetic_kd_mixup", "ablation"),
+    ("RGB only with mixup (α = 0.4; the control of the row above)", RGB_MIXUP, "ablation"),
     ("atomic only", "ablations/synthetic_only_atomic", "ablation"),
     ("global only", "ablations/synthetic_only_global", "ablation"),
     ("boundary only", "ablations/synthetic_only_boundary", "ablation"),
@@ -240,7 +246,7 @@ def fit(exp: str, seed: int, root: Path, extra: list[str], log: Path, reference:
         f"--seed_everything={seed + SEED_OFFSET.get(exp, 0)}", f"--trainer.default_root_dir={out}", "--test_after_fit=true",
         "--trainer.enable_progress_bar=false", "--trainer.logger=kd_detect.loggers.CSVLogger", *extra,
     ]
-    if exp not in REFERENCES and exp not in TEACHERS:
+    if exp not in REFERENCES and exp not in TEACHERS and exp not in LABELS_ONLY:
         for name, teacher in TEACHER_OF.get(exp, {"teacher": TEACHER}).items():
             if isinstance(teacher, list):  # cross-fitted: the fold teachers' checkpoints, in fold order
                 ckpts = ", ".join(str(run_dir(root, seed, t, reference) / "best.ckpt") for t in teacher)

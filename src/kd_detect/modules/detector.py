@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kd_detect.data.batch import LABELS, MASK, META, to_model_layout
+from kd_detect.data.batch import LABELS, MASK, META, mix_videos, to_model_layout
 from kd_detect.models.heads.base import DetectionHead, HeadOutput
 from kd_detect.models.inputs import Standardize, input_dropout
 
@@ -64,6 +64,9 @@ class DetectorModule(pl.LightningModule):
             video, ``kd_detect.models.inputs``); 0 = off.
         standardize: standardise each modality's features with the training videos' mean
             and std, measured when fit starts and kept in the checkpoint.
+        mixup: ``α`` of mixup across a training batch's videos (every modality and the
+            labels, ``kd_detect.data.batch.mix_videos``; a student's teacher reads the mixed
+            batch too); 0 = off.
         event_map: also compute event-level mAP (PKU-MMD protocol) at test time.
         event_threshold, event_merge_gap, event_min_length: segment extraction for it.
 
@@ -88,6 +91,7 @@ class DetectorModule(pl.LightningModule):
         lr_patience: int = 8,
         input_dropout: float = 0.0,
         standardize: bool = False,
+        mixup: float = 0.0,
         event_map: bool = False,
         event_threshold: float = 0.5,
         event_merge_gap: float = 0.0,
@@ -116,6 +120,9 @@ class DetectorModule(pl.LightningModule):
         if not 0.0 <= input_dropout < 1.0:
             raise ValueError(f"{type(self).__name__}: input_dropout must be in [0, 1), got {input_dropout}")
         self.input_dropout, self.standardize = float(input_dropout), bool(standardize)
+        if mixup < 0:
+            raise ValueError(f"{type(self).__name__}: mixup (the Beta distribution's alpha) must be >= 0, got {mixup}")
+        self.mixup = float(mixup)
         self.event = {"enabled": event_map, "threshold": event_threshold, "merge_gap": event_merge_gap,
                       "min_length": event_min_length}
         if self.standardize:  # before build_model, which subclasses (TeacherModule) override
@@ -243,6 +250,7 @@ class DetectorModule(pl.LightningModule):
         return masked_bce(out.logits, batch[LABELS], batch[MASK])
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        batch = mix_videos(batch, self.mixup)
         out = self(batch)
         loss = self.detection_loss(out, batch)
         self.log("train/bce", loss, batch_size=batch[MASK].shape[0])
