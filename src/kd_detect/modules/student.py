@@ -278,7 +278,7 @@ class StudentModule(DetectorModule):
         ``kd_detect.distill.base``) on a cross-fitted teacher whose fold teachers started
         from different seeds; warn when their seeds were not recorded."""
         for tname, plugins in self.distill.items():
-            source = self._caches.get(tname) or self._teachers.get(tname)
+            source = self._caches[tname] if tname in self._caches else self._teachers.get(tname)
             one = getattr(source, "shares_one_space", True)
             if one is True:
                 continue
