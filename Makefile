@@ -86,6 +86,10 @@ data/synthetic.h5: | $(STAMP)
 data/synthetic_ceiling.h5: | $(STAMP)
 	$(PY) -m data_prep.synthetic --out $@ --extra-training 432
 
+# make compare's semi-supervised rows: the ceiling's 432 extra videos, bit for bit, without labels
+data/synthetic_unlabelled.h5: | $(STAMP)
+	$(PY) -m data_prep.synthetic --out $@ --extra-training 432 --extra-subset unlabelled
+
 # The converters `make data DATASET=name` can run: data_prep/<name>.py (not the private helpers).
 CONVERTERS := $(sort $(filter-out _% synthetic_check,$(basename $(notdir $(wildcard data_prep/*.py)))))
 
@@ -111,7 +115,7 @@ else
 endif
 
 JOBS ?= 2
-compare: $(STAMP) data/synthetic.h5 data/synthetic_ceiling.h5 ## RGB, teacher, KD, RGB ceiling, probe over SEEDS seeds (+ ablations, baselines over ABLATION_SEEDS) -> runs/compare/report.md
+compare: $(STAMP) data/synthetic.h5 data/synthetic_ceiling.h5 data/synthetic_unlabelled.h5 ## RGB, teacher, KD, RGB ceiling, probe over SEEDS seeds (+ ablations, baselines over ABLATION_SEEDS) -> runs/compare/report.md
 	$(PY) -m kd_detect.lab.compare --seeds $(SEEDS) --ablation-seeds $(ABLATION_SEEDS) --jobs $(JOBS) $(if $(ARGS),-- $(ARGS),)
 
 sweep: $(STAMP) ## wandb sweep over loss weights (EXP=name, COUNT=20; needs wandb login)

@@ -156,7 +156,7 @@ from data_prep._synthetic_worlds import (  # noqa: F401 (re-exported: tests and 
     person_phases,
     world_v2,
 )
-from kd_detect.data.format import FeatureFileWriter
+from kd_detect.data.format import UNLABELLED, FeatureFileWriter, VideoRecord
 from kd_detect.errors import KdDetectError
 from kd_detect.io import ensure_writable_file, raise_pending_signal
 
@@ -206,6 +206,8 @@ HELP = {
     "motion_blur": "v2: std (steps) of the temporal blur of RGB's copy of the motion signal",
     "extra_training": "videos added to the training subset only, after the others: the same world and the "
                       "same validation and testing videos (the RGB ceiling's larger training set)",
+    "extra_subset": "subset of the extra videos: 'training', or 'unlabelled' (the same videos, bit for bit, "
+                    "written without labels or segments: what a student may distil on)",
 }
 
 
@@ -247,12 +249,15 @@ class SyntheticConfig:
     appearance_var: float = 0.5
     motion_blur: float = 2.0
     extra_training: int = 0
+    extra_subset: str = TRAINING
 
     def check(self) -> None:
         if self.videos < 2:
             raise ValueError(f"videos must be >= 2 (one per subset), got {self.videos}")
         if self.extra_training < 0:
             raise ValueError(f"extra_training must be >= 0, got {self.extra_training}")
+        if self.extra_subset not in (TRAINING, UNLABELLED):
+            raise ValueError(f"extra_subset must be {TRAINING!r} or {UNLABELLED!r}, got {self.extra_subset!r}")
         if self.classes < 1:
             raise ValueError(f"classes must be >= 1, got {self.classes}")
         if not 1 <= self.min_steps <= self.max_steps:
@@ -352,7 +357,10 @@ def generate(out: str | Path, seed: int = 0, dtype: str = "float16", preset: str
         for i in range(cfg.videos + cfg.extra_training):
             raise_pending_signal()  # a Ctrl-C that a finaliser swallowed (kd_detect.io)
             subset = TESTING if i in testing else VALIDATION if i in validation else TRAINING
-            writer.add(make(i, subset))
+            video = make(i, subset)
+            if i >= cfg.videos and cfg.extra_subset == UNLABELLED:  # drawn as training videos, then unannotated
+                video = VideoRecord(video.video_id, UNLABELLED, video.duration, video.features, attrs=video.attrs)
+            writer.add(video)
     return Path(out)
 
 
@@ -396,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{parser.prog}: error: {err}") from None
     except KeyboardInterrupt:  # one line, status 130
         raise SystemExit(interrupted(parser.prog, out)) from None
-    extra = f" + {cfg.extra_training} extra training" if cfg.extra_training else ""
+    extra = f" + {cfg.extra_training} extra {cfg.extra_subset}" if cfg.extra_training else ""
     print(f"wrote {path} (world {cfg.world}, {cfg.videos}{extra} videos, {cfg.classes} classes, seed {seed})")
     return 0
 

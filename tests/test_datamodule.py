@@ -165,16 +165,17 @@ def test_predict_without_labels(synthetic_h5, tmp_path):
     with h5py.File(path, "a") as h5:
         for group in h5["videos"].values():
             del group["labels"]
-            group.attrs["subset"] = "unlabelled"
+            group.attrs["subset"] = "extra"
     dm = FeatureDataModule(str(path), modalities=["rgb"], require_labels=False, batch_size=5)
     batches = _batches(dm.predict_dataloader())
     assert sum(len(b["mask"]) for b in batches) == 16  # predict_subset=None: every video
     assert all(b["labels"].eq(0).all() and b["labels"].shape[1] == 6 for b in batches)
-    with pytest.raises(FeatureFileError, match=r"train_subset='training' selects no video.*'unlabelled': 16"):
+    with pytest.raises(FeatureFileError, match=r"train_subset='training' selects no video.*'extra': 16"):
         dm.train_dataloader()
-    subsets = dict(train_subset="unlabelled", val_subset="unlabelled", test_subset="unlabelled")
+    subsets = dict(train_subset="extra", val_subset="extra", test_subset="extra")
     # validated up front (the rules of `kd-detect check`) ...
-    with pytest.raises(FeatureFileError, match=r"nolabels\.h5: video 'syn_\d+': field 'labels' missing"):
+    with pytest.raises(FeatureFileError, match=r"nolabels\.h5: video 'syn_\d+': field 'labels' missing.*"
+                                                 r"belong in subset 'unlabelled'"):
         FeatureDataModule(str(path), modalities=["rgb"], **subsets)
     # ... and, with the check skipped, still refused when the data are read
     strict = FeatureDataModule(str(path), modalities=["rgb"], validate=False, **subsets)

@@ -101,9 +101,12 @@ def _teacher_overrides(exp: Path, tiny_teacher: dict[str, Path]) -> list[str]:
 
 
 @pytest.mark.parametrize("exp", SYNTHETIC, ids=_rel)
-def test_every_synthetic_experiment_fast_dev_run(exp, synthetic_h5, tiny_teacher, tmp_path):
+def test_every_synthetic_experiment_fast_dev_run(exp, synthetic_h5, make_synthetic_h5, tiny_teacher, tmp_path):
+    data = synthetic_h5
+    if (load_config(exp).get("data") or {}).get("unlabelled_subset"):  # the tiny world + unannotated videos
+        data = make_synthetic_h5(extra_training=6, extra_subset="unlabelled")
     cli = lightning_main(
-        ["fit", "--config", str(exp), f"--data.path={synthetic_h5}", f"--trainer.default_root_dir={tmp_path}",
+        ["fit", "--config", str(exp), f"--data.path={data}", f"--trainer.default_root_dir={tmp_path}",
          "--trainer.fast_dev_run=2", *TINY, *_teacher_overrides(exp, tiny_teacher)]
     )
     assert cli.trainer.state.finished

@@ -28,8 +28,14 @@ Model layout (what ``forward``, the losses and the plugins see)::
             "length":   LongTensor  (B,)        # T of the whole video in the file
             "offset":   LongTensor  (B,)        # first step of the (cropped) window
             "segments": list[np.ndarray]        # B arrays (N_b, 3) [class, start_s, end_s]
+            "labelled": BoolTensor (B,)         # False: the video has no labels (zeros above)
         },
     }
+
+A video is unlabelled when its labels were not read (``data.unlabelled_subset``: extra
+videos a student distils on); its ``labels`` are zeros that mean nothing, so every loss on
+labels takes :func:`labelled_mask`, not ``mask``. Without ``meta["labelled"]`` (hand-built
+batches) every video is labelled.
 
 A batch without a ``"layout"`` key is in model layout (hand-built batches stay valid).
 The conversion is exact: ``x_model[b, d, t] = float32(x_host[b, t, d])`` (float16 and
@@ -60,6 +66,8 @@ LABELS = "labels"
 MASK = "mask"
 META = "meta"
 LAYOUT = "layout"
+#: meta key: (B,) bool, whether each video's labels were read
+LABELLED = "labelled"
 HOST_LAYOUT = "host"
 NON_MODALITY_KEYS = frozenset({LABELS, MASK, META, LAYOUT})
 
@@ -67,6 +75,22 @@ NON_MODALITY_KEYS = frozenset({LABELS, MASK, META, LAYOUT})
 def modalities_in(batch: dict) -> list[str]:
     """The modality keys present in a batch."""
     return [k for k in batch if k not in NON_MODALITY_KEYS]
+
+
+def labelled_mask(batch: dict) -> torch.Tensor:
+    """``(B, T)`` bool: the valid steps of the labelled videos (the steps a loss on labels
+    may read); ``mask`` itself when the batch does not say (every video labelled)."""
+    mask: torch.Tensor = batch[MASK]
+    labelled = batch.get(META, {}).get(LABELLED)
+    if labelled is None:
+        return mask
+    return mask & torch.as_tensor(labelled, dtype=torch.bool, device=mask.device)[:, None]
+
+
+def has_unlabelled(batch: dict) -> bool:
+    """Whether some video of the batch has no labels."""
+    labelled = batch.get(META, {}).get(LABELLED)
+    return labelled is not None and not bool(torch.as_tensor(labelled).all())
 
 
 def is_host_layout(batch: dict) -> bool:

@@ -27,7 +27,7 @@ import math
 import mmap
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Iterator, NamedTuple
 
 import h5py
@@ -36,7 +36,7 @@ import torch
 from h5py import h5d, h5s
 from torch.utils.data import Dataset, DistributedSampler
 
-from .batch import HOST_LAYOUT, LABELS, LAYOUT, MASK, META
+from .batch import HOST_LAYOUT, LABELLED, LABELS, LAYOUT, MASK, META
 from .format import SEGMENTS, VIDEOS_GROUP, FeatureFile, FeatureFileError
 
 Key = int | tuple[int, int]
@@ -185,7 +185,7 @@ class ReadBatch(Sequence):
         self._views: list[tuple[np.ndarray, ...]] | None = None
         duration_of, segments_of = dataset.file.durations, dataset._read_segments
         self.meta = _meta_columns([(video_id, duration_of[video_id], length, offset, segments_of(video_id))
-                                   for _, video_id, length, offset, _ in windows])
+                                   for _, video_id, length, offset, _ in windows], [True] * len(windows))
         self.mask = _mask(counts, max(counts))
 
     @property
@@ -199,7 +199,7 @@ class ReadBatch(Sequence):
         """The item dicts (built once), as :meth:`FeatureDataset.__getitem__` gives them."""
         if self._items is None:
             modalities, make = self.dataset.modalities, self.dataset._item
-            self._items = [make(video_id, length, offset, dict(zip(modalities, views)), views[-1])
+            self._items = [make(video_id, length, offset, dict(zip(modalities, views)), views[-1], True)
                            for (_, video_id, length, offset, _), views in zip(self.windows, self.views)]
         return self._items
 
@@ -231,6 +231,8 @@ class FeatureDataset(Dataset):
     ``max_steps`` (training only) crops a window of at most that many steps at
     :func:`crop_offset`; ``None`` returns whole videos. A key is an index or an
     ``(index, epoch)`` pair (what :class:`EpochDistributedSampler` yields).
+    ``unlabelled``: ids whose ``labels`` and ``segments`` are never read, even when the file
+    has them: their items carry ``labels=None`` (zeros in a batch) and ``labelled=False``.
     """
 
     def __init__(
@@ -242,8 +244,10 @@ class FeatureDataset(Dataset):
         seed: int = 0,
         require_labels: bool = True,
         preload: bool = False,
+        unlabelled: Collection[str] = (),
     ) -> None:
         self.file = feature_file
+        self.unlabelled = frozenset(unlabelled)
         self.video_ids = list(video_ids)
         self.modalities = list(modalities)
         self.lengths = [feature_file.lengths[v] for v in self.video_ids]
@@ -288,7 +292,7 @@ class FeatureDataset(Dataset):
 
     def _read_segments(self, video_id: str) -> np.ndarray:
         if video_id not in self._segments:
-            seg = self._read_field(video_id, SEGMENTS, 0, None)
+            seg = None if video_id in self.unlabelled else self._read_field(video_id, SEGMENTS, 0, None)
             seg = np.zeros((0, 3)) if seg is None else np.asarray(seg, dtype=np.float64).reshape(-1, 3)
             self._segments[video_id] = seg
         return self._segments[video_id]
@@ -306,6 +310,9 @@ class FeatureDataset(Dataset):
             if arr is None:
                 raise self._missing(video_id, m, f"modality {m!r} as (T, D) float16/float32")
             out[m] = arr
+        if video_id in self.unlabelled:
+            out[LABELS] = None
+            return out
         labels = self._read_field(video_id, LABELS, start, stop)
         if labels is None and self.require_labels:
             raise self._missing(video_id, LABELS, "uint8 (T, C); use require_labels=False to predict without")
@@ -333,10 +340,12 @@ class FeatureDataset(Dataset):
         offset = crop_offset(self.seed, int(epoch), index, length, max_steps)
         return index, self.video_ids[index], length, offset, offset + max_steps
 
-    def _item(self, video_id: str, length: int, offset: int, features: dict, labels: np.ndarray | None) -> dict:
+    def _item(self, video_id: str, length: int, offset: int, features: dict, labels: np.ndarray | None,
+              labelled: bool) -> dict:
         return {
             "features": features,
             LABELS: labels,
+            LABELLED: labelled,
             "video_id": video_id,
             "duration": self.file.durations[video_id],
             "length": length,
@@ -356,6 +365,9 @@ class FeatureDataset(Dataset):
             return cached
         mapped = self._mapped()
         h5, video_id, length = self.file.h5, self.video_ids[index], self.lengths[index]
+        if video_id in self.unlabelled:  # its labels are not to be read: item by item
+            self._rows[index] = None
+            return None
         layouts = []
         for field in self._fields:
             try:
@@ -493,8 +505,9 @@ class FeatureDataset(Dataset):
         return state
 
     def __getitem__(self, key: Key) -> dict:
-        """``{"features": {m: (L, D_m)}, "labels": (L, C) uint8 | None, "video_id", "duration",
-        "length", "offset", "segments"}`` for the window ``[offset, offset + L)``."""
+        """``{"features": {m: (L, D_m)}, "labels": (L, C) uint8 | None, "labelled", "video_id",
+        "duration", "length", "offset", "segments"}`` for the window ``[offset, offset + L)``
+        (``labelled``: whether ``labels`` were read)."""
         index, video_id, length, offset, stop = self._window(key)
         data = self._read(video_id, offset, stop)
         labels = data.pop(LABELS)
@@ -510,7 +523,7 @@ class FeatureDataset(Dataset):
                 f"{self.file.path}: video {video_id!r}: field 'labels' has shape {labels.shape}, "
                 f"expected ({window}, C)"
             )
-        return self._item(video_id, length, offset, data, labels)
+        return self._item(video_id, length, offset, data, labels, labels is not None)
 
 
 def transpose_into(out: torch.Tensor, index: int, rows: np.ndarray) -> None:
@@ -556,15 +569,16 @@ def _mask(lengths: Sequence[int], steps: int) -> np.ndarray:
     return np.arange(steps) < np.array(lengths)[:, None]
 
 
-def _meta_columns(rows: list[tuple]) -> dict:
-    """The batch meta of ``(video_id, duration, length, offset, segments)`` rows, as
-    columns: lists of ids and segment arrays, numpy ``float32`` durations and ``int64``
-    lengths and offsets (numpy, not ``torch.tensor``: several times cheaper for arrays
-    this small; the same values: float32 from Python floats rounds alike)."""
+def _meta_columns(rows: list[tuple], labelled: Sequence[bool]) -> dict:
+    """The batch meta of ``(video_id, duration, length, offset, segments)`` rows and each
+    row's ``labelled``, as columns: lists of ids and segment arrays, numpy ``float32``
+    durations, ``int64`` lengths and offsets and ``bool`` labelled (numpy, not
+    ``torch.tensor``: several times cheaper for arrays this small; the same values: float32
+    from Python floats rounds alike)."""
     video_ids, durations, lengths, offsets, segments = zip(*rows)
     return {"video_id": video_ids, "duration": np.array(durations, dtype=np.float32),
             "length": np.array(lengths, dtype=np.int64), "offset": np.array(offsets, dtype=np.int64),
-            "segments": segments}
+            "segments": segments, LABELLED: np.array(labelled, dtype=bool)}
 
 
 def collate_videos(items: list[dict], num_classes: int) -> dict:
@@ -592,7 +606,7 @@ def collate_videos(items: list[dict], num_classes: int) -> dict:
                                   np.result_type(*present) if present else np.dtype(np.uint8))
         mask = _mask(lengths, steps)
         meta = _meta_columns([(it["video_id"], it["duration"], it["length"], it["offset"], it["segments"])
-                              for it in items])
+                              for it in items], [it.get(LABELLED, it[LABELS] is not None) for it in items])
     batch[MASK] = torch.from_numpy(mask)
     batch[META] = {
         "video_id": list(meta["video_id"]),
@@ -600,6 +614,7 @@ def collate_videos(items: list[dict], num_classes: int) -> dict:
         "length": torch.from_numpy(meta["length"]),
         "offset": torch.from_numpy(meta["offset"]),
         "segments": list(meta["segments"]),
+        LABELLED: torch.from_numpy(meta[LABELLED]),
     }
     batch[LAYOUT] = HOST_LAYOUT
     return batch

@@ -19,6 +19,13 @@ needs neither Lightning nor what Lightning imports.
 * ``val_subset="auto"`` (the default): the file's ``validation`` subset when it has one,
   otherwise 15 % of the training videos (lowest SHA-1 of the id, as ``train_fraction``),
   held out of training; the choice is announced in one line (on rank zero).
+* ``unlabelled_subset`` (e.g. ``"unlabelled"``, the format's subset of videos without
+  annotations) adds that subset's videos to the training stage **without their labels**:
+  they are never read, even when the file has them, and the batch marks the videos
+  (``meta["labelled"]``, ``kd_detect.data.batch``). Only a student's distillation losses
+  learn from them; every other module refuses them. The training-set standardisation
+  statistics include them (they need no labels). ``folds`` and ``train_fraction`` choose
+  among the labelled videos only.
 * h5py handles are opened lazily per process; ``preload=True`` reads the needed subsets
   into RAM once and gives the same batches as lazy reading.
 """
@@ -35,7 +42,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .dataset import EpochDistributedSampler, FeatureDataset, UnrepeatedDistributedSampler, VideoCollate
-from .format import FeatureFile, FeatureFileError
+from .format import UNLABELLED, FeatureFile, FeatureFileError
 from .verdict import ensure_valid
 
 Subset = str | list[str]
@@ -107,6 +114,7 @@ class FeatureData:
         validate: bool = True,
         folds: int = 1,
         fold: int = 0,
+        unlabelled_subset: Subset | None = None,
     ) -> None:
         super().__init__()  # FeatureDataModule: the LightningDataModule's
         # No save_hyperparameters(): Lightning refuses to log when a key (seed, modalities...)
@@ -167,6 +175,14 @@ class FeatureData:
         self._empty: dict[str, FeatureFileError] = {}
         held_out: list[str] = []
         self._val_note: str | None = None  # announced when the validation data are first built
+        if require_labels:  # the format's subset of videos without annotations is never labelled data
+            for stage, subset in (("train", train_subset), ("val", val_subset), ("test", test_subset)):
+                names = [subset] if isinstance(subset, str) else list(subset)
+                if UNLABELLED in names:
+                    raise FeatureFileError(
+                        f"{file_path}: {stage}_subset={_subset_name(subset)}: subset {UNLABELLED!r} holds videos "
+                        "without annotations (docs/format.md); a student distils on them with "
+                        f"unlabelled_subset={UNLABELLED!r}, and predict reads them")
         if val_subset == AUTO:
             val_subset, held_out = self._auto_validation(ff, train_subset)
             self.val_subset = val_subset
@@ -197,6 +213,23 @@ class FeatureData:
             if stage == "train" and train_fraction < 1.0 and ids:
                 ids = fixed_share(ids, train_fraction)
             self._ids[stage] = ids
+        self.unlabelled_subset = unlabelled_subset
+        self._unlabelled: list[str] = []
+        if unlabelled_subset is not None:
+            extra = ff.videos_in(unlabelled_subset)
+            if not extra:
+                counts = dict(sorted(Counter(ff.subsets.values()).items()))
+                raise FeatureFileError(f"{file_path}: unlabelled_subset={_subset_name(unlabelled_subset)} selects no "
+                                       f"video; subsets in the file (videos): {counts}")
+            taken = set(self._ids.get("train", [])) | set(self._ids.get("val", [])) | set(self._ids.get("test", []))
+            clash = [v for v in extra if v in taken]
+            if clash:
+                raise FeatureFileError(
+                    f"{file_path}: unlabelled_subset={_subset_name(unlabelled_subset)} shares {len(clash)} videos "
+                    f"(e.g. {clash[0]!r}) with the training, validation or testing subsets; it must name others")
+            self._unlabelled = extra
+            if "train" in self._ids:
+                self._ids["train"] = self._ids["train"] + extra
         self.train_fraction = float(train_fraction)
         self.folds, self.fold = int(folds), int(fold)
         self._datasets: dict[str, FeatureDataset] = {}
@@ -205,8 +238,14 @@ class FeatureData:
     @property
     def training_videos(self) -> list[str]:
         """The ids of the videos the training stage reads (after the validation hold-out,
-        ``folds``/``fold`` and ``train_fraction``); empty for a label-free file."""
+        ``folds``/``fold`` and ``train_fraction``; the unlabelled ones too); empty for a
+        label-free file."""
         return list(self._ids.get("train", []))
+
+    @property
+    def unlabelled_videos(self) -> list[str]:
+        """The training videos whose labels are not read (``unlabelled_subset``)."""
+        return list(self._unlabelled)
 
     def feature_statistics(self, modalities: list[str] | None = None) -> dict:
         """``{modality: (mean, std)}`` per dimension over every step of the training videos
@@ -264,6 +303,7 @@ class FeatureData:
                 seed=self.seed,
                 require_labels=self.require_labels,
                 preload=self.preload,
+                unlabelled=self._unlabelled if train else (),
             )
         return self._datasets[stage]
 

@@ -14,7 +14,10 @@ class ``c`` has ``start < t_i < end`` (strict).
 An **unlabelled** file (``FeatureFileWriter(..., labelled=False)``, root attr
 ``labelled = 0``) holds features only, no ``labels`` and no ``segments``: it is valid for
 prediction (``kd-detect check --no-labels``, ``kd-detect predict``), never for training or
-evaluation, whose readers refuse the missing ``labels`` by name. This module is the only place that knows
+evaluation, whose readers refuse the missing ``labels`` by name. In a labelled file, the
+videos of subset :data:`UNLABELLED` (``"unlabelled"``) may have neither field: extra
+videos with features only, which a student may distil on (``data.unlabelled_subset``;
+docs/method.md) and nothing evaluates on. This module is the only place that knows
 the layout; converters, the synthetic generator, the DataModule, the teacher cache and
 ``kd-detect check`` all go through it.
 """
@@ -40,6 +43,8 @@ LABELS = "labels"
 SEGMENTS = "segments"
 RESERVED_NAMES = frozenset({LABELS, SEGMENTS, "mask", "meta"})
 FEATURE_DTYPES = ("float16", "float32")
+#: the subset whose videos may lack ``labels`` and ``segments`` in a labelled file
+UNLABELLED = "unlabelled"
 
 
 
@@ -71,7 +76,9 @@ class VideoRecord:
     """One video as written to / read from a feature file.
 
     ``features`` maps modality -> ``(T, D_m)`` array. ``labels`` may be ``None`` on
-    write, in which case it is derived from ``segments`` by :func:`labels_from_segments`.
+    write, in which case it is derived from ``segments`` by :func:`labels_from_segments`;
+    a video of subset :data:`UNLABELLED` with no segments and no labels is written with
+    neither field.
     """
 
     video_id: str
@@ -180,6 +187,7 @@ class FeatureFileWriter:
                 f"{where}: field 'segments' has a non-finite value, a class id that is not an integer in "
                 f"[0, {len(self.classes)}) or start > end"
             )
+        bare = video.subset == UNLABELLED and segments.size == 0 and video.labels is None
         labels = video.labels
         if labels is None:
             labels = labels_from_segments(segments, num_steps, video.duration, len(self.classes))
@@ -207,7 +215,7 @@ class FeatureFileWriter:
         for m, arr in arrays.items():
             self._dims.setdefault(m, arr.shape[1])
             group.create_dataset(m, data=arr.astype(self.dtype, copy=False), compression=self.compression)
-        if self.labelled:
+        if self.labelled and not bare:
             group.create_dataset(LABELS, data=labels.astype(np.uint8, copy=False))
             group.create_dataset(SEGMENTS, data=segments)
         self.num_videos += 1

@@ -29,6 +29,7 @@ from .format import (
     RESERVED_NAMES,
     SEGMENTS,
     SUPPORTED_VERSIONS,
+    UNLABELLED,
     VIDEOS_GROUP,
 )
 
@@ -200,10 +201,12 @@ class _Checker:
             if group[m].dtype.kind == "f":
                 self.check_finite(where, m, group[m])
 
-        segments = self.check_segments(where, group)
+        # videos of the `unlabelled` subset may lack both fields (format: UNLABELLED)
+        required = self.require_labels and (subset is None or _text(subset) != UNLABELLED)
+        segments = self.check_segments(where, group, required)
         # a T mismatch was reported above, naming the features: the labels' check skips it
         self.check_labels(where, group, None if t_mismatch else num_steps, segments,
-                          duration if duration_ok else None)
+                          duration if duration_ok else None, required)
 
     @staticmethod
     def label_steps(group: h5py.Group) -> int | None:
@@ -262,11 +265,12 @@ class _Checker:
         if bad:
             self.problem(where, f"modality {m!r} has {bad} non-finite values (NaN/inf), first at step {first}")
 
-    def check_segments(self, where: str, group: h5py.Group) -> np.ndarray | None:
+    def check_segments(self, where: str, group: h5py.Group, required: bool) -> np.ndarray | None:
         if SEGMENTS not in group:
-            if not self.require_labels:  # an unlabelled (prediction) file has neither field
+            if not required:  # an unlabelled (prediction) file, or subset 'unlabelled', has neither field
                 return None
-            self.problem(where, "field 'segments' missing (expected float64 (N, 3) [class_id, start_s, end_s])")
+            self.problem(where, "field 'segments' missing (expected float64 (N, 3) [class_id, start_s, end_s]; "
+                                f"videos without annotations belong in subset {UNLABELLED!r})")
             return None
         ds = group[SEGMENTS]
         if not isinstance(ds, h5py.Dataset):
@@ -317,11 +321,12 @@ class _Checker:
 
     def check_labels(
         self, where: str, group: h5py.Group, num_steps: int | None, segments: np.ndarray | None,
-        duration: float | None,
+        duration: float | None, required: bool,
     ) -> None:
         if LABELS not in group:
-            if self.require_labels:
-                self.problem(where, "field 'labels' missing (expected uint8 (T, C) multi-hot)")
+            if required:
+                self.problem(where, "field 'labels' missing (expected uint8 (T, C) multi-hot; videos without "
+                                    f"annotations belong in subset {UNLABELLED!r})")
             return
         ds = group[LABELS]
         if not isinstance(ds, h5py.Dataset):

@@ -15,7 +15,7 @@ from kd_detect.io import atomic_write, file_identity
 from .validate import validate_file
 
 # Bump when the rules of validate_file change: cached verdicts of older rules are ignored.
-RULES_VERSION = 1
+RULES_VERSION = 2  # 2: videos of subset 'unlabelled' may lack labels and segments
 _CACHE_ENV = "KD_DETECT_CACHE_DIR"
 
 

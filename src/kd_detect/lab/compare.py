@@ -77,6 +77,12 @@ def fold_teachers(teacher: str) -> list[str]:
 
 
 CROSS_FITTED, RGB_CROSS_FITTED = "ablations/synthetic_kd_cross_fitted", "ablations/synthetic_kd_rgb_teacher_cross_fitted"
+#: semi-supervised rows: the labelled training videos plus the ceiling's extra videos without
+#: labels (data/synthetic_unlabelled.h5, data.unlabelled_subset)
+UNLABELLED, RGB_UNLABELLED = "ablations/synthetic_kd_unlabelled", "ablations/synthetic_kd_rgb_teacher_unlabelled"
+LOGIT_UNLABELLED = "ablations/synthetic_kd_plus_logit_kd_unlabelled"
+#: rows that read their own feature file (dropped when ``--data.path`` gives another)
+OWN_DATA = (CEILING, UNLABELLED, RGB_UNLABELLED, LOGIT_UNLABELLED)
 #: the students that distil from other teachers than the RGB+flow+pose one (of the same
 #: seed): {student: {teacher name in the student's config: teacher experiment, or the list
 #: of fold-teacher experiments of a cross-fitted teacher}}
@@ -93,6 +99,7 @@ TEACHER_OF: dict[str, dict[str, str | list[str]]] = {
     "ablations/synthetic_kd_no_input_dropout_teacher": {"teacher": NO_DROPOUT_TEACHER},
     CROSS_FITTED: {"teacher": fold_teachers(TEACHER)},
     RGB_CROSS_FITTED: {"teacher": fold_teachers(RGB_TEACHER)},
+    RGB_UNLABELLED: {"teacher": RGB_TEACHER},
 }
 
 
@@ -169,6 +176,11 @@ ROWS: list[tuple[str, str, str]] = [
     ("Ours with mixup across the batch's videos (α = 0.4; the teacher reads the mixed videos)",
      "ablations/synthetic_kd_mixup", "ablation"),
     ("RGB only with mixup (α = 0.4; the control of the row above)", RGB_MIXUP, "ablation"),
+    ("Ours + 432 unlabelled videos (distillation losses only; the ceiling's extra videos without labels)",
+     UNLABELLED, "ablation"),
+    ("Ours + logit KD + 432 unlabelled videos", LOGIT_UNLABELLED, "ablation"),
+    ("Ours + 432 unlabelled videos, from an RGB-only teacher (control of the two rows above)", RGB_UNLABELLED,
+     "ablation"),
     ("atomic only", "ablations/synthetic_only_atomic", "ablation"),
     ("global only", "ablations/synthetic_only_global", "ablation"),
     ("boundary only", "ablations/synthetic_only_boundary", "ablation"),
@@ -197,7 +209,8 @@ METRIC = "test/frame_map"
 SELECTION = "val/frame_map"
 PROBE_FILE = "data/synthetic.h5"
 #: the files the experiments read, with the generator options make compare's recipe uses
-DATA_FILES = {"data/synthetic.h5": {}, "data/synthetic_ceiling.h5": {"extra_training": 432}}
+DATA_FILES = {"data/synthetic.h5": {}, "data/synthetic_ceiling.h5": {"extra_training": 432},
+              "data/synthetic_unlabelled.h5": {"extra_training": 432, "extra_subset": "unlabelled"}}
 
 #: two-sided 95 % quantiles of Student's t, t_{0.975, df}, df = 1..30 (then the normal 1.96)
 T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -436,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [exp for _, exp, _ in ROWS
               if exp != PROBE and (args.only is None or exp in args.only or exp in REFERENCES)]
     if any(a.startswith("--data.path") for a in args.extra):  # the ceiling needs its own 4x file of that world
-        chosen = [exp for exp in chosen if exp != CEILING]
+        chosen = [exp for exp in chosen if exp not in OWN_DATA]
     chosen += list(dict.fromkeys(t for exp in chosen for t in teacher_experiments(exp) if t not in chosen))
     run_seeds = {exp: seeds if exp in MAIN else side_seeds for exp in chosen}
     for exp in TEACHER_OF:  # a teacher runs on the seeds of its students

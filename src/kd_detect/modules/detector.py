@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kd_detect.data.batch import LABELS, MASK, META, mix_videos, to_model_layout
+from kd_detect.data.batch import LABELS, MASK, META, labelled_mask, mix_videos, to_model_layout
+from kd_detect.errors import UsageError
 from kd_detect.models.heads.base import DetectionHead, HeadOutput
 from kd_detect.models.inputs import Standardize, input_dropout
 
@@ -178,6 +179,27 @@ class DetectorModule(pl.LightningModule):
         x = torch.cat(list(self.encode(batch).values()), dim=1)
         return self.head(input_dropout(x, self.input_dropout, self.training), mask)
 
+    def reads_unlabelled(self) -> list[str]:
+        """The losses of this module that learn from videos without labels (none: a detector
+        learns from labels alone; :class:`~kd_detect.modules.student.StudentModule` says
+        which of its distillation losses do)."""
+        return []
+
+    def check_unlabelled(self, unlabelled: list[str]) -> None:
+        """Refuse training videos without labels (``data.unlabelled_subset``) when no loss of
+        this module would read them: they would cost time and teach nothing."""
+        if unlabelled and not self.reads_unlabelled():
+            raise UsageError(
+                f"data.unlabelled_subset gives {len(unlabelled)} training videos without labels (e.g. "
+                f"{unlabelled[0]!r}), but {type(self).__name__} learns from labels only; unlabelled videos teach "
+                "only a StudentModule with an active distillation loss. Unset data.unlabelled_subset"
+            )
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if stage == "fit" and datamodule is not None:
+            self.check_unlabelled(list(getattr(datamodule, "unlabelled_videos", [])))
+
     def on_fit_start(self) -> None:
         if self.standardize:
             self.measure_input_statistics()
@@ -247,7 +269,9 @@ class DetectorModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ steps
     def detection_loss(self, out: HeadOutput, batch: dict[str, Any]) -> Tensor:
-        return masked_bce(out.logits, batch[LABELS], batch[MASK])
+        """Masked BCE over the valid steps of the batch's labelled videos (0, with a zero
+        gradient, for a batch without any: ``kd_detect.data.batch.labelled_mask``)."""
+        return masked_bce(out.logits, batch[LABELS], labelled_mask(batch))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         batch = mix_videos(batch, self.mixup)

@@ -34,6 +34,12 @@
   student's modalities. With the other modalities at their
   training mean (0 after standardisation) the student then computes exactly what the
   teacher computes. A checkpoint loaded afterwards (resume, predict, export) overrides it.
+* **Unlabelled videos** (``data.unlabelled_subset``; ``kd_detect.data.batch``): the
+  detection loss reads the labelled videos of a batch only, the distillation losses every
+  video, so the teacher teaches the student on videos nobody annotated (the teacher sees
+  their flow/pose at training time; the student, as always, their RGB only). Refused with
+  a plugin that reads the labels (``needs_labels``, e.g. ``exclude_same_label``) and with
+  mixup (it would mix labels with the zeros of unlabelled videos).
 * ``weight: auto`` plugins (see :mod:`kd_detect.distill.base`) are balanced here: during
   the first ``auto_warmup`` steps the module measures ``‖∂L_BCE/∂S‖`` (at the dropout
   forward's features) and ``‖∂L_k/∂S‖`` (at the features the plugins see) with
@@ -54,7 +60,7 @@ from torch import Tensor, nn
 
 from kd_detect.data.batch import LABELS, MASK, META, mix_videos
 from kd_detect.distill.base import DistillationLoss
-from kd_detect.errors import TeacherCompatibilityError
+from kd_detect.errors import TeacherCompatibilityError, UsageError
 from kd_detect.models.heads.base import HeadOutput
 from kd_detect.modules.detector import DetectorModule
 from kd_detect.modules.loading import file_sha256, load_detector
@@ -356,7 +362,27 @@ class StudentModule(DetectorModule):
                         f"teacher {name!r} was trained on {m!r} features of dim {dim}, the data has {modality_dims[m]}"
                     )
 
+    def reads_unlabelled(self) -> list[str]:
+        """The active distillation losses (``teacher/plugin``): they read every video of a batch."""
+        return [f"{t}/{p}" for t, plugins in self.distill.items() for p, plugin in plugins.items() if plugin.is_active]
+
+    def check_unlabelled(self, unlabelled: list[str]) -> None:
+        super().check_unlabelled(unlabelled)
+        if not unlabelled:
+            return
+        labelled_only = [f"{t}/{p} ({type(plugin).__name__})" for t, plugins in self.distill.items()
+                         for p, plugin in plugins.items() if plugin.is_active and plugin.needs_labels]
+        if labelled_only:
+            raise UsageError(
+                f"distill {', '.join(labelled_only)} reads the batch's labels, which the {len(unlabelled)} videos of "
+                "data.unlabelled_subset do not have; switch its label option off (e.g. exclude_same_label: false) "
+                "or unset data.unlabelled_subset")
+        if self.mixup > 0:
+            raise UsageError(f"mixup={self.mixup} with data.unlabelled_subset: mixup would mix labels with the "
+                             "zeros of unlabelled videos; set mixup to 0 or unset data.unlabelled_subset")
+
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and stage in ("fit", "validate") and self._teachers:
             self.check_data(dm.modality_dims)
