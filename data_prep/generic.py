@@ -12,6 +12,8 @@ Inputs::
     --units seconds|frames        of start, end and duration (frames need --fps)
     --fps F --stride S            frames per second and frames per feature step
     --modality-stride NAME=S      a modality extracted at another stride (resampled, see below)
+    --unannotated skip|unlabelled  feature files without an annotation row: ignored (default), or
+                                  kept as videos of subset 'unlabelled' (features only)
 
 The first modality is the *reference*. With ``make data DATASET=generic RAW=DIR ARGS="..."``
 the output is ``data/generic.h5`` and RAW is the root of the modality folders.
@@ -42,6 +44,11 @@ Rates. Modalities at the reference's stride whose ``T`` differs by at most
 skipped. A modality given another stride by ``--modality-stride`` is resampled to the
 reference ``T`` by the shared rule :func:`data_prep._common.resample_to_reference`
 (nearest by time, its length checked against the stride ratio).
+
+With ``--unannotated unlabelled`` the reference folder's videos that no annotation row (nor
+split line) names are written too, as videos of subset ``unlabelled`` without labels or
+segments: a student distils on them (``--data.unlabelled_subset=unlabelled``), nothing is
+trained or evaluated on their labels.
 
 Without ``--annotations`` the file is **unlabelled** (features only, no labels or
 segments, root attr ``labelled = 0``): every video of the reference folder, subset
@@ -85,6 +92,8 @@ UNITS = ("seconds", "frames")
 REQUIRED_COLUMNS = ("video", "label", "start", "end")
 SUBSETS = {"training": TRAINING, "train": TRAINING, "testing": TESTING, "test": TESTING}
 UNLABELLED = "unlabelled"
+#: what becomes of feature files without an annotation row (--unannotated)
+UNANNOTATED = ("skip", UNLABELLED)
 
 
 @dataclass
@@ -338,6 +347,7 @@ def convert(
     stride: float | None = None,
     modality_stride: Sequence[str] = (),
     subset: str = UNLABELLED,
+    unannotated: str = "skip",
     **common,
 ) -> ConversionSummary:
     """Convert per-video feature folders (+ annotations) into ``out``; see the module docstring."""
@@ -345,6 +355,8 @@ def convert(
     raw = Path(raw) if raw is not None else None
     if units not in UNITS:
         raise ConversionError(f"{DATASET}: --units must be one of {list(UNITS)}, got {units!r}")
+    if unannotated not in UNANNOTATED:
+        raise ConversionError(f"{DATASET}: --unannotated must be one of {list(UNANNOTATED)}, got {unannotated!r}")
     for flag, value in (("--fps", fps), ("--stride", stride)):
         if value is not None and not (math.isfinite(value) and value > 0):
             raise ConversionError(f"{DATASET}: {flag} must be a positive number, got {value}")
@@ -389,9 +401,12 @@ def convert(
                 f"{no_subset.source}: video {no_subset.video_id!r}: no subset; add a 'subset' column "
                 "(training/testing) or give --splits FILE"
             )
-        for vid in files[reference]:
+        for vid, path in files[reference].items():
             if vid not in annotated and (split_map is None or vid not in split_map):
-                summary.skip(vid, "feature file without an annotation row (ignored)")
+                if unannotated == UNLABELLED:  # features only: a student may distil on it
+                    specs.append(VideoSpec(vid, UNLABELLED, math.nan, [], str(path)))
+                else:
+                    summary.skip(vid, "feature file without an annotation row (ignored)")
     else:
         if classes is None:
             raise ConversionError(
@@ -463,6 +478,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--modality-stride", action="append", default=[], metavar="NAME=S",
                         help="a modality extracted at another stride (resampled to the reference's steps)")
     parser.add_argument("--subset", default=UNLABELLED, help="subset name of an unlabelled file (default unlabelled)")
+    parser.add_argument("--unannotated", choices=UNANNOTATED, default="skip",
+                        help="feature files that no annotation row names: ignored (skip), or written as videos of "
+                             "subset 'unlabelled' without labels, for a student to distil on (unlabelled)")
     return run_cli(parser, convert, argv)
 
 

@@ -423,3 +423,33 @@ def test_a_cross_fitted_student_gets_its_four_fold_teachers_of_its_seed_in_fold_
         ckpts = ", ".join(str(out / f"seed{seed}" / f / "best.ckpt") for f in folds)
         assert [a for a in cmd if a.startswith("--model.init_args.teachers.")] == [
             f"--model.init_args.teachers.teacher=[{ckpts}]"]
+
+
+def test_the_unlabelled_rows_read_their_own_file_and_the_control_its_rgb_teacher(tmp_path, monkeypatch):
+    """The semi-supervised rows distil from the teacher (the control from the RGB-only teacher,
+    trained with seed + 100) of their seed; with another world (``--data.path``) they are left
+    out, like the ceiling: their file is of the default world."""
+    from kd_detect.lab import compare
+
+    monkeypatch.chdir(tmp_path)  # no data/ here: nothing for check_data to refuse
+    rows = [compare.UNLABELLED, compare.RGB_UNLABELLED, compare.LOGIT_UNLABELLED]
+    assert "data/synthetic_unlabelled.h5" in compare.DATA_FILES
+    commands = _fake_fits(monkeypatch)
+    assert compare.main(["--seeds", "2", "--ablation-seeds", "2", "--jobs", "1", "--out", str(tmp_path / "c"),
+                         "--only", *rows]) == 0
+    by_config: dict[str, list[list[str]]] = {}
+    for c in commands:
+        by_config.setdefault(c[c.index("--config") + 1], []).append(c)
+    for row in rows:
+        assert len(by_config[f"experiments/{row}.yaml"]) == 2
+    for c in by_config[f"experiments/{compare.RGB_UNLABELLED}.yaml"]:
+        seed = next(a for a in c if a.startswith("--seed_everything=")).split("=")[1]
+        want = tmp_path / "c" / f"seed{seed}" / compare.RGB_TEACHER / "best.ckpt"
+        assert f"--model.init_args.teachers.teacher={want}" in c
+    assert sorted(next(a for a in c if a.startswith("--seed_everything="))
+                  for c in by_config[f"experiments/{compare.RGB_TEACHER}.yaml"]) == [
+        "--seed_everything=100", "--seed_everything=101"]
+    commands.clear()
+    assert compare.main(["--seeds", "2", "--ablation-seeds", "2", "--jobs", "1", "--out", str(tmp_path / "d"),
+                         "--only", *rows, "--", "--data.path=x.h5"]) == 0
+    assert not any(c[c.index("--config") + 1] in {f"experiments/{r}.yaml" for r in rows} for c in commands)

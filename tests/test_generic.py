@@ -190,6 +190,27 @@ def test_problems_in_the_data_are_counted_and_named_in_the_summary(tmp_path):
     assert "missing flow features: 1 (e.g. b)" in text and "1 dropped (outside the video)" in text
 
 
+def test_unannotated_feature_files_can_be_kept_as_unlabelled_videos(tmp_path):
+    """``--unannotated unlabelled``: the feature files no annotation row names become videos
+    of subset ``unlabelled`` without labels or segments (check passes; a student's loader
+    adds them without labels), the annotated ones are converted as without the option."""
+    from kd_detect.data.datamodule import FeatureDataModule
+
+    root, arrays = make_folders(tmp_path, lengths={"a": 20, "b": 30, "c": 10, "e": 12}, flow_extra=0)
+    summary = convert(tmp_path, root, annotations=write_csv(tmp_path / "ann.csv"), unannotated="unlabelled")
+    assert summary.videos_written == 4 and summary.skipped == {}
+    assert dict(summary.per_subset) == {"training": 1, "testing": 2, "unlabelled": 1}
+    ff = FeatureFile(tmp_path / "out.h5")
+    assert ff.subsets["e"] == "unlabelled" and math.isclose(ff.durations["e"], 12 * STEP)
+    assert np.array_equal(ff.read("e", ["rgb"])["rgb"], arrays["e"]["rgb"])
+    assert "labels" not in ff.h5["videos"]["e"] and "segments" not in ff.h5["videos"]["e"]
+    assert validate_file(tmp_path / "out.h5").ok
+    dm = FeatureDataModule(str(tmp_path / "out.h5"), val_subset="testing", unlabelled_subset="unlabelled")
+    assert dm.unlabelled_videos == ["e"] and dm.training_videos == ["a", "e"]
+    with pytest.raises(ConversionError, match="--unannotated must be one of"):
+        convert(tmp_path, root, annotations=write_csv(tmp_path / "ann.csv"), unannotated="keep")
+
+
 def test_malformed_feature_file_is_a_counted_skip(tmp_path):
     root, _ = make_folders(tmp_path, flow_extra=0)
     np.save(root / "rgb" / "b.npy", np.zeros((5, 2, 3), dtype=np.float32))  # (T, 2, 3): not (T, D)
@@ -326,7 +347,11 @@ def test_unlabelled_file_for_prediction(tmp_path):
     assert int(f.attrs["labelled"]) == 0 and f.classes == ["walk", "sit"] and f.modalities == ["rgb"]
     assert "labels" not in f.h5["videos/a"] and "segments" not in f.h5["videos/a"]
     assert validate_file(path, require_labels=False).problems == []
-    problems = validate_file(path).problems  # a training file must have labels
+    assert validate_file(path).problems == []  # subset 'unlabelled' may lack annotations in any file
+    other = generic.convert(root, tmp_path / "extra.h5", modality=["rgb"], classes=tmp_path / "classes.txt",
+                            subset="extra", fps=FPS, stride=STRIDE)
+    assert other.per_subset == {"extra": 3}
+    problems = validate_file(tmp_path / "extra.h5").problems  # any other subset is training data: labels needed
     assert sorted(p.split(": ", 2)[2][:24] for p in problems) == sorted(
         ["field 'segments' missing", "field 'labels' missing ("] * 3
     )
