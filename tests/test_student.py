@@ -15,7 +15,7 @@ from kd_detect.apps.cache_teacher import main as cache_teacher
 from kd_detect.callbacks import DistillationWarmup, StopDistillation
 from kd_detect.data.batch import to_model_layout
 from kd_detect.data.datamodule import FeatureDataModule
-from kd_detect.data.format import FeatureFileError, VideoRecord, write_feature_file
+from kd_detect.data.format import FeatureFile, FeatureFileError, VideoRecord, write_feature_file
 from kd_detect.distill.base import DistillationLoss
 from kd_detect.models.heads.base import HeadOutput
 from kd_detect.modules import StudentModule, TeacherCompatibilityError, TeacherModule, instantiate
@@ -427,3 +427,31 @@ def test_cache_from_another_feature_file_is_refused(files, tmp_path):
         del h5.attrs["source_sha256"]
     with pytest.raises(StaleCacheError, match=r"records no content identity.*rebuild it: `kd-detect cache-teacher"):
         TeacherCache(cache).check_source(files["data"])
+
+
+def test_a_student_trains_on_unlabelled_videos_from_a_live_or_a_cached_teacher(files, tmp_path):
+    """Videos of subset ``unlabelled`` (no labels, no segments) are cached by ``cache-teacher``
+    like any other; the student's training batches mix them with the labelled videos, the live
+    and the cached teacher give the same losses on them, and a fit records them as trained on."""
+    base = FeatureFile(files["data"])
+    extra = [VideoRecord(f"u{i}", "unlabelled", float(T), {m: np.random.default_rng(i).standard_normal((T, d)).astype(
+        np.float32) for m, d in (("rgb", 6), ("flow", 4))}) for i, T in enumerate((12, 17, 20))]
+    path = write_feature_file(tmp_path / "u.h5", base.classes, base.modalities,
+                              [base.record(v) for v in base.video_ids] + extra, dtype="float32")
+    cache = tmp_path / "cache.h5"
+    assert cache_teacher(["--ckpt", str(files["ckpt"]), "--data", str(path), "--out", str(cache)]) == 0
+    dm = FeatureDataModule(str(path), batch_size=8, unlabelled_subset="unlabelled")
+    torch.manual_seed(0)
+    live = _student(files, dm).eval()
+    cached = _student(files, dm, teacher_caches={"t": str(cache)})
+    cached.load_state_dict(live.state_dict())
+    cached.eval()
+    batch = to_model_layout(next(iter(dm.train_dataloader())))
+    assert sorted(v for v, lab in zip(batch["meta"]["video_id"], batch["meta"]["labelled"]) if not lab) == ["u0", "u1", "u2"]
+    out = live(batch)
+    a, b = live.distillation_losses(out, batch), cached.distillation_losses(out, batch)
+    torch.testing.assert_close(a[("t", "mse")], b[("t", "mse")], rtol=1e-5, atol=1e-6)
+    student = _student(files, dm, teacher_caches={"t": str(cache)})
+    trainer = _trainer()
+    trainer.fit(student, datamodule=dm)
+    assert {"u0", "u1", "u2"} <= set(student.training_videos)

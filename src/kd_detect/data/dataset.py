@@ -37,7 +37,7 @@ from h5py import h5d, h5s
 from torch.utils.data import Dataset, DistributedSampler
 
 from .batch import HOST_LAYOUT, LABELLED, LABELS, LAYOUT, MASK, META
-from .format import SEGMENTS, VIDEOS_GROUP, FeatureFile, FeatureFileError
+from .format import SEGMENTS, UNLABELLED, VIDEOS_GROUP, FeatureFile, FeatureFileError
 
 Key = int | tuple[int, int]
 POOL_BUFFERS = 32  # batch buffers a dataset keeps for reuse (a few live batches x fields)
@@ -314,7 +314,7 @@ class FeatureDataset(Dataset):
             out[LABELS] = None
             return out
         labels = self._read_field(video_id, LABELS, start, stop)
-        if labels is None and self.require_labels:
+        if labels is None and self.require_labels and self.file.subsets.get(video_id) != UNLABELLED:
             raise self._missing(video_id, LABELS, "uint8 (T, C); use require_labels=False to predict without")
         out[LABELS] = labels
         return out
