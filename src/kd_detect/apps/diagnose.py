@@ -196,7 +196,8 @@ def run(args: argparse.Namespace) -> int:
 def _gradients(args: argparse.Namespace, student: Any, path: str, modalities: list[str], data_cfg: dict) -> int:
     from kd_detect.data.feature_data import FeatureData
 
-    keys = ("train_subset", "val_subset", "test_subset", "max_steps", "seed", "train_fraction", "folds", "fold")
+    keys = ("train_subset", "val_subset", "test_subset", "max_steps", "seed", "train_fraction", "folds", "fold",
+            "unlabelled_subset")
     data = FeatureData(path, modalities=modalities, batch_size=args.batch_size, eval_batch_size=args.batch_size,
                        **{k: data_cfg[k] for k in keys if data_cfg.get(k) is not None})
     torch.manual_seed(args.seed)
