@@ -1,0 +1,72 @@
+"""Pilot (a measurement, not a package feature): per-class frame AP of several runs, averaged
+over seeds, on the validation and test videos, with each class's instance count.
+
+A difference of mean AP between two rows can be one class or all of them, and a split with
+few instances per class can rank rows differently from another. This prints, per split, the
+instances of each class and every row's per-class AP (mean over the seeds whose checkpoint
+exists), then its mean::
+
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/pilots/per_class_ap.py --data data/synthetic.h5 \\
+        rgb=runs/v3/seed{s}/synthetic_rgb ours=runs/v3/seed{s}/synthetic_kd \\
+        unlabelled=runs/unl/seed{s}/ablations/synthetic_kd_unlabelled --seeds 0 1 2 3 4
+
+Measured figures: README, Results, "Distilling on videos without labels".
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kd_detect.data.batch import LABELS, MASK, to_model_layout
+from kd_detect.data.feature_data import FeatureData
+from kd_detect.metrics import FrameMAP
+from kd_detect.modules.loading import checkpoint_class, load_detector, read_checkpoint
+from kd_detect.modules.student import StudentModule
+
+
+def load(path: Path):
+    """A checkpoint as its module, in eval mode; a student without its teachers."""
+    cls = checkpoint_class(read_checkpoint(path), path)
+    extra = {"teachers": {}, "teacher_caches": {}} if issubclass(cls, StudentModule) else {}
+    return load_detector(path, **extra)
+
+
+def per_class_ap(model, data: FeatureData, split: str) -> np.ndarray:
+    metric = FrameMAP(model.num_classes)
+    with torch.no_grad():
+        for batch in map(to_model_layout, data.loader(split)):
+            metric.update(torch.sigmoid(model(batch).logits.float()), batch[LABELS], batch[MASK])
+    return metric.compute()["ap"].numpy()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", required=True, help="the feature file the runs were evaluated on")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("runs", nargs="+", help="NAME=run directory with {s} for the seed")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    data = FeatureData(args.data, modalities=None, eval_batch_size=16)
+    ff = data.feature_file
+    for split in ("val", "test"):
+        counts = np.zeros(ff.num_classes, dtype=int)
+        for vid in data.dataset(split).video_ids:
+            for row in ff.segments(vid):
+                counts[int(row[0])] += 1
+        print(f"{split}: instances per class {counts.tolist()}")
+        for spec in args.runs:
+            name, pattern = spec.split("=", 1)
+            aps = [per_class_ap(load(Path(pattern.format(s=s)) / "best.ckpt"), data, split)
+                   for s in args.seeds if (Path(pattern.format(s=s)) / "best.ckpt").is_file()]
+            mean = 100 * np.nanmean(np.stack(aps), 0)
+            print(f"  {name:>12} ({len(aps)} seeds) " + " ".join(f"{x:5.1f}" for x in mean)
+                  + f"  mean {np.nanmean(mean):.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
