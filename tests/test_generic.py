@@ -448,10 +448,13 @@ def test_unlabelled_writer_refuses_segments_and_training_reader_names_missing_la
             w.add(VideoRecord("v", "unlabelled", 2.0, {"rgb": np.ones((4, 3))}, np.array([[0, 0.5, 1.0]])))
     assert not path.exists()
     with FeatureFileWriter(path, ["a"], ["rgb"], labelled=False) as w:
-        w.add(VideoRecord("v", "unlabelled", 2.0, {"rgb": np.ones((4, 3))}))
+        w.add(VideoRecord("v", "extra", 2.0, {"rgb": np.ones((4, 3))}))
+        w.add(VideoRecord("u", "unlabelled", 2.0, {"rgb": np.ones((4, 3))}))
     f = FeatureFile(path)
     with pytest.raises(FeatureFileError, match=r"u\.h5: video 'v': field 'labels' missing"):
-        FeatureDataset(f, ["v"], ["rgb"])[0]
+        FeatureDataset(f, ["v", "u"], ["rgb"])[0]
+    item = FeatureDataset(f, ["v", "u"], ["rgb"])[1]  # subset 'unlabelled' is allowed no labels
+    assert item["labels"] is None and item["labelled"] is False
 
 
 def test_split_and_metadata_file_refusals(tmp_path):
