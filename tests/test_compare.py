@@ -453,3 +453,13 @@ def test_the_unlabelled_rows_read_their_own_file_and_the_control_its_rgb_teacher
     assert compare.main(["--seeds", "2", "--ablation-seeds", "2", "--jobs", "1", "--out", str(tmp_path / "d"),
                          "--only", *rows, "--", "--data.path=x.h5"]) == 0
     assert not any(c[c.index("--config") + 1] in {f"experiments/{r}.yaml" for r in rows} for c in commands)
+    # ... unless that world's unlabelled file is given: then they read it, every other run the world's file
+    commands.clear()
+    assert compare.main(["--seeds", "2", "--ablation-seeds", "2", "--jobs", "1", "--out", str(tmp_path / "e"),
+                         "--unlabelled-data", "xu.h5", "--only", *rows, "--", "--data.path=x.h5"]) == 0
+    for c in commands:
+        paths = [a for a in c if a.startswith("--data.path=")]
+        own = c[c.index("--config") + 1] in {f"experiments/{r}.yaml" for r in rows}
+        assert paths == (["--data.path=x.h5", "--data.path=xu.h5"] if own else ["--data.path=x.h5"]), c
+    assert sum(c[c.index("--config") + 1] in {f"experiments/{r}.yaml" for r in rows} for c in commands) == 6
+    assert "--unlabelled-data xu.h5" in (tmp_path / "e" / "report.md").read_text()

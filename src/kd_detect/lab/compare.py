@@ -82,7 +82,8 @@ CROSS_FITTED, RGB_CROSS_FITTED = "ablations/synthetic_kd_cross_fitted", "ablatio
 UNLABELLED, RGB_UNLABELLED = "ablations/synthetic_kd_unlabelled", "ablations/synthetic_kd_rgb_teacher_unlabelled"
 LOGIT_UNLABELLED = "ablations/synthetic_kd_plus_logit_kd_unlabelled"
 #: rows that read their own feature file (dropped when ``--data.path`` gives another)
-OWN_DATA = (CEILING, UNLABELLED, RGB_UNLABELLED, LOGIT_UNLABELLED)
+UNLABELLED_ROWS = (UNLABELLED, RGB_UNLABELLED, LOGIT_UNLABELLED)
+OWN_DATA = (CEILING, *UNLABELLED_ROWS)
 #: the students that distil from other teachers than the RGB+flow+pose one (of the same
 #: seed): {student: {teacher name in the student's config: teacher experiment, or the list
 #: of fold-teacher experiments of a cross-fitted teacher}}
@@ -434,6 +435,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference", default=None,
                         help="take the RGB-only and teacher runs from this compare directory (e.g. runs/compare)")
     parser.add_argument("--probe-file", default=PROBE_FILE, help="feature file of the linear-probe row")
+    parser.add_argument("--unlabelled-data", default=None,
+                        help="feature file of the rows with unlabelled videos, for another world given with "
+                             "--data.path (that world's file plus its subset 'unlabelled'); without it those rows "
+                             "read data/synthetic_unlabelled.h5, and are left out when --data.path is given")
     parser.add_argument("extra", nargs="*", help="extra CLI overrides for every run (after --)")
     args = parser.parse_args(argv)
     if not any(a.startswith("--data.path") for a in args.extra):  # a user's own file is theirs to vouch for
@@ -449,7 +454,13 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [exp for _, exp, _ in ROWS
               if exp != PROBE and (args.only is None or exp in args.only or exp in REFERENCES)]
     if any(a.startswith("--data.path") for a in args.extra):  # the ceiling needs its own 4x file of that world
-        chosen = [exp for exp in chosen if exp not in OWN_DATA]
+        kept = UNLABELLED_ROWS if args.unlabelled_data else ()
+        chosen = [exp for exp in chosen if exp not in OWN_DATA or exp in kept]
+
+    def extra_of(exp: str) -> list[str]:  # the unlabelled rows read their own file (the last --data.path wins)
+        own = [f"--data.path={args.unlabelled_data}"] if args.unlabelled_data and exp in UNLABELLED_ROWS else []
+        return [*args.extra, *own]
+
     chosen += list(dict.fromkeys(t for exp in chosen for t in teacher_experiments(exp) if t not in chosen))
     run_seeds = {exp: seeds if exp in MAIN else side_seeds for exp in chosen}
     for exp in TEACHER_OF:  # a teacher runs on the seeds of its students
@@ -459,12 +470,12 @@ def main(argv: list[str] | None = None) -> int:
     log = root / "compare.log"
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         # teachers (and the RGB baseline) first: every student of seed s needs teacher s
-        first = {(exp, s): pool.submit(fit, exp, s, root, args.extra, log, reference)
+        first = {(exp, s): pool.submit(fit, exp, s, root, extra_of(exp), log, reference)
                  for exp in (*TEACHERS, RGB, CEILING) if exp in chosen for s in run_seeds[exp]}
         for (exp, _), fut in first.items():
             if exp in TEACHERS:
                 fut.result()
-        rest = {(exp, s): pool.submit(fit, exp, s, root, args.extra, log, reference)
+        rest = {(exp, s): pool.submit(fit, exp, s, root, extra_of(exp), log, reference)
                 for exp in chosen if exp not in REFERENCES and exp not in TEACHERS for s in run_seeds[exp]}
         for fut in {**first, **rest}.values():
             fut.result()  # re-raise a failed run
@@ -481,6 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         command = " ".join(["python -m kd_detect.lab.compare", f"--seeds {args.seeds}",
                             f"--ablation-seeds {args.ablation_seeds}", f"--out {args.out}"]
                            + ([f"--reference {args.reference}"] if reference else [])
+                           + ([f"--unlabelled-data {args.unlabelled_data}"] if args.unlabelled_data else [])
                            + (["--only", *args.only] if args.only is not None else []))
     report = markdown(rows, seeds, args.extra, command)
     with atomic_write(root / "report.md") as tmp:
