@@ -6,12 +6,14 @@ from them refuses them."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
 import torch
 
-from kd_detect.data.batch import LABELLED, LABELS, MASK, META, has_unlabelled, labelled_mask, to_model_layout
+from kd_detect.data.batch import LABELLED, LABELS, MASK, META, labelled_mask, to_model_layout
 from kd_detect.data.datamodule import FeatureDataModule
 from kd_detect.data.format import UNLABELLED, FeatureFile
 from kd_detect.data.validate import validate_file
@@ -106,12 +108,12 @@ def test_the_loader_adds_unlabelled_videos_without_reading_their_labels(syntheti
             assert np.array_equal(batch[LABELS][b, :n].numpy(), ff.read(vid, ["labels"])["labels"])
     model_batch = to_model_layout(batch)
     keep = labelled_mask(model_batch)
-    assert has_unlabelled(model_batch)
     assert torch.equal(keep, model_batch[MASK] & model_batch[META][LABELLED][:, None])
     assert not bool(keep[[ids.index(v) for v in moved]].any())
     # without unlabelled videos every batch is labelled everywhere
     plain_batch = to_model_layout(next(iter(plain.train_dataloader())))
-    assert not has_unlabelled(plain_batch) and torch.equal(labelled_mask(plain_batch), plain_batch[MASK])
+    assert LABELLED in plain_batch[META] and bool(plain_batch[META][LABELLED].all())
+    assert torch.equal(labelled_mask(plain_batch), plain_batch[MASK])
 
 
 def test_bad_unlabelled_subsets_are_refused_in_one_line(synthetic_h5, tmp_path):
@@ -226,7 +228,7 @@ def test_a_plain_fit_with_unlabelled_videos_stops_before_training(files, tmp_pat
     from kd_detect.cli import main
 
     with pytest.raises(SystemExit) as exc:
-        main(["fit", "--config", "experiments/synthetic_rgb.yaml", f"--data.path={files[2]}",
+        main(["fit", "--config", str(Path(__file__).resolve().parents[1] / "experiments/synthetic_rgb.yaml"), f"--data.path={files[2]}",
               f"--data.unlabelled_subset={UNLABELLED}", f"--trainer.default_root_dir={tmp_path}",
               "--trainer.max_epochs=1", "--trainer.logger=false", "--trainer.enable_progress_bar=false"])
     err = capsys.readouterr().err.strip()

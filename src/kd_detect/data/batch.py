@@ -87,12 +87,6 @@ def labelled_mask(batch: dict) -> torch.Tensor:
     return mask & torch.as_tensor(labelled, dtype=torch.bool, device=mask.device)[:, None]
 
 
-def has_unlabelled(batch: dict) -> bool:
-    """Whether some video of the batch has no labels."""
-    labelled = batch.get(META, {}).get(LABELLED)
-    return labelled is not None and not bool(torch.as_tensor(labelled).all())
-
-
 def is_host_layout(batch: dict) -> bool:
     """True for a batch as the loader delivers it (``(B, T, D)``, stored dtype)."""
     return batch.get(LAYOUT) == HOST_LAYOUT
