@@ -110,8 +110,11 @@ def test_overlapping_files_closed_in_any_order_restore_the_handlers(tmp_path, fr
 
 
 def test_sigterm_while_writing_removes_the_temp_file(tmp_path):
+    # the child starts from SIGTERM's default action whatever it inherits (a launcher that
+    # ignores SIGTERM passes the ignore on through exec, and atomic_write rightly keeps it)
     script = textwrap.dedent(f"""
         import os, signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         from kd_detect.io import atomic_write
         with atomic_write({str(tmp_path / 'out')!r}) as tmp:
             tmp.write_text("partial")
@@ -122,8 +125,21 @@ def test_sigterm_while_writing_removes_the_temp_file(tmp_path):
     assert proc.stdout.readline().strip() == "writing"
     assert len(leftovers(tmp_path)) == 1
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    try:
+        code = proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError(f"the writer ignored SIGTERM for 30 s (parent's ignored signals: {_ignored_signals()})")
+    assert code == 128 + signal.SIGTERM
     assert leftovers(tmp_path) == [] and not (tmp_path / "out").exists()
+
+
+def _ignored_signals() -> str:
+    """The SigIgn mask of this process (Linux), to tell an inherited ignore from a bug."""
+    status = Path("/proc/self/status")
+    if not status.is_file():
+        return "unknown"
+    return next((ln.split()[1] for ln in status.read_text().splitlines() if ln.startswith("SigIgn:")), "unknown")
 
 
 def test_a_dropped_writer_cleans_up(tmp_path, fresh_handlers):
