@@ -127,9 +127,9 @@ def test_sigterm_while_writing_removes_the_temp_file(tmp_path):
     proc.send_signal(signal.SIGTERM)
     try:
         code = proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as err:
         proc.kill()
-        raise AssertionError(f"the writer ignored SIGTERM for 30 s (parent's ignored signals: {_ignored_signals()})")
+        raise AssertionError(f"the writer ignored SIGTERM for 30 s (parent's ignored signals: {_ignored_signals()})") from err
     assert code == 128 + signal.SIGTERM
     assert leftovers(tmp_path) == [] and not (tmp_path / "out").exists()
 
