@@ -81,8 +81,9 @@ CROSS_FITTED, RGB_CROSS_FITTED = "ablations/synthetic_kd_cross_fitted", "ablatio
 #: labels (data/synthetic_unlabelled.h5, data.unlabelled_subset)
 UNLABELLED, RGB_UNLABELLED = "ablations/synthetic_kd_unlabelled", "ablations/synthetic_kd_rgb_teacher_unlabelled"
 LOGIT_UNLABELLED = "ablations/synthetic_kd_plus_logit_kd_unlabelled"
+RGB_LOGIT_UNLABELLED = "ablations/synthetic_kd_rgb_teacher_plus_logit_kd_unlabelled"
 #: rows that read their own feature file (dropped when ``--data.path`` gives another)
-UNLABELLED_ROWS = (UNLABELLED, RGB_UNLABELLED, LOGIT_UNLABELLED)
+UNLABELLED_ROWS = (UNLABELLED, RGB_UNLABELLED, LOGIT_UNLABELLED, RGB_LOGIT_UNLABELLED)
 OWN_DATA = (CEILING, *UNLABELLED_ROWS)
 #: the students that distil from other teachers than the RGB+flow+pose one (of the same
 #: seed): {student: {teacher name in the student's config: teacher experiment, or the list
@@ -101,6 +102,7 @@ TEACHER_OF: dict[str, dict[str, str | list[str]]] = {
     CROSS_FITTED: {"teacher": fold_teachers(TEACHER)},
     RGB_CROSS_FITTED: {"teacher": fold_teachers(RGB_TEACHER)},
     RGB_UNLABELLED: {"teacher": RGB_TEACHER},
+    RGB_LOGIT_UNLABELLED: {"teacher": RGB_TEACHER},
 }
 
 
@@ -180,8 +182,10 @@ ROWS: list[tuple[str, str, str]] = [
     ("Ours + 432 unlabelled videos (distillation losses only; the ceiling's extra videos without labels)",
      UNLABELLED, "ablation"),
     ("Ours + logit KD + 432 unlabelled videos", LOGIT_UNLABELLED, "ablation"),
-    ("Ours + 432 unlabelled videos, from an RGB-only teacher (control of the two rows above)", RGB_UNLABELLED,
+    ("Ours + 432 unlabelled videos, from an RGB-only teacher (control of the first row above)", RGB_UNLABELLED,
      "ablation"),
+    ("Ours + logit KD + 432 unlabelled videos, from an RGB-only teacher (control of the second row above: "
+     "self-training)", RGB_LOGIT_UNLABELLED, "ablation"),
     ("atomic only", "ablations/synthetic_only_atomic", "ablation"),
     ("global only", "ablations/synthetic_only_global", "ablation"),
     ("boundary only", "ablations/synthetic_only_boundary", "ablation"),
