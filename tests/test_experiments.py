@@ -144,6 +144,20 @@ def test_cli_overrides_reach_nested_modules(synthetic_h5, tiny_teacher, tmp_path
     assert model.num_classes == cli.datamodule.num_classes and model.modality_dims["rgb"] == cli.datamodule.modality_dims["rgb"]
 
 
+def test_a_second_config_file_adds_losses_to_the_experiments(synthetic_h5, tiny_teacher, tmp_path):
+    """``--config experiment.yaml --config extra.yaml``: the extra file's distillation loss joins
+    the experiment's three (merged like an include), where jsonargparse alone would replace them."""
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("model:\n  init_args:\n    distill:\n      logit_kd:\n"
+                     "        class_path: kd_detect.distill.LogitKD\n        init_args: {weight: 0.5}\n")
+    exp = ROOT / "experiments/synthetic_kd.yaml"
+    cli = lightning_main(["--config", str(exp), "--config", str(extra), f"--data.path={synthetic_h5}", *TINY,
+                          *_teacher_overrides(exp, tiny_teacher)], run=False)
+    plugins = cli.model.distill["teacher"]
+    assert sorted(plugins) == ["atomic", "boundary", "global", "logit_kd"]
+    assert plugins["logit_kd"].weight == 0.5 and plugins["global"].weight_repr == "auto"
+
+
 def test_missing_data_file_stops_with_the_command_that_creates_it(capsys, tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["fit", "--config", str(ROOT / "experiments/charades_rgb.yaml"),

@@ -4,8 +4,11 @@ An experiment YAML may name parents in a top-level ``config:`` key (a path or a 
 relative to the file). The chain is merged parents-first, mappings recursively (a child
 ``distill: {global: {init_args: {weight: 0}}}`` changes one weight and keeps the
 parent's ``class_path``), anything else replaced (lists such as ``callbacks`` included).
-The CLI hands the merged result to jsonargparse as one ``--config``; further
-``--config`` files and ``--key=value`` overrides apply on top as usual.
+The CLI hands the merged result to jsonargparse as one ``--config``. Consecutive
+``--config`` files on the command line merge the same way, as if one file listed them in
+``config:`` (``--config charades_kd.yaml --config my_losses.yaml`` adds ``my_losses``'
+``distill`` entries to the experiment's; jsonargparse alone would replace the whole
+``distill`` mapping). ``--key=value`` overrides apply on top as usual.
 """
 
 from __future__ import annotations
@@ -61,9 +64,27 @@ def has_includes(path: str | Path) -> bool:
     return isinstance(raw, dict) and INCLUDE_KEY in raw
 
 
+def _yaml_file(value: str) -> bool:
+    return Path(value).suffix in (".yaml", ".yml") and Path(value).is_file()
+
+
 def expand_config_includes(argv: list[str]) -> list[str]:
-    """Replace every ``--config FILE`` whose file has includes by ``--config <merged YAML>``."""
+    """Replace every ``--config FILE`` whose file has includes by ``--config <merged YAML>``,
+    and every run of consecutive ``--config FILE`` arguments by one ``--config`` of their
+    merge (:func:`merge`, later files win), so that they compose like includes."""
     out: list[str] = []
+    run: list[str] = []  # the YAML files of the current run of consecutive --config arguments
+
+    def flush() -> None:
+        if len(run) == 1 and not has_includes(run[0]):
+            out.extend(["--config", run[0]])
+        elif run:
+            merged: dict[str, Any] = {}
+            for value in run:
+                merge(merged, load_config(value))
+            out.extend(["--config", yaml.safe_dump(merged, sort_keys=False)])
+        run.clear()
+
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -72,10 +93,14 @@ def expand_config_includes(argv: list[str]) -> list[str]:
         elif arg.startswith("--config="):
             value, i = arg.split("=", 1)[1], i + 1
         else:
+            flush()
             out.append(arg)
             i += 1
             continue
-        if Path(value).suffix in (".yaml", ".yml") and Path(value).is_file() and has_includes(value):
-            value = yaml.safe_dump(load_config(value), sort_keys=False)
-        out += ["--config", value]
+        if _yaml_file(value):
+            run.append(value)
+        else:  # a YAML string or a file jsonargparse reports on: passed through as given
+            flush()
+            out += ["--config", value]
+    flush()
     return out
