@@ -17,7 +17,7 @@ from kd_detect.config import load_config
 from kd_detect.lab.runner import dependencies, teacher_args
 
 ROOT = Path(__file__).resolve().parents[1]
-FRAGMENTS = {"base.yaml", "kd_losses.yaml"}  # included by experiments, not run on their own
+FRAGMENTS = {"base.yaml", "kd_losses.yaml", "unlabelled.yaml"}  # included by experiments, not run on their own
 EXPERIMENTS = sorted(
     p for p in (ROOT / "experiments").rglob("*.yaml") if "sweeps" not in p.parts and p.name not in FRAGMENTS
 )
@@ -89,6 +89,21 @@ def test_every_experiment_parses(exp, tmp_path):
         assert model.init_args.distill is not None or "student" in exp.stem
     names = dependencies(_rel(exp)[: -len(".yaml")], [])
     assert names[0].startswith("data/") and names[0].endswith(".h5")
+
+
+@pytest.mark.parametrize("exp", sorted((ROOT / "experiments").glob("*_kd.yaml")), ids=_rel)
+def test_the_unlabelled_recipe_adds_to_every_kd_experiment(exp):
+    """``--config <dataset>_kd.yaml --config unlabelled.yaml``: the experiment's losses, teachers
+    and data stay; the unlabelled subset and logit KD are added."""
+    recipe = ROOT / "experiments/unlabelled.yaml"
+    cli = lightning_main(["--config", str(exp), "--config", str(recipe), "--data.path=unused.h5"],
+                         run=False, cli_class=ParseOnly)
+    alone = lightning_main(["--config", str(exp), "--data.path=unused.h5"], run=False, cli_class=ParseOnly)
+    got, want = cli.config.model.init_args, alone.config.model.init_args
+    assert sorted(got.distill) == sorted({*want.distill, "logit_kd"}), exp
+    assert got.distill["logit_kd"]["init_args"]["weight"] == "auto"
+    assert got.teachers == want.teachers and cli.config.data.modalities == alone.config.data.modalities
+    assert cli.config.data.unlabelled_subset == "unlabelled" and not alone.config.data.unlabelled_subset
 
 
 def _teacher_overrides(exp: Path, tiny_teacher: dict[str, Path]) -> list[str]:
