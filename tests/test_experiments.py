@@ -14,7 +14,7 @@ import torch
 from kd_detect.apps.lightning import KDCLI, lightning_main
 from kd_detect.cli import main
 from kd_detect.config import load_config
-from kd_detect.lab.runner import dependencies, teacher_args
+from kd_detect.lab.runner import dependencies, expected_config, teacher_args
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAGMENTS = {"base.yaml", "kd_losses.yaml", "unlabelled.yaml"}  # included by experiments, not run on their own
@@ -159,14 +159,18 @@ def test_cli_overrides_reach_nested_modules(synthetic_h5, tiny_teacher, tmp_path
     assert model.num_classes == cli.datamodule.num_classes and model.modality_dims["rgb"] == cli.datamodule.modality_dims["rgb"]
 
 
-def test_a_second_config_file_adds_losses_to_the_experiments(synthetic_h5, tiny_teacher, tmp_path):
-    """``--config experiment.yaml --config extra.yaml``: the extra file's distillation loss joins
-    the experiment's three (merged like an include), where jsonargparse alone would replace them."""
+@pytest.mark.parametrize("between", [[], ["--trainer.default_root_dir=runs/x", "--test_after_fit=true"]],
+                         ids=["consecutive", "make-train-order"])
+def test_a_second_config_file_adds_losses_to_the_experiments(synthetic_h5, tiny_teacher, tmp_path, between):
+    """``--config experiment.yaml [overrides] --config extra.yaml``: the extra file's
+    distillation loss joins the experiment's three (merged like an include), where
+    jsonargparse alone would replace them. ``make train EXP=x ARGS="--config extra.yaml"``
+    writes its own overrides between the two files."""
     extra = tmp_path / "extra.yaml"
     extra.write_text("model:\n  init_args:\n    distill:\n      logit_kd:\n"
                      "        class_path: kd_detect.distill.LogitKD\n        init_args: {weight: 0.5}\n")
     exp = ROOT / "experiments/synthetic_kd.yaml"
-    cli = lightning_main(["--config", str(exp), "--config", str(extra), f"--data.path={synthetic_h5}", *TINY,
+    cli = lightning_main(["--config", str(exp), *between, "--config", str(extra), f"--data.path={synthetic_h5}", *TINY,
                           *_teacher_overrides(exp, tiny_teacher)], run=False)
     plugins = cli.model.distill["teacher"]
     assert sorted(plugins) == ["atomic", "boundary", "global", "logit_kd"]
@@ -197,6 +201,12 @@ def test_runner_finds_data_and_teachers():
     assert dependencies("synthetic_kd_cached", []) == [
         "data/synthetic.h5", "runs/synthetic_teacher/best.ckpt", "runs/synthetic_teacher/teacher_cache.h5"]
     assert dependencies("synthetic_kd_cached", ["--model.init_args.teacher_caches.teacher=c.h5"])[-1] == "c.h5"
+    # a config file in ARGS counts as well: the unlabelled recipe on the synthetic world needs
+    # the file with the unlabelled videos, which the Makefile then builds
+    recipe = ["--config experiments/unlabelled.yaml --data.path=data/synthetic_unlabelled.h5"]
+    assert dependencies("synthetic_kd", recipe) == ["data/synthetic_unlabelled.h5", "runs/synthetic_teacher/best.ckpt"]
+    assert expected_config("synthetic_kd", recipe)["data"]["unlabelled_subset"] == "unlabelled"
+    assert "config" not in expected_config("synthetic_kd", recipe)
     # a student-only override must not reach the teacher's training
     assert teacher_args(["--data.path=x.h5 --model.init_args.distill.atomic.init_args.weight=2 --trainer.max_epochs 3"]) == (
         "--data.path=x.h5 --trainer.max_epochs 3")

@@ -4,11 +4,13 @@ An experiment YAML may name parents in a top-level ``config:`` key (a path or a 
 relative to the file). The chain is merged parents-first, mappings recursively (a child
 ``distill: {global: {init_args: {weight: 0}}}`` changes one weight and keeps the
 parent's ``class_path``), anything else replaced (lists such as ``callbacks`` included).
-The CLI hands the merged result to jsonargparse as one ``--config``. Consecutive
-``--config`` files on the command line merge the same way, as if one file listed them in
+The CLI hands the merged result to jsonargparse as one ``--config``. The ``--config``
+files of one command line merge the same way, in their order, as if one file listed them in
 ``config:`` (``--config charades_kd.yaml --config my_losses.yaml`` adds ``my_losses``'
 ``distill`` entries to the experiment's; jsonargparse alone would replace the whole
-``distill`` mapping). ``--key=value`` overrides apply on top as usual.
+``distill`` mapping). Their merge stands where the first of them stood, so every
+``--key=value`` override applies on top of all the files, wherever it is written:
+``make train`` puts its own overrides between the experiment's file and those of ``ARGS``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import yaml
 
 from kd_detect.errors import ConfigError
 
-__all__ = ["ConfigError", "expand_config_includes", "load_config", "merge"]
+__all__ = ["ConfigError", "config_files", "expand_config_includes", "load_config", "merge"]
 
 INCLUDE_KEY = "config"
 
@@ -68,39 +70,57 @@ def _yaml_file(value: str) -> bool:
     return Path(value).suffix in (".yaml", ".yml") and Path(value).is_file()
 
 
-def expand_config_includes(argv: list[str]) -> list[str]:
-    """Replace every ``--config FILE`` whose file has includes by ``--config <merged YAML>``,
-    and every run of consecutive ``--config FILE`` arguments by one ``--config`` of their
-    merge (:func:`merge`, later files win), so that they compose like includes."""
-    out: list[str] = []
-    run: list[str] = []  # the YAML files of the current run of consecutive --config arguments
+#: LightningCLI's subcommands: the ``--config`` files before one and after it configure
+#: different parsers, so they are merged separately
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
-    def flush() -> None:
-        if len(run) == 1 and not has_includes(run[0]):
-            out.extend(["--config", run[0]])
-        elif run:
-            merged: dict[str, Any] = {}
-            for value in run:
-                merge(merged, load_config(value))
-            out.extend(["--config", yaml.safe_dump(merged, sort_keys=False)])
-        run.clear()
 
+def config_files(argv: list[str]) -> list[str]:
+    """The values of the ``--config FILE`` arguments of ``argv`` that name YAML files, in order."""
+    return [value for _, value, _ in _config_args(argv) if _yaml_file(value)]
+
+
+def _config_args(argv: list[str]):
+    """``(start, value, stop)`` of every ``--config VALUE`` / ``--config=VALUE`` in ``argv``."""
     i = 0
     while i < len(argv):
         arg = argv[i]
         if arg == "--config" and i + 1 < len(argv):
-            value, i = argv[i + 1], i + 2
+            yield i, argv[i + 1], i + 2
+            i += 2
         elif arg.startswith("--config="):
-            value, i = arg.split("=", 1)[1], i + 1
-        else:
-            flush()
-            out.append(arg)
+            yield i, arg.split("=", 1)[1], i + 1
             i += 1
-            continue
-        if _yaml_file(value):
-            run.append(value)
-        else:  # a YAML string or a file jsonargparse reports on: passed through as given
-            flush()
-            out += ["--config", value]
-    flush()
-    return out
+        else:
+            i += 1
+
+
+def expand_config_includes(argv: list[str]) -> list[str]:
+    """``argv`` with its ``--config FILE`` arguments replaced by one ``--config`` of their
+    merge (:func:`merge`, includes resolved, later files winning), standing where the first
+    of them stood; a single file without includes is left as written. YAML strings
+    (``--config '{...}'``) pass through in place, and the files before a subcommand
+    (:data:`SUBCOMMANDS`) are merged apart from those after it."""
+    out: list[str] = []
+    start = 0
+    for i, arg in enumerate(argv):
+        if arg in SUBCOMMANDS and not (i and argv[i - 1].startswith("--") and "=" not in argv[i - 1]):
+            out += _merge_level(argv[start:i]) + [arg]
+            start = i + 1
+    return out + _merge_level(argv[start:])
+
+
+def _merge_level(argv: list[str]) -> list[str]:
+    spans = [(a, v, b) for a, v, b in _config_args(argv) if _yaml_file(v)]
+    if not spans or (len(spans) == 1 and not has_includes(spans[0][1])):
+        return list(argv)
+    merged: dict[str, Any] = {}
+    for _, value, _ in spans:
+        merge(merged, load_config(value))
+    out, i = [], 0
+    for n, (a, _, b) in enumerate(spans):
+        out += argv[i:a]
+        if n == 0:
+            out += ["--config", yaml.safe_dump(merged, sort_keys=False)]
+        i = b
+    return out + argv[i:]

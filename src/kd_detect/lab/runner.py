@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from kd_detect.config import load_config
+from kd_detect.config import config_files, load_config, merge
 from kd_detect.errors import KdDetectError, UsageError
 from kd_detect.runs import RunDir, section
 
@@ -41,9 +41,23 @@ EXPERIMENTS = Path("experiments")
 RUNS = Path("runs")
 
 
+def _tokens(args: list[str]) -> list[str]:
+    return [t for a in args for t in shlex.split(a)]
+
+
+def _config(exp: str, args: list[str]) -> dict[str, Any]:
+    """``experiments/<exp>.yaml`` merged with the ``--config FILE`` files of ``args``, in
+    order, as the CLI merges them (``kd_detect.config``)."""
+    cfg = load_config(EXPERIMENTS / f"{exp}.yaml")
+    for path in config_files(_tokens(args)):
+        merge(cfg, load_config(path))
+    return cfg
+
+
 def _overrides(args: list[str]) -> dict[str, str]:
+    """The ``--key=value`` / ``--key value`` overrides of ``args`` (``--config`` files excluded)."""
     out = {}
-    tokens = [t for a in args for t in shlex.split(a)]
+    tokens = _tokens(args)
     i = 0
     while i < len(tokens):
         tok = tokens[i]
@@ -54,6 +68,7 @@ def _overrides(args: list[str]) -> dict[str, str]:
             out[tok[2:]] = tokens[i + 1]
             i += 1
         i += 1
+    out.pop("config", None)
     return out
 
 
@@ -81,7 +96,7 @@ def data_and_teachers(exp: str, args: list[str]) -> tuple[str | None, list[str]]
 
 
 def _data_teachers_caches(exp: str, args: list[str]) -> tuple[str | None, list[str], list[str]]:
-    cfg = load_config(EXPERIMENTS / f"{exp}.yaml")
+    cfg = _config(exp, args)
     over = _overrides(args)
     data_path = over.get("data.path") or over.get("data.init_args.path") or section(cfg, "data").get("path")
     model = section(cfg, "model")
@@ -101,7 +116,7 @@ def teacher_args(args: list[str]) -> str:
     """The part of a student's ARGS that also applies to training its teacher: data,
     trainer and seed overrides (a student-only key would break the teacher's CLI)."""
     keep = ("--data.", "--trainer.", "--seed_everything")
-    tokens = [t for a in args for t in shlex.split(a)]
+    tokens = _tokens(args)
     out: list[str] = []
     i = 0
     while i < len(tokens):
@@ -127,8 +142,9 @@ DEFAULT_SYNTHETIC = Path("data") / "synthetic.h5"
 
 
 def expected_config(exp: str, args: list[str]) -> dict[str, Any]:
-    """``experiments/<exp>.yaml`` (includes merged) with the ``--key=value`` of ``args`` set."""
-    cfg = load_config(EXPERIMENTS / f"{exp}.yaml")
+    """``experiments/<exp>.yaml`` (includes merged) with the ``--config`` files and the
+    ``--key=value`` of ``args`` set."""
+    cfg = _config(exp, args)
     for key, raw in _overrides(args).items():
         try:
             value = yaml.safe_load(raw)
