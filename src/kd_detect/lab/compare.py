@@ -82,8 +82,10 @@ CROSS_FITTED, RGB_CROSS_FITTED = "ablations/synthetic_kd_cross_fitted", "ablatio
 UNLABELLED, RGB_UNLABELLED = "ablations/synthetic_kd_unlabelled", "ablations/synthetic_kd_rgb_teacher_unlabelled"
 LOGIT_UNLABELLED = "ablations/synthetic_kd_plus_logit_kd_unlabelled"
 RGB_LOGIT_UNLABELLED = "ablations/synthetic_kd_rgb_teacher_plus_logit_kd_unlabelled"
+#: the recipe without the method's three losses: what they add on top of logit KD
+LOGIT_ONLY_UNLABELLED = "ablations/synthetic_logit_kd_unlabelled"
 #: rows that read their own feature file (dropped when ``--data.path`` gives another)
-UNLABELLED_ROWS = (UNLABELLED, RGB_UNLABELLED, LOGIT_UNLABELLED, RGB_LOGIT_UNLABELLED)
+UNLABELLED_ROWS = (UNLABELLED, RGB_UNLABELLED, LOGIT_UNLABELLED, RGB_LOGIT_UNLABELLED, LOGIT_ONLY_UNLABELLED)
 OWN_DATA = (CEILING, *UNLABELLED_ROWS)
 #: the students that distil from other teachers than the RGB+flow+pose one (of the same
 #: seed): {student: {teacher name in the student's config: teacher experiment, or the list
@@ -186,6 +188,8 @@ ROWS: list[tuple[str, str, str]] = [
      "ablation"),
     ("Ours + logit KD + 432 unlabelled videos, from an RGB-only teacher (control of the second row above: "
      "self-training)", RGB_LOGIT_UNLABELLED, "ablation"),
+    ("Logit KD alone + 432 unlabelled videos (the second row without the three losses)", LOGIT_ONLY_UNLABELLED,
+     "ablation"),
     ("atomic only", "ablations/synthetic_only_atomic", "ablation"),
     ("global only", "ablations/synthetic_only_global", "ablation"),
     ("boundary only", "ablations/synthetic_only_boundary", "ablation"),
