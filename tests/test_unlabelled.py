@@ -55,6 +55,19 @@ def test_the_generator_writes_the_ceilings_extra_videos_without_annotations(file
         config(extra_subset="testing")
 
 
+def test_fewer_extra_videos_are_the_first_of_more(files, make_synthetic_h5):
+    """The README's count curve (144, 288, 432 unlabelled videos) compares nested sets: a file
+    with fewer extra videos holds the first ones of a file with more, bit for bit."""
+    fewer = make_synthetic_h5(extra_training=EXTRA // 2, extra_subset=UNLABELLED)
+    small, large = FeatureFile(fewer), FeatureFile(files[2])
+    assert len(small.videos_in(UNLABELLED)) == EXTRA // 2
+    assert small.videos_in(UNLABELLED) == large.videos_in(UNLABELLED)[: EXTRA // 2]
+    with h5py.File(fewer, "r") as h5_small, h5py.File(files[2], "r") as h5_large:
+        for vid in small.videos_in(UNLABELLED):
+            for m in ("rgb", "flow", "pose"):
+                assert np.array_equal(h5_small["videos"][vid][m][()], h5_large["videos"][vid][m][()])
+
+
 def test_check_accepts_missing_annotations_in_subset_unlabelled_only(files, tmp_path):
     path = tmp_path / "moved.h5"
     path.write_bytes(files[2].read_bytes())
