@@ -433,7 +433,7 @@ def test_the_unlabelled_rows_read_their_own_file_and_the_control_its_rgb_teacher
 
     monkeypatch.chdir(tmp_path)  # no data/ here: nothing for check_data to refuse
     rows = [compare.UNLABELLED, compare.RGB_UNLABELLED, compare.LOGIT_UNLABELLED, compare.RGB_LOGIT_UNLABELLED,
-            compare.LOGIT_ONLY_UNLABELLED]
+            compare.LOGIT_ONLY_UNLABELLED, *compare.RECIPE_WITHOUT]
     assert set(rows) == set(compare.UNLABELLED_ROWS)
     assert "data/synthetic_unlabelled.h5" in compare.DATA_FILES
     commands = _fake_fits(monkeypatch)
@@ -446,7 +446,8 @@ def test_the_unlabelled_rows_read_their_own_file_and_the_control_its_rgb_teacher
         assert len(by_config[f"experiments/{row}.yaml"]) == 2
     for row, teacher in [(compare.RGB_UNLABELLED, compare.RGB_TEACHER), (compare.RGB_LOGIT_UNLABELLED, compare.RGB_TEACHER),
                          (compare.UNLABELLED, compare.TEACHER), (compare.LOGIT_UNLABELLED, compare.TEACHER),
-                         (compare.LOGIT_ONLY_UNLABELLED, compare.TEACHER)]:
+                         (compare.LOGIT_ONLY_UNLABELLED, compare.TEACHER),
+                         *((row, compare.TEACHER) for row in compare.RECIPE_WITHOUT)]:
         for c in by_config[f"experiments/{row}.yaml"]:
             seed = next(a for a in c if a.startswith("--seed_everything=")).split("=")[1]
             want = tmp_path / "c" / f"seed{seed}" / teacher / "best.ckpt"
@@ -467,5 +468,5 @@ def test_the_unlabelled_rows_read_their_own_file_and_the_control_its_rgb_teacher
         paths = [a for a in c if a.startswith("--data.path=")]
         own = c[c.index("--config") + 1] in {f"experiments/{r}.yaml" for r in rows}
         assert paths == (["--data.path=x.h5", "--data.path=xu.h5"] if own else ["--data.path=x.h5"]), c
-    assert sum(c[c.index("--config") + 1] in {f"experiments/{r}.yaml" for r in rows} for c in commands) == 10
+    assert sum(c[c.index("--config") + 1] in {f"experiments/{r}.yaml" for r in rows} for c in commands) == 16
     assert "--unlabelled-data xu.h5" in (tmp_path / "e" / "report.md").read_text()

@@ -84,8 +84,11 @@ LOGIT_UNLABELLED = "ablations/synthetic_kd_plus_logit_kd_unlabelled"
 RGB_LOGIT_UNLABELLED = "ablations/synthetic_kd_rgb_teacher_plus_logit_kd_unlabelled"
 #: the recipe without the method's three losses: what they add on top of logit KD
 LOGIT_ONLY_UNLABELLED = "ablations/synthetic_logit_kd_unlabelled"
+#: leave-one-out inside the recipe: each of the three losses at weight 0
+RECIPE_WITHOUT = tuple(f"{LOGIT_UNLABELLED}_without_{loss}" for loss in ("atomic", "global", "boundary"))
 #: rows that read their own feature file (dropped when ``--data.path`` gives another)
-UNLABELLED_ROWS = (UNLABELLED, RGB_UNLABELLED, LOGIT_UNLABELLED, RGB_LOGIT_UNLABELLED, LOGIT_ONLY_UNLABELLED)
+UNLABELLED_ROWS = (UNLABELLED, RGB_UNLABELLED, LOGIT_UNLABELLED, RGB_LOGIT_UNLABELLED, LOGIT_ONLY_UNLABELLED,
+                   *RECIPE_WITHOUT)
 OWN_DATA = (CEILING, *UNLABELLED_ROWS)
 #: the students that distil from other teachers than the RGB+flow+pose one (of the same
 #: seed): {student: {teacher name in the student's config: teacher experiment, or the list
@@ -190,6 +193,8 @@ ROWS: list[tuple[str, str, str]] = [
      "self-training)", RGB_LOGIT_UNLABELLED, "ablation"),
     ("Logit KD alone + 432 unlabelled videos (the second row without the three losses)", LOGIT_ONLY_UNLABELLED,
      "ablation"),
+    *((f"Ours + logit KD + 432 unlabelled videos, without {exp.rsplit('_', 1)[1]}", exp, "ablation")
+      for exp in RECIPE_WITHOUT),
     ("atomic only", "ablations/synthetic_only_atomic", "ablation"),
     ("global only", "ablations/synthetic_only_global", "ablation"),
     ("boundary only", "ablations/synthetic_only_boundary", "ablation"),
