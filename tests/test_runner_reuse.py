@@ -177,3 +177,29 @@ def test_the_runner_expects_the_generators_revision():
     from data_prep.synthetic import REVISION
 
     assert runner.SYNTHETIC_REVISION == REVISION
+
+
+def test_what_the_student_reads_does_not_reach_its_teacher(sandbox):
+    """``data.unlabelled_subset`` and ``data.modalities`` say what the student reads: passed on,
+    the teacher would refuse the unlabelled videos (so `make train` could never train it) or
+    read the student's modalities, and a matching teacher would look stale."""
+    student = [*TINY_ARGS, "--data.unlabelled_subset=unlabelled", "--data.modalities", "[rgb, flow, pose]"]
+    assert runner.teacher_args(student) == "--data.path=data/tiny.h5 --trainer.max_epochs=1"
+    fake_run("synthetic_teacher", TINY_ARGS)
+    assert runner.stale_teachers("synthetic_kd", student) == []
+
+
+def test_a_config_file_in_args_moves_the_teacher_to_its_data_file(sandbox, capsys):
+    """A ``--config`` file in ARGS that sets ``data.path`` moves the student and its teacher
+    to that file, like ``--data.path`` does; before, the teacher was trained on its own file
+    and then judged stale against the student's, and so retrained on every `make train`."""
+    Path("mine.yaml").write_text("data:\n  path: data/tiny.h5\n  unlabelled_subset: unlabelled\n  train_fraction: 0.5\n")
+    student = ["--config mine.yaml", "--trainer.max_epochs=1"]
+    t_args = runner.teacher_args(student)
+    assert t_args == "--data.path=data/tiny.h5 --data.train_fraction=0.5 --trainer.max_epochs=1"
+    assert runner.dependencies("synthetic_kd", student)[0] == "data/tiny.h5"
+    fake_run("synthetic_teacher", t_args.split())  # what `make train` trains the teacher with
+    assert runner.stale_teachers("synthetic_kd", student) == []
+    assert capsys.readouterr().err == ""
+    # an explicit override still wins over the file
+    assert runner.teacher_args([*student, "--data.train_fraction=1.0"]).endswith("--data.train_fraction=1.0")

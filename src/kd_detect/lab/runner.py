@@ -112,18 +112,35 @@ def dependencies(exp: str, args: list[str]) -> list[str]:
     return ([data] if data else []) + teachers + caches
 
 
+def _flow(value: Any) -> str:
+    """``value`` as one line of YAML (what a ``--key=value`` override reads back)."""
+    return yaml.safe_dump(value, default_flow_style=True, width=10**9).removesuffix("...\n").strip()
+
+
+#: data keys that say what a student reads, not what its teacher trains on: a teacher refuses
+#: videos without labels, and its own experiment names the modalities it reads
+STUDENT_DATA = ("unlabelled_subset", "modalities")
+
+
 def teacher_args(args: list[str]) -> str:
-    """The part of a student's ARGS that also applies to training its teacher: data,
-    trainer and seed overrides (a student-only key would break the teacher's CLI)."""
-    keep = ("--data.", "--trainer.", "--seed_everything")
+    """The part of a student's ARGS that also applies to training its teacher: the data
+    options the ARGS' ``--config`` files set (as overrides, so the teacher trains on the file
+    the student reads), then the data, trainer and seed overrides. Everything else stays
+    out (a model key would break the teacher's CLI), and so do the :data:`STUDENT_DATA` keys."""
     tokens = _tokens(args)
-    out: list[str] = []
+    files_data: dict[str, Any] = {}
+    for path in config_files(tokens):
+        merge(files_data, section(load_config(path), "data"))
+    out = [f"--data.{key}={_flow(value)}" for key, value in files_data.items()
+           if key not in STUDENT_DATA and not isinstance(value, dict)]
+    student_only = tuple(f"--data.{key}" for key in STUDENT_DATA)
     i = 0
     while i < len(tokens):
         tok = tokens[i]
         has_value = "=" not in tok and i + 1 < len(tokens) and not tokens[i + 1].startswith("--")
         group = [tok, tokens[i + 1]] if has_value else [tok]
-        if tok.startswith(keep):
+        key = tok.split("=", 1)[0]
+        if tok.startswith(("--data.", "--trainer.", "--seed_everything")) and key not in student_only:
             out.extend(group)
         i += len(group)
     return shlex.join(out)
