@@ -193,7 +193,7 @@ class StudentModule(DetectorModule):
             loss's gradient norm at the student's features), split equally among the
             teachers: with N teachers each teacher's copy of a loss gets ``ρ/N``, so adding
             a teacher does not add distillation pressure. Measured on the synthetic
-            benchmark with two teachers (README, Results; 5 seeds): ``ρ/2`` per copy was
+            benchmark with two teachers (docs/results.md; 5 seeds): ``ρ/2`` per copy was
             ahead of ``ρ`` per copy on 4/5 seeds on test and on validation.
         auto_warmup: steps over which the auto weights are estimated, then fixed.
         init_from: name of a teacher in ``teachers`` to start the head from
