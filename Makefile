@@ -90,8 +90,9 @@ data/synthetic_ceiling.h5: | $(STAMP)
 data/synthetic_unlabelled.h5: | $(STAMP)
 	$(PY) -m data_prep.synthetic --out $@ --extra-training 432 --extra-subset unlabelled
 
-# The converters `make data DATASET=name` can run: data_prep/<name>.py (not the private helpers).
-CONVERTERS := $(sort $(filter-out _% synthetic_check,$(basename $(notdir $(wildcard data_prep/*.py)))))
+# The converters `make data DATASET=name` can run: data_prep/<name>.py (not the private helpers,
+# the synthetic file check, or add_unlabelled, which combines two feature files).
+CONVERTERS := $(sort $(filter-out _% synthetic_check add_unlabelled,$(basename $(notdir $(wildcard data_prep/*.py)))))
 
 # A missing data file: one line naming the command that makes it (a converter of that name,
 # the generator for a synthetic variant, else the generic converter).

@@ -390,9 +390,13 @@ class FeatureFile:
         return np.asarray(group[SEGMENTS][()], dtype=np.float64).reshape(-1, 3)
 
     def record(self, video_id: str) -> VideoRecord:
-        """The whole video as a :class:`VideoRecord` (for tests and tools)."""
-        data = self.read(video_id, self.modalities + [LABELS])
-        labels = data.pop(LABELS)
+        """The whole video as a :class:`VideoRecord` (for tests and tools): every modality,
+        ``labels`` (``None`` for a video without them: an unlabelled file, subset
+        :data:`UNLABELLED`), the segments, and the video's other attrs (``fps``, ...)."""
+        data = self.read(video_id, self.modalities)
+        group = self.h5[VIDEOS_GROUP][video_id]
+        labels = self.read(video_id, [LABELS])[LABELS] if LABELS in group else None
+        attrs = {k: v for k, v in group.attrs.items() if k not in ("subset", "duration")}
         return VideoRecord(
-            video_id, self.subsets[video_id], self.durations[video_id], data, self.segments(video_id), labels
+            video_id, self.subsets[video_id], self.durations[video_id], data, self.segments(video_id), labels, attrs
         )
