@@ -18,9 +18,11 @@ unlabelled file), and any feature file will do. This tool writes a new file hold
   how many were left out is reported).
 
 The base's classes and root attrs are kept; the file records where its unlabelled videos
-came from (root attr ``unlabelled_sources``, JSON). The base is neither read for labels of
-the extra videos nor changed, and the teacher trained on the base needs no retraining:
-its training videos are the same, bit for bit.
+came from (root attr ``unlabelled_sources``, JSON) and the base's identity (root attr
+``unlabelled_base``, :data:`kd_detect.data.format.UNLABELLED_BASE`). Its other videos are
+the base's, bit for bit, so a teacher trained on the base is a teacher of the new file:
+``make train`` reuses it (``kd_detect.lab.runner``) instead of retraining it on the new
+file, as long as the base is unchanged.
 
 Refused, one line naming the file, the video and the field (nothing is written):
 ``--out`` naming an input; a base that is itself an unlabelled file (no classes to
@@ -47,13 +49,14 @@ from kd_detect.data.format import (
     LABELS,
     SEGMENTS,
     UNLABELLED,
+    UNLABELLED_BASE,
     VIDEOS_GROUP,
     FeatureFile,
     FeatureFileWriter,
     VideoRecord,
 )
 from kd_detect.errors import KdDetectError
-from kd_detect.io import ensure_writable_file, refuse_inputs
+from kd_detect.io import ensure_writable_file, file_identity, refuse_inputs
 
 PROG = "data_prep.add_unlabelled"
 #: root attrs the writer sets itself
@@ -95,6 +98,7 @@ def add_unlabelled(base: Path, extras: Sequence[Path], out: Path, prefix: str = 
     files = [FeatureFile(e) for e in extras]
     dropped = {str(f.path): _check_extra(f, b) for f in files}
     attrs = {k: v for k, v in b.attrs.items() if k not in WRITER_ATTRS}
+    attrs[UNLABELLED_BASE] = json.dumps({"path": str(base), **file_identity(base)})
     attrs[SOURCES_ATTR] = json.dumps([{"file": str(f.path), "videos": len(f.video_ids), "prefix": prefix}
                                       for f in files])
     summary = ConversionSummary(PROG, out, len(b.classes), list(b.modalities))

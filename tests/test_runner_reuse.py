@@ -203,3 +203,42 @@ def test_a_config_file_in_args_moves_the_teacher_to_its_data_file(sandbox, capsy
     assert capsys.readouterr().err == ""
     # an explicit override still wins over the file
     assert runner.teacher_args([*student, "--data.train_fraction=1.0"]).endswith("--data.train_fraction=1.0")
+
+
+def test_a_teacher_is_reused_for_its_file_plus_unlabelled_videos(sandbox, capsys):
+    """A student on ``data_prep.add_unlabelled``'s copy of the teacher's file (the same
+    videos bit for bit, plus unlabelled ones) reuses the teacher, even when the original
+    file changed later; a copy of another file, or another config, still retrains it."""
+    import numpy as np
+
+    from data_prep.add_unlabelled import add_unlabelled
+    from kd_detect.data.format import UNLABELLED, FeatureFile, FeatureFileWriter, VideoRecord
+
+    tiny = FeatureFile("data/tiny.h5")
+    with FeatureFileWriter("data/extra.h5", tiny.classes, tiny.modalities, labelled=False) as writer:
+        feats = {m: np.zeros((6, d), np.float16) for m, d in tiny.modality_dims.items()}
+        writer.add(VideoRecord("new_video", UNLABELLED, 3.0, feats))
+    fake_run("synthetic_teacher", TINY_ARGS)
+    add_unlabelled(Path("data/tiny.h5"), [Path("data/extra.h5")], Path("data/plus.h5"))
+    student = ["--config experiments/unlabelled.yaml --data.path=data/plus.h5", "--trainer.max_epochs=1"]
+    assert runner.stale_teachers("synthetic_kd", student) == []
+    assert capsys.readouterr().err == (
+        "runs/synthetic_teacher: reused: data/plus.h5 is the file it trained on, data/tiny.h5, with unlabelled "
+        "videos added (data_prep.add_unlabelled)\n")
+    # a student experiment naming the copy, its teacher's experiment the original: the same
+    Path("experiments/synthetic_teacher.yaml").write_text(
+        Path("experiments/synthetic_teacher.yaml").read_text() + "\ndata:\n  path: data/tiny.h5\n")
+    Path("experiments/plus_kd.yaml").write_text("config: synthetic_kd.yaml\ndata:\n  path: data/plus.h5\n")
+    assert runner.stale_teachers("plus_kd", ["--trainer.max_epochs=1"]) == []
+    capsys.readouterr()
+    # the copy keeps the videos the teacher trained on, even after the original changes
+    shutil.copy("data/plus.h5", "data/tiny.h5")
+    assert runner.stale_teachers("synthetic_kd", student) == []
+    # another config still retrains it
+    capsys.readouterr()
+    assert runner.stale_teachers("synthetic_kd", student[:1]) == ["synthetic_teacher"]
+    assert "trainer.max_epochs was 1 in the run, is 50 now" in capsys.readouterr().err
+    # a copy of another file (here: of the copy) is another file
+    add_unlabelled(Path("data/plus.h5"), [Path("data/extra.h5")], Path("data/plus2.h5"), prefix="again_")
+    assert runner.stale_teachers("synthetic_kd", [student[0].replace("plus.h5", "plus2.h5"), student[1]]) == [
+        "synthetic_teacher"]

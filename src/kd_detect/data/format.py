@@ -17,13 +17,18 @@ prediction (``kd-detect check --no-labels``, ``kd-detect predict``), never for t
 evaluation, whose readers refuse the missing ``labels`` by name. In a labelled file, the
 videos of subset :data:`UNLABELLED` (``"unlabelled"``) may have neither field: extra
 videos with features only, which a student may distil on (``data.unlabelled_subset``;
-docs/method.md) and nothing evaluates on. This module is the only place that knows
+docs/method.md) and nothing evaluates on. A labelled file made by adding such videos to
+a copy of another (``python -m data_prep.add_unlabelled``) names that file in the root
+attr :data:`UNLABELLED_BASE` (JSON ``{path, size, mtime_ns, sha256}``,
+:func:`kd_detect.io.file_identity`): its other videos are that file's, bit for bit, so a
+teacher trained on it is a teacher of this one too. This module is the only place that knows
 the layout; converters, the synthetic generator, the DataModule, the teacher cache and
 ``kd-detect check`` all go through it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +50,8 @@ RESERVED_NAMES = frozenset({LABELS, SEGMENTS, "mask", "meta"})
 FEATURE_DTYPES = ("float16", "float32")
 #: the subset whose videos may lack ``labels`` and ``segments`` in a labelled file
 UNLABELLED = "unlabelled"
+#: root attr of a file that is another labelled file plus videos of subset UNLABELLED
+UNLABELLED_BASE = "unlabelled_base"
 
 
 
@@ -259,6 +266,23 @@ def write_feature_file(
         for video in videos:
             writer.add(video)
     return Path(path)
+
+
+def unlabelled_base(path: str | os.PathLike) -> dict | None:
+    """What root attr :data:`UNLABELLED_BASE` of ``path`` records (the labelled file it was
+    made from), ``None`` when it has none or is not a readable HDF5 file."""
+    try:
+        with h5py.File(path, "r") as h5:
+            raw = h5.attrs.get(UNLABELLED_BASE)
+    except OSError:
+        return None
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 class FeatureFile:

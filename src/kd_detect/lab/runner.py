@@ -10,7 +10,9 @@ made) prints the teacher experiments whose existing run does not match what ``EX
 train them with -- the teacher's experiment file plus the ARGS that apply to it (the
 resolved ``config.yaml`` of its run must hold every value they set) and the data file's
 content (``run.json`` against :func:`kd_detect.io.file_identity` now) -- one line each on
-stderr saying why, so the Makefile retrains them. It stops (status 1, one line) when a
+stderr saying why, so the Makefile retrains them. A student's file made by
+``data_prep.add_unlabelled`` from the very file a teacher trained on counts as that file
+(:func:`trained_on_base_of`). It stops (status 1, one line) when a
 teacher run did not finish (resume or delete it) or when the default synthetic file
 ``data/synthetic.h5`` is not what the Makefile's recipe makes (an old v1-world file, or
 one generated with other options).
@@ -238,6 +240,21 @@ def data_difference(run: RunDir, data_path: Path) -> str | None:
     return None
 
 
+def trained_on_base_of(run: RunDir, data_path: Path) -> str | None:
+    """The data file ``run`` trained on (as its config names it) when ``data_path`` is that
+    file, unchanged since, plus videos of subset ``unlabelled`` (``data_prep.add_unlabelled``
+    records the base's identity in it); ``None`` otherwise. Such a file holds the run's
+    training, validation and test videos bit for bit, so the run need not be retrained on it."""
+    from kd_detect.data.format import unlabelled_base
+
+    base = unlabelled_base(data_path) if data_path.is_file() else None
+    trained = ((run.record() or {}).get("data") or {})
+    if not base or not trained or (base.get("size"), base.get("sha256")) != (trained.get("size"), trained.get("sha256")):
+        return None
+    path = section(run.config(), "data").get("path")
+    return str(path) if path else None
+
+
 def run_difference(exp: str, args: list[str]) -> str | None:
     """Why ``runs/<exp>`` is not the run ``experiments/<exp>.yaml`` + ``args`` describes on
     the data file's current content; ``None`` when it is."""
@@ -316,10 +333,18 @@ def stale_teachers(exp: str, args: list[str]) -> list[str]:
                 f"`make train EXP={teacher} RESUME=1` or delete {run.path} to retrain it"
             )
         t_args = shlex.split(teacher_args(args))
-        why = run_difference(teacher, t_args)  # its own data file included
         t_data = section(expected_config(teacher, t_args), "data").get("path")
-        if why is None and data is not None and Path(str(t_data)) != data:  # the student's, if another
+        base = trained_on_base_of(run, Path(str(t_data))) if t_data else None
+        if base is not None:  # its file plus unlabelled videos: the content check is done, the config remains
+            why = config_difference(expected_config(teacher, [*t_args, f"--data.path={base}"]), run.config())
+        else:
+            why = run_difference(teacher, t_args)  # its own data file included
+        if (why is None and data is not None and Path(str(t_data)) != data  # the student's, if another
+                and trained_on_base_of(run, data) is None):
             why = data_difference(run, data)
+        if why is None and base is not None:
+            print(f"{run.path}: reused: {t_data} is the file it trained on, {base}, with unlabelled videos added "
+                  "(data_prep.add_unlabelled)", file=sys.stderr)
         if why:
             print(f"{run.path}: does not match experiments/{teacher}.yaml for {exp} ({why}); retraining it",
                   file=sys.stderr)
