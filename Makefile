@@ -49,7 +49,8 @@ test: $(STAMP) lint ## lint, then run the test suite (what CI runs)
 # `make train` (no EXP): RGB-only baseline and teacher when missing or not matching their
 # experiment and data, then the KD student, then the results table. `make train EXP=x`: x's
 # data and teachers when missing, teachers retrained when their run does not match (another
-# config or data file: kd_detect.lab.runner says why in one line), then x.
+# config or data file: kd_detect.lab.runner says why in one line), their caches rebuilt when
+# computed from another data file than x reads, then x.
 RESUME_ARG = $(if $(RESUME),--ckpt_path=runs/$(EXP)/last.ckpt,)
 
 train: $(STAMP) ## fit + test an experiment (EXP=name, default: the synthetic end-to-end pipeline)
@@ -65,7 +66,9 @@ else
 	  stale="$$($(PY) -m kd_detect.lab.runner stale $(EXP) $(ARGS))" || exit 1; \
 	  for t in $$stale; do $(MAKE) --no-print-directory train EXP=$$t \
 	    ARGS="$$($(PY) -m kd_detect.lab.runner teacher-args $(ARGS))" || exit 1; done; \
-	  if [ -n "$$stale" ]; then $(MAKE) --no-print-directory $$deps || exit 1; fi  # caches of retrained teachers
+	  if [ -n "$$stale" ]; then $(MAKE) --no-print-directory $$deps || exit 1; fi; \
+	  caches="$$($(PY) -m kd_detect.lab.runner stale-caches $(EXP) $(ARGS))" || exit 1; \
+	  for c in $$caches; do $(MAKE) --no-print-directory -W "$$(dirname $$c)/best.ckpt" $$c || exit 1; done
 	$(KD) fit --config experiments/$(EXP).yaml --trainer.default_root_dir=runs/$(EXP) \
 	  --test_after_fit=true $(RESUME_ARG) $(ARGS)
 endif

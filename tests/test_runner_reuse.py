@@ -242,3 +242,29 @@ def test_a_teacher_is_reused_for_its_file_plus_unlabelled_videos(sandbox, capsys
     add_unlabelled(Path("data/plus.h5"), [Path("data/extra.h5")], Path("data/plus2.h5"), prefix="again_")
     assert runner.stale_teachers("synthetic_kd", [student[0].replace("plus.h5", "plus2.h5"), student[1]]) == [
         "synthetic_teacher"]
+
+
+def test_a_cache_of_another_data_file_is_rebuilt(sandbox, capsys):
+    """A reused teacher keeps its checkpoint, so nothing else would rebuild a cache computed
+    from its own file when the student reads the file plus unlabelled videos."""
+    import h5py
+
+    from kd_detect.io import content_hash
+
+    fake_run("synthetic_teacher", TINY_ARGS)
+    cache = Path("runs/synthetic_teacher/teacher_cache.h5")
+    with h5py.File(cache, "w") as h5:
+        h5.attrs["source_file"], h5.attrs["source_sha256"] = "data/tiny.h5", content_hash("data/tiny.h5")
+    assert runner.stale_caches("synthetic_kd_cached", TINY_ARGS) == []
+    shutil.copy("data/tiny.h5", "data/other.h5")  # the same content under another name: the same
+    assert runner.stale_caches("synthetic_kd_cached", ["--data.path=data/other.h5"]) == []
+    with h5py.File("data/other.h5", "r+") as h5:
+        h5.attrs["note"] = "changed"
+    assert runner.main(["stale-caches", "synthetic_kd_cached", "--data.path=data/other.h5"]) == 0
+    out, err = capsys.readouterr()
+    assert out.split() == [str(cache)]
+    assert err == (f"{cache}: computed from data/tiny.h5, but synthetic_kd_cached reads data/other.h5; "
+                   "rebuilding it\n")
+    # a cache the user named is the student's to check (it says how to rebuild it)
+    named = ["--data.path=data/other.h5", f"--model.init_args.teacher_caches.teacher={shutil.copy(cache, 'mine.h5')}"]
+    assert runner.stale_caches("synthetic_kd_cached", named) == []

@@ -95,6 +95,13 @@ def write_teacher_cache(
     return out
 
 
+def cache_source(path: str | os.PathLike) -> tuple[str, str]:
+    """``(source_file, source_sha256)`` a cache records of the feature file it was computed
+    from (empty strings when it records none), without opening it as a :class:`TeacherCache`."""
+    with h5py.File(path, "r") as h5:
+        return str(h5.attrs.get("source_file", "")), str(h5.attrs.get("source_sha256", ""))
+
+
 class TeacherCache:
     """Reads cached teacher outputs for a batch (lazily opened, fork-safe, optional preload)."""
 

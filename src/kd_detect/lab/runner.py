@@ -17,6 +17,10 @@ teacher run did not finish (resume or delete it) or when the default synthetic f
 ``data/synthetic.h5`` is not what the Makefile's recipe makes (an old v1-world file, or
 one generated with other options).
 
+``python -m kd_detect.lab.runner stale-caches EXP [ARGS...]`` prints the teacher caches of
+``EXP`` computed from another data file than the student's (one line each on stderr why),
+which the Makefile rebuilds.
+
 ``python -m kd_detect.lab.runner current EXP [ARGS...]``: status 0 when ``runs/EXP`` is a
 finished run matching ``EXP`` and its data, else one line why and status 1 (``make train``
 then trains it).
@@ -352,6 +356,31 @@ def stale_teachers(exp: str, args: list[str]) -> list[str]:
     return stale
 
 
+def stale_caches(exp: str, args: list[str]) -> list[str]:
+    """The teacher caches ``runs/<teacher>/teacher_cache.h5`` of ``exp`` that exist but were
+    computed from another data file than the one the student reads (one line each on
+    stderr), which the Makefile then rebuilds from the teacher's checkpoint. A teacher
+    reused for its file plus unlabelled videos keeps its checkpoint, so its cache is not
+    rebuilt by a retraining and lacks those videos."""
+    data, _, caches = _data_teachers_caches(exp, args)
+    if not data or not Path(data).is_file():
+        return []
+    stale = []
+    for cache in caches:
+        path = Path(cache)
+        if path.name != "teacher_cache.h5" or not path.is_file() or not (path.parent / "best.ckpt").is_file():
+            continue  # a cache the user named: the student checks it and says how to rebuild it
+        from kd_detect.data.teacher_cache import cache_source
+        from kd_detect.io import content_hash
+
+        source_file, source_sha256 = cache_source(path)
+        if source_sha256 != content_hash(data):
+            print(f"{path}: computed from {source_file or 'another file'}, but {exp} reads {data}; rebuilding it",
+                  file=sys.stderr)
+            stale.append(cache)
+    return stale
+
+
 def current(exp: str, args: list[str]) -> str | None:
     """Why ``runs/<exp>`` cannot be reused as is (not finished, or not matching), or ``None``."""
     run = RunDir(RUNS / exp)
@@ -387,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
             print(" ".join(dependencies(rest[0], rest[1:])))
         elif cmd == "stale":
             print(" ".join(stale_teachers(rest[0], rest[1:])))
+        elif cmd == "stale-caches":
+            print(" ".join(stale_caches(rest[0], rest[1:])))
         elif cmd == "current":
             why = current(rest[0], rest[1:])
             if why:
