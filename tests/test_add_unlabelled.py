@@ -97,6 +97,8 @@ def test_refusals_name_the_file_video_and_field_and_write_nothing(files, tmp_pat
     wide = _file(tmp_path / "wide.h5", {**dims, "flow": dims["flow"] + 1})
     clash = _file(tmp_path / "clash.h5", dims, ids=(FeatureFile(base).video_ids[3],))
     unlabelled_base = _file(tmp_path / "ub.h5", dims, labelled=False)
+    not_h5 = tmp_path / "notes.h5"
+    not_h5.write_text("not a feature file")
     out = tmp_path / "out.h5"
     cases = [
         ((base, [no_pose], out), rf"{no_pose}: modality 'pose' missing: the base {base} has"),
@@ -107,6 +109,7 @@ def test_refusals_name_the_file_video_and_field_and_write_nothing(files, tmp_pat
         ((unlabelled_base, [extra], out), rf"{unlabelled_base}: an unlabelled file .* cannot be the base"),
         ((base, [extra], extra), "refusing to write the output over the input"),
         ((base, [extra], out, "a/"), "--prefix 'a/': video ids may not contain '/'"),
+        ((base, [not_h5], out), rf"{not_h5}: not a readable HDF5 feature file"),
     ]
     before = extra.read_bytes()
     for args, message in cases:
