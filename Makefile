@@ -62,24 +62,28 @@ ifeq ($(strip $(EXP)),)
 	@$(KD) plot runs/synthetic_kd
 else
 	@deps="$$($(PY) -m kd_detect.lab.runner deps $(EXP) $(ARGS))" || exit 1; \
-	  if [ -n "$$deps" ]; then $(MAKE) --no-print-directory $$deps || exit 1; fi; \
+	  data="$$($(PY) -m kd_detect.lab.runner data $(EXP) $(ARGS))" || exit 1; \
+	  if [ -n "$$deps" ]; then $(MAKE) --no-print-directory $$deps CACHE_DATA="$$data" || exit 1; fi; \
 	  stale="$$($(PY) -m kd_detect.lab.runner stale $(EXP) $(ARGS))" || exit 1; \
-	  for t in $$stale; do $(MAKE) --no-print-directory train EXP=$$t \
+	  for t in $$stale; do $(MAKE) --no-print-directory train EXP=$$t CACHE_DATA= \
 	    ARGS="$$($(PY) -m kd_detect.lab.runner teacher-args $(ARGS))" || exit 1; done; \
-	  if [ -n "$$stale" ]; then $(MAKE) --no-print-directory $$deps || exit 1; fi; \
+	  if [ -n "$$stale" ]; then $(MAKE) --no-print-directory $$deps CACHE_DATA="$$data" || exit 1; fi; \
 	  caches="$$($(PY) -m kd_detect.lab.runner stale-caches $(EXP) $(ARGS))" || exit 1; \
-	  for c in $$caches; do $(MAKE) --no-print-directory -W "$$(dirname $$c)/best.ckpt" $$c || exit 1; done
+	  for c in $$caches; do $(MAKE) --no-print-directory -W "$$(dirname $$c)/best.ckpt" $$c CACHE_DATA="$$data" || exit 1; done
 	$(KD) fit --config experiments/$(EXP).yaml --trainer.default_root_dir=runs/$(EXP) \
 	  --test_after_fit=true $(RESUME_ARG) $(ARGS)
 endif
 
 # A teacher checkpoint is made by training its experiment, when missing (`stale` above
-# retrains one that does not match).
+# retrains one that does not match). A teacher cache holds the teacher's outputs on the
+# videos of the file the student reads (CACHE_DATA, set by `train`), which may be another
+# file than the teacher's experiment names; made on its own, on the teacher's file.
+CACHE_DATA ?=
 runs/%/best.ckpt:
-	@$(MAKE) --no-print-directory train EXP=$* ARGS="$$($(PY) -m kd_detect.lab.runner teacher-args $(ARGS))"
+	@$(MAKE) --no-print-directory train EXP=$* CACHE_DATA= ARGS="$$($(PY) -m kd_detect.lab.runner teacher-args $(ARGS))"
 runs/%/teacher_cache.h5: runs/%/best.ckpt
 	$(KD) cache-teacher --ckpt $< --out $@ \
-	  --data "$$($(PY) -m kd_detect.lab.runner deps $* $(ARGS) | cut -d' ' -f1)"
+	  --data "$(if $(CACHE_DATA),$(CACHE_DATA),$$($(PY) -m kd_detect.lab.runner data $* $(ARGS)))"
 
 # ------------------------------------------------------------------- data
 data/synthetic.h5: | $(STAMP)

@@ -268,3 +268,63 @@ def test_a_cache_of_another_data_file_is_rebuilt(sandbox, capsys):
     # a cache the user named is the student's to check (it says how to rebuild it)
     named = ["--data.path=data/other.h5", f"--model.init_args.teacher_caches.teacher={shutil.copy(cache, 'mine.h5')}"]
     assert runner.stale_caches("synthetic_kd_cached", named) == []
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_train_computes_a_teacher_cache_from_the_file_the_student_reads(sandbox, capsys):
+    """A student experiment naming another file than its teacher's (here the teacher's file
+    plus unlabelled videos) gets its cache computed from that file, when the cache is
+    missing and when it was computed from the teacher's file; the commands ``make train``
+    runs are recorded by a stand-in ``kd-detect``."""
+    import subprocess
+    import sys
+
+    import h5py
+    import numpy as np
+
+    from data_prep.add_unlabelled import add_unlabelled
+    from kd_detect.data.format import UNLABELLED, FeatureFile, FeatureFileWriter, VideoRecord
+    from kd_detect.io import content_hash
+
+    tiny = FeatureFile("data/tiny.h5")
+    with FeatureFileWriter("data/extra.h5", tiny.classes, tiny.modalities, labelled=False) as writer:
+        writer.add(VideoRecord("new_video", UNLABELLED, 3.0,
+                               {m: np.zeros((6, d), np.float16) for m, d in tiny.modality_dims.items()}))
+    add_unlabelled(Path("data/tiny.h5"), [Path("data/extra.h5")], Path("data/plus.h5"))
+    Path("experiments/synthetic_teacher.yaml").write_text(
+        Path("experiments/synthetic_teacher.yaml").read_text() + "\ndata:\n  path: data/tiny.h5\n")
+    Path("experiments/plus_kd_cached.yaml").write_text("config: synthetic_kd_cached.yaml\ndata:\n  path: data/plus.h5\n")
+    fake_run("synthetic_teacher", TINY_ARGS)
+    shutil.copy(ROOT / "Makefile", "Makefile")
+    venv = Path("venv/bin")
+    venv.mkdir(parents=True)
+    (venv / "python").write_text(f'#!/bin/sh\nPYTHONPATH="{ROOT / "src"}:{ROOT}" exec "{sys.executable}" "$@"\n')
+    (venv / "kd-detect").write_text('#!/bin/sh\necho "$@" >> kd.log\n')
+    for tool in venv.iterdir():
+        tool.chmod(0o755)
+    Path("venv/.installed").touch()
+
+    def make_train() -> tuple[list[str], str]:
+        Path("kd.log").unlink(missing_ok=True)
+        proc = subprocess.run(
+            ["make", "--no-print-directory", "-s", "-o", "venv/.installed", "VENV=venv", "train",
+             "EXP=plus_kd_cached", "ARGS=--trainer.max_epochs=1"],
+            capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return Path("kd.log").read_text().splitlines(), proc.stderr
+
+    cache = "runs/synthetic_teacher/teacher_cache.h5"
+    calls, _ = make_train()
+    assert calls[0] == f"cache-teacher --ckpt runs/synthetic_teacher/best.ckpt --out {cache} --data data/plus.h5"
+    assert calls[1].startswith("fit --config experiments/plus_kd_cached.yaml ") and len(calls) == 2
+    # a cache computed from the teacher's own file is rebuilt from the student's
+    with h5py.File(cache, "w") as h5:
+        h5.attrs["source_file"], h5.attrs["source_sha256"] = "data/tiny.h5", content_hash("data/tiny.h5")
+    calls, err = make_train()
+    assert f"{cache}: computed from data/tiny.h5, but plus_kd_cached reads data/plus.h5; rebuilding it" in err
+    assert calls[0] == f"cache-teacher --ckpt runs/synthetic_teacher/best.ckpt --out {cache} --data data/plus.h5"
+    # on its own, a teacher's cache is computed from the teacher's file
+    Path("kd.log").unlink()
+    subprocess.run(["make", "-s", "-o", "venv/.installed", "VENV=venv", "-W", "runs/synthetic_teacher/best.ckpt",
+                    cache], check=True, capture_output=True, timeout=60)
+    assert Path("kd.log").read_text().split()[-1] == "data/tiny.h5"

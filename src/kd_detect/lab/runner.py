@@ -21,6 +21,10 @@ one generated with other options).
 ``EXP`` computed from another data file than the student's (one line each on stderr why),
 which the Makefile rebuilds.
 
+``python -m kd_detect.lab.runner data EXP [ARGS...]`` prints the data file ``EXP`` reads
+(nothing when it names none): the Makefile computes ``EXP``'s teacher caches from it, since
+a student may read another file than its teacher's experiment names.
+
 ``python -m kd_detect.lab.runner current EXP [ARGS...]``: status 0 when ``runs/EXP`` is a
 finished run matching ``EXP`` and its data, else one line why and status 1 (``make train``
 then trains it).
@@ -414,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if cmd == "deps":
             print(" ".join(dependencies(rest[0], rest[1:])))
+        elif cmd == "data":
+            print(data_and_teachers(rest[0], rest[1:])[0] or "")
         elif cmd == "stale":
             print(" ".join(stale_teachers(rest[0], rest[1:])))
         elif cmd == "stale-caches":
