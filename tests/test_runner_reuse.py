@@ -271,7 +271,7 @@ def test_a_cache_of_another_data_file_is_rebuilt(sandbox, capsys):
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
-def test_make_train_computes_a_teacher_cache_from_the_file_the_student_reads(sandbox, capsys):
+def test_make_train_computes_a_teacher_cache_from_the_file_the_student_reads(sandbox):
     """A student experiment naming another file than its teacher's (here the teacher's file
     plus unlabelled videos) gets its cache computed from that file, when the cache is
     missing and when it was computed from the teacher's file; the commands ``make train``
