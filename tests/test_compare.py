@@ -56,8 +56,31 @@ def test_ours_against_each_ablation_and_baseline_is_paired_by_seed():
     assert crd["runs"] == 2 and crd["mean"] == pytest.approx((0.10 - 0.02) / 2) and crd["above"] == 1
     assert "ours_minus_row" not in rows[OURS] and "ours_minus_row" not in rows[TEACHER]
     table = markdown(list(rows.values()), [0, 1, 2], [])
-    assert "| without atomic | ablation | 3 | +1.67 ± 2.52 |" in table
-    assert "| CRD | baseline | 2 | +4.00 ± 8.49 | [-72.24, +80.24] | 1/2 | | |" in table  # no validation figures
+    assert "| without atomic | ours | ablation | 3 | +1.67 ± 2.52 |" in table
+    assert "| CRD | ours | baseline | 2 | +4.00 ± 8.49 | [-72.24, +80.24] | 1/2 | | |" in table  # no validation figures
+
+
+def test_a_variant_of_the_recipe_is_paired_against_the_recipe_not_the_labelled_only_student():
+    """A baseline in the recipe's setting (its loss + logit KD on the unlabelled videos) and a
+    leave-one-out inside the recipe change one thing of the recipe, so "ours − row" is the
+    recipe − row. Hand-computed: recipe − FitNets+logit KD = +0.03, −0.01, +0.01 (mean +0.01,
+    2 of 3); ours (labelled-only) would give −0.04, −0.05, −0.03 instead."""
+    from kd_detect.lab import compare
+
+    fitnets = "ablations/synthetic_fitnets_plus_logit_kd_unlabelled"
+    assert fitnets in compare.BASELINES_UNLABELLED and compare.VERSUS[fitnets] == compare.LOGIT_UNLABELLED
+    results = {RGB: {0: 0.5, 1: 0.5, 2: 0.5}, OURS: {0: 0.55, 1: 0.56, 2: 0.57},
+               compare.LOGIT_UNLABELLED: {0: 0.62, 1: 0.60, 2: 0.61},
+               fitnets: {0: 0.59, 1: 0.61, 2: 0.60},
+               compare.RECIPE_WITHOUT[0]: {0: 0.62, 1: 0.60, 2: 0.60}}
+    rows = {r["experiment"]: r for r in summarise(results)}
+    p = rows[fitnets]["ours_minus_row"]
+    assert p["mean"] == pytest.approx(0.01) and p["above"] == 2 and p["runs"] == 3
+    assert rows[compare.RECIPE_WITHOUT[0]]["ours_minus_row"]["mean"] == pytest.approx(0.01 / 3)
+    assert rows[compare.LOGIT_UNLABELLED]["ours_minus_row"]["mean"] == pytest.approx(-0.05)  # the recipe: ours − it
+    table = markdown(list(rows.values()), [0, 1, 2], [])
+    assert "| FitNets, weight: auto + logit KD + 432 unlabelled videos (the second row with FitNets for the three " \
+           "losses) | Ours + logit KD + 432 unlabelled videos | baseline | 3 | +1.00 ± 2.00 |" in table
 
 
 def test_ours_minus_row_on_validation_sits_beside_the_test_split():
@@ -74,7 +97,7 @@ def test_ours_minus_row_on_validation_sits_beside_the_test_split():
     assert rows["ablations/synthetic_without_atomic"]["ours_minus_row"]["above"] == 2
     assert "ours_minus_row_val" not in rows[OURS]
     table = markdown(list(rows.values()), [0, 1, 2], [])
-    assert "| without atomic | ablation | 3 | +1.67 ± 2.52 | [-4.59, +7.92] | 2/3 | -1.00 | 1/3 |" in table
+    assert "| without atomic | ours | ablation | 3 | +1.67 ± 2.52 | [-4.59, +7.92] | 2/3 | -1.00 | 1/3 |" in table
 
 
 def test_collect_reads_the_selection_figure_of_each_run(tmp_path):
@@ -433,7 +456,7 @@ def test_the_unlabelled_rows_read_their_own_file_and_the_control_its_rgb_teacher
 
     monkeypatch.chdir(tmp_path)  # no data/ here: nothing for check_data to refuse
     rows = [compare.UNLABELLED, compare.RGB_UNLABELLED, compare.LOGIT_UNLABELLED, compare.RGB_LOGIT_UNLABELLED,
-            compare.LOGIT_ONLY_UNLABELLED, *compare.RECIPE_WITHOUT]
+            compare.LOGIT_ONLY_UNLABELLED, *compare.RECIPE_WITHOUT, *compare.BASELINES_UNLABELLED]
     assert set(rows) == set(compare.UNLABELLED_ROWS)
     assert "data/synthetic_unlabelled.h5" in compare.DATA_FILES
     commands = _fake_fits(monkeypatch)
@@ -447,7 +470,7 @@ def test_the_unlabelled_rows_read_their_own_file_and_the_control_its_rgb_teacher
     for row, teacher in [(compare.RGB_UNLABELLED, compare.RGB_TEACHER), (compare.RGB_LOGIT_UNLABELLED, compare.RGB_TEACHER),
                          (compare.UNLABELLED, compare.TEACHER), (compare.LOGIT_UNLABELLED, compare.TEACHER),
                          (compare.LOGIT_ONLY_UNLABELLED, compare.TEACHER),
-                         *((row, compare.TEACHER) for row in compare.RECIPE_WITHOUT)]:
+                         *((row, compare.TEACHER) for row in (*compare.RECIPE_WITHOUT, *compare.BASELINES_UNLABELLED))]:
         for c in by_config[f"experiments/{row}.yaml"]:
             seed = next(a for a in c if a.startswith("--seed_everything=")).split("=")[1]
             want = tmp_path / "c" / f"seed{seed}" / teacher / "best.ckpt"
@@ -468,5 +491,5 @@ def test_the_unlabelled_rows_read_their_own_file_and_the_control_its_rgb_teacher
         paths = [a for a in c if a.startswith("--data.path=")]
         own = c[c.index("--config") + 1] in {f"experiments/{r}.yaml" for r in rows}
         assert paths == (["--data.path=x.h5", "--data.path=xu.h5"] if own else ["--data.path=x.h5"]), c
-    assert sum(c[c.index("--config") + 1] in {f"experiments/{r}.yaml" for r in rows} for c in commands) == 16
+    assert sum(c[c.index("--config") + 1] in {f"experiments/{r}.yaml" for r in rows} for c in commands) == 2 * len(rows)
     assert "--unlabelled-data xu.h5" in (tmp_path / "e" / "report.md").read_text()
