@@ -453,8 +453,8 @@ def markdown(rows: list[dict], seeds: list[int], extra: list[str], command: str 
             ci = "" if not p.get("ci95") else f"[{100 * p['ci95'][0]:+.2f}, {100 * p['ci95'][1]:+.2f}]"
             val = ("| | |" if not v else f"| {100 * v['mean']:+.2f} | {v['above']}/{v['runs']} |")
             against = "ours" if r["versus"] == OURS else label_of[r["versus"]]
-            lines.append(f"| {r['name']} | {against} | {r['group']} | {p['runs']} | {100 * p['mean']:+.2f} ± {100 * p['std']:.2f} "
-                         f"| {ci} | {p['above']}/{p['runs']} {val}")
+            lines.append(f"| {r['name']} | {against} | {r['group']} | {p['runs']} "
+                         f"| {100 * p['mean']:+.2f} ± {100 * p['std']:.2f} | {ci} | {p['above']}/{p['runs']} {val}")
     return "\n".join(lines) + "\n"
 
 
