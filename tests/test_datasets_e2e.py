@@ -47,4 +47,11 @@ def test_release_fixture_to_trained_student(name, tmp_path, capsys):
     assert 0.0 <= metrics["test/frame_map"] <= 1.0 and "test/charades_map" in metrics
     if name in ("tsu", "pku_mmd"):  # their papers report event-level mAP
         assert {"test/event_map@0.1", "test/event_map@0.3", "test/event_map@0.5"} <= set(metrics)
+        # the segment cut chosen on validation (event_threshold: auto), kept in the checkpoint
+        from kd_detect.metrics import EVENT_THRESHOLDS
+        from kd_detect.modules.detector import EVENT_THRESHOLD
+        from kd_detect.modules.loading import read_checkpoint
+
+        assert metrics["test/event_threshold"] == pytest.approx(read_checkpoint(student / "best.ckpt")[EVENT_THRESHOLD])
+        assert min(abs(metrics["test/event_threshold"] - t) for t in EVENT_THRESHOLDS) < 1e-6
     assert (student / "charades_submission.txt").is_file()

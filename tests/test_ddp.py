@@ -39,17 +39,40 @@ def test_ddp_teacher_exact_metrics_and_students(synthetic_h5, tmp_path):
     data = f"--data.path={synthetic_h5}"
     ddp = ["--trainer.devices=2", "--trainer.strategy=ddp"]
     teacher = tmp_path / "teacher"
-    # 1. teacher fit on 2 processes, tested on 2 processes
-    _run("fit", "--config", "experiments/synthetic_teacher.yaml", data, *COMMON, *ddp, "--trainer.max_epochs=2",
-         f"--trainer.default_root_dir={teacher}", "--test_after_fit=true", tmp=tmp_path)
+    # 1. teacher fit on 2 processes, tested on 2 processes; its event threshold chosen on validation
+    events = ["--model.init_args.event_map=true", "--model.init_args.event_threshold=auto"]
+    _run("fit", "--config", "experiments/synthetic_teacher.yaml", data, *COMMON, *ddp, *events,
+         "--trainer.max_epochs=2", f"--trainer.default_root_dir={teacher}", "--test_after_fit=true", tmp=tmp_path)
     assert sorted(p.name for p in teacher.glob("*.ckpt")) == ["best.ckpt", "last.ckpt"]
     ddp_map = _metrics(teacher)["test/frame_map"]
     # 2. the same checkpoint evaluated by one process: every test video counted once either way
     single = tmp_path / "single"
-    _run("test", "--config", "experiments/synthetic_teacher.yaml", data, *COMMON, "--trainer.devices=1",
+    _run("test", "--config", "experiments/synthetic_teacher.yaml", data, *COMMON, *events, "--trainer.devices=1",
          f"--trainer.default_root_dir={single}", f"--ckpt_path={teacher / 'best.ckpt'}", tmp=tmp_path)
     assert _metrics(single)["test/frame_map"] == pytest.approx(ddp_map, abs=1e-6)
     assert _metrics(single)["test/charades_map"] == pytest.approx(_metrics(teacher)["test/charades_map"], abs=1e-6)
+    for key in ("test/event_threshold", "test/event_map"):
+        assert _metrics(single)[key] == pytest.approx(_metrics(teacher)[key], abs=1e-6), key
+    # ... and the threshold the two processes chose is the one a single process chooses on the
+    # checkpoint's validation predictions (every validation video counted once)
+    import torch
+
+    from kd_detect.data.batch import MASK, META, to_model_layout
+    from kd_detect.data.feature_data import FeatureData
+    from kd_detect.metrics import EventThresholdSearch
+    from kd_detect.modules import load_detector
+
+    model = load_detector(teacher / "best.ckpt").eval()
+    search = EventThresholdSearch(model.num_classes)
+    dm = FeatureData(str(synthetic_h5), modalities=model.modalities, eval_batch_size=7)
+    with torch.no_grad():
+        for batch in dm.loader("val"):
+            meta, batch = batch[META], to_model_layout(batch)
+            search.update(torch.sigmoid(model(batch).logits), batch[MASK], meta["duration"], meta["segments"],
+                          meta["video_id"])
+    dm.close()
+    assert model.event_threshold_chosen == search.compute()[0]
+    assert _metrics(teacher)["test/event_threshold"] == pytest.approx(model.event_threshold_chosen)  # logged as float32
     # 3. KD student with the live frozen teacher on 2 processes
     probe = tmp_path / "probe"
     student = tmp_path / "student"

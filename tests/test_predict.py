@@ -168,3 +168,39 @@ def test_bad_inputs_are_one_clear_line(setup, tmp_path, capsys):
     assert "a_file/p.h5: cannot write here" in err
     assert not out.exists()  # nothing half-written under the final name
     assert not list(tmp_path.glob(".p.h5.*"))
+
+
+def test_threshold_auto_reads_the_cut_chosen_on_validation_from_the_checkpoint_and_its_exports(setup, tmp_path, capsys):
+    """A model whose validation chose 0.6 (``event_threshold: auto``): ``--threshold auto``
+    writes the segments ``--threshold 0.6`` writes, from the checkpoint and from both export
+    files; a model without a choice is refused in one line naming it."""
+    from kd_detect.modules.detector import EVENT_THRESHOLD
+
+    ckpt = torch.load(setup["ckpt"], map_location="cpu", weights_only=False)
+    ckpt[EVENT_THRESHOLD] = 0.6  # what a validation epoch under event_threshold: auto records
+    chosen = str(tmp_path / "chosen.ckpt")
+    torch.save(ckpt, chosen)
+    ref = tmp_path / "ref.jsonl"
+    assert main(["--ckpt", setup["ckpt"], "--data", str(setup["rgb_file"]), "--out", str(tmp_path / "r.h5"),
+                 "--segments", str(ref), "--threshold", "0.6"]) == 0
+    half = tmp_path / "half.jsonl"
+    assert main(["--ckpt", setup["ckpt"], "--data", str(setup["rgb_file"]), "--out", str(tmp_path / "h.h5"),
+                 "--segments", str(half)]) == 0
+    want = ref.read_text()
+    assert want and want != half.read_text()  # 0.5 gives other segments: the test can tell the cuts apart
+    pt = tmp_path / "student.pt"
+    assert export_main(["--ckpt", chosen, "--out", str(pt)]) == 0
+    for i, model_file in enumerate((chosen, str(pt), str(tmp_path / "student.state.pt"))):
+        segs = tmp_path / f"auto{i}.jsonl"
+        assert main(["--ckpt", model_file, "--data", str(setup["rgb_file"]), "--out", str(tmp_path / f"a{i}.h5"),
+                     "--segments", str(segs), "--threshold", "auto"]) == 0
+        assert segs.read_text() == want, model_file
+    capsys.readouterr()
+    err = _fails(["--ckpt", setup["ckpt"], "--data", str(setup["rgb_file"]), "--out", str(tmp_path / "n.h5"),
+                  "--segments", str(tmp_path / "n.jsonl"), "--threshold", "auto"], capsys)
+    assert "student.ckpt: --threshold auto uses the segment threshold chosen on validation" in err
+    assert not (tmp_path / "n.h5").exists()
+    with pytest.raises(SystemExit):
+        main(["--ckpt", setup["ckpt"], "--data", str(setup["rgb_file"]), "--out", str(tmp_path / "x.h5"),
+              "--threshold", "best"])
+    assert "must be a probability in [0, 1] or 'auto', got 'best'" in capsys.readouterr().err

@@ -33,6 +33,9 @@ file converted from the same folder holds them: the scores are the same as with 
 With ``--segments FILE.jsonl``, action segments extracted by
 :func:`kd_detect.metrics.extract_segments` (threshold, merge gap, minimum length) are written
 one JSON object per line: ``{"video", "class" (name), "start", "end", "score"}`` (seconds).
+``--threshold auto`` extracts them at the threshold the model's validation chose (a model
+trained with ``event_map: true, event_threshold: auto``; kept in its checkpoint and its
+exports); a model without one is refused in one line.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from kd_detect.apps import main as run_app
 from kd_detect.errors import UsageError
 from kd_detect.io import atomic_write, ensure_writable_file, refuse_inputs
 
+AUTO = "auto"
 DESCRIPTION = (
     "Per-step action probabilities of every video of a feature file, from a kd_detect "
     "checkpoint or an exported RGB-only model; optional action segments as JSON lines."
@@ -74,6 +78,19 @@ def iter_scores(
         else:
             duration = float(meta["duration"])
         yield vid, duration, probs.numpy().astype(np.float32)
+
+
+def resolve_threshold(threshold: float | str, predictor: Any) -> float:
+    """``threshold``, or for ``"auto"`` the threshold the model's validation chose."""
+    if threshold != AUTO:
+        return float(threshold)
+    if predictor.event_threshold is None:
+        raise UsageError(
+            f"{predictor.source}: --threshold auto uses the segment threshold chosen on validation, and this "
+            f"{predictor.kind} has none (train with --model.init_args.event_map=true "
+            "--model.init_args.event_threshold=auto); give --threshold P"
+        )
+    return predictor.event_threshold
 
 
 def write_predictions(
@@ -130,7 +147,7 @@ def predict(
     out: str | os.PathLike,
     subset: str | list[str] | None = None,
     segments: str | os.PathLike | None = None,
-    threshold: float = 0.5,
+    threshold: float | str = 0.5,
     merge_gap: float = 0.0,
     min_length: float = 0.0,
     batch_size: int = 8,
@@ -144,6 +161,7 @@ def predict(
         if target is not None:
             refuse_inputs(target, (data, ckpt))
     predictor = load_for_inference(ckpt, device)
+    threshold = resolve_threshold(threshold, predictor)
     check_data(predictor, data)
     dm = FeatureData(
         str(data),
@@ -180,7 +198,7 @@ def predict_features(
     features: str | os.PathLike,
     out: str | os.PathLike,
     segments: str | os.PathLike | None = None,
-    threshold: float = 0.5,
+    threshold: float | str = 0.5,
     merge_gap: float = 0.0,
     min_length: float = 0.0,
     batch_size: int = 8,
@@ -204,6 +222,7 @@ def predict_features(
             refuse_inputs(target, inputs)
     table = None if durations is None else read_durations(durations)
     predictor = load_for_inference(ckpt, device)
+    threshold = resolve_threshold(threshold, predictor)
     if predictor.modalities != [RGB]:
         raise FeatureDirError(
             f"{folder}: --features gives RGB features only, the model ({predictor.source}, {predictor.kind}) "
@@ -241,7 +260,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subset", nargs="+", default=None, help="--data: subset(s) to predict (default: every video)")
     parser.add_argument("--out", required=True, help="prediction file to write (HDF5)")
     parser.add_argument("--segments", default=None, help="also write action segments to this .jsonl file")
-    parser.add_argument("--threshold", type=float, default=0.5, help="segments: probability threshold")
+    parser.add_argument("--threshold", type=threshold_arg, default=0.5,
+                        help="segments: probability threshold, or 'auto': the one the model's validation chose")
     parser.add_argument("--merge-gap", type=float, default=0.0, help="segments: merge runs this close (seconds)")
     parser.add_argument("--min-length", type=float, default=0.0, help="segments: drop shorter ones (seconds)")
     parser.add_argument("--step-seconds", type=float, default=None,
@@ -252,6 +272,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="--features: CSV video,duration (seconds); takes precedence over the step rule")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+
+
+def threshold_arg(value: str) -> float | str:
+    """``--threshold``: a probability in [0, 1] or ``auto``."""
+    if value == AUTO:
+        return AUTO
+    try:
+        threshold = float(value)
+    except ValueError:
+        threshold = float("nan")
+    if not 0.0 <= threshold <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a probability in [0, 1] or 'auto', got {value!r}")
+    return threshold
 
 
 def step_seconds_of(args: argparse.Namespace) -> float | None:
@@ -282,8 +315,6 @@ def step_seconds_of(args: argparse.Namespace) -> float | None:
 def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if not 0.0 <= args.threshold <= 1.0:
-        raise UsageError(f"--threshold must be a probability in [0, 1], got {args.threshold}")
     if args.merge_gap < 0 or args.min_length < 0:
         raise UsageError("--merge-gap and --min-length must be >= 0 seconds")
     if (args.data is None) == (args.features is None):

@@ -1,7 +1,7 @@
 """Evaluation metrics (DESIGN.md §5): per-frame mAP, Charades localisation mAP, event-level mAP."""
 
 from .charades import CharadesMAP, charades_frames, write_charades_submission
-from .event_map import EventMAP, event_map, extract_segments
+from .event_map import EVENT_THRESHOLDS, EventMAP, EventThresholdSearch, choose_threshold, event_map, extract_segments
 from .frame_map import FrameMAP
 
 __all__ = [
@@ -10,6 +10,9 @@ __all__ = [
     "charades_frames",
     "write_charades_submission",
     "EventMAP",
+    "EventThresholdSearch",
+    "EVENT_THRESHOLDS",
+    "choose_threshold",
     "event_map",
     "extract_segments",
 ]

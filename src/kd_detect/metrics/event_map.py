@@ -325,3 +325,65 @@ class EventMAP(Metric):
         """The full :func:`event_map` result (``map@θ``, ``map_all@θ``, ``map``, per-class ``ap``)."""
         with synced(self):
             return self._details()
+
+
+#: the candidate extraction thresholds ``event_threshold: auto`` chooses from: the protocol's
+#: default 0.5 and the lower cuts that a less confident model needs (docs/metrics.md)
+EVENT_THRESHOLDS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+
+
+def choose_threshold(maps: Mapping[float, float], default: float = 0.5) -> float:
+    """The extraction threshold with the highest event mAP in ``maps`` (``{threshold: map}``);
+    among equal ones the closest to ``default`` (the protocol's 0.5), then the lower one, so
+    a model with no segment at any cut (every mAP 0, e.g. before training) keeps the default.
+    NaN counts as lowest."""
+    if not maps:
+        raise ValueError("choose_threshold: no candidate threshold")
+    best = max((m if m == m else float("-inf")) for m in maps.values())
+    ties = [t for t, m in maps.items() if (m if m == m else float("-inf")) == best]
+    return min(ties, key=lambda t: (abs(t - default), t))
+
+
+class EventThresholdSearch(torch.nn.Module):
+    """:class:`EventMAP` at several extraction thresholds over the same predictions, to choose
+    the threshold on validation videos (``event_threshold: auto`` of the detector modules).
+
+    Each candidate is its own :class:`EventMAP` (DDP-exact like it), so ``compute()`` gives
+    every rank the same ``(chosen threshold, its event mAP, {threshold: event mAP})``, the
+    choice by :func:`choose_threshold`. Event mAP at one fixed cut ranks models partly by how
+    confident they are (a model whose probabilities on positives are lower extracts fewer,
+    shorter segments at 0.5); a cut chosen per model on validation compares their best
+    segments, and the cut is then a property of the model, kept with its checkpoint.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        thresholds: Sequence[float] = EVENT_THRESHOLDS,
+        merge_gap: float = 0.0,
+        min_length: float = 0.0,
+        thetas: Sequence[float] = (0.1, 0.3, 0.5),
+    ) -> None:
+        super().__init__()
+        values = [float(t) for t in thresholds]
+        if not values or any(not 0.0 <= t <= 1.0 for t in values) or len(set(values)) != len(values):
+            raise ValueError(f"EventThresholdSearch: thresholds must be distinct probabilities in [0, 1], got {values}")
+        self.thresholds = sorted(values)
+        self.metrics = torch.nn.ModuleList(
+            EventMAP(num_classes, threshold=t, merge_gap=merge_gap, min_length=min_length, thetas=thetas)
+            for t in self.thresholds
+        )
+
+    def update(self, probs: Tensor, mask: Tensor, durations: Tensor | Sequence[float],
+               segments: Sequence[np.ndarray], video_ids: Sequence[str] | None = None) -> None:
+        for metric in self.metrics:
+            metric.update(probs, mask, durations, segments, video_ids)
+
+    def compute(self) -> tuple[float, float, dict[float, float]]:
+        maps = {t: float(m.compute()["event_map"]) for t, m in zip(self.thresholds, self.metrics)}
+        chosen = choose_threshold(maps)
+        return chosen, maps[chosen], maps
+
+    def reset(self) -> None:
+        for metric in self.metrics:
+            metric.reset()

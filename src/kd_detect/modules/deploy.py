@@ -9,10 +9,11 @@
       probs = model(rgb)            # rgb float32 (B, D, T) -> per-step probabilities (B, C, T)
       probs = model(rgb, mask)      # mask bool (B, T), True on valid steps; padded steps give 0
       model.classes, model.in_dim   # List[str] class names, D
+      model.event_threshold         # segment extraction cut chosen on validation (NaN: none)
 
 * ``student.state.pt`` -- a plain ``torch.save`` dict: the bare detector's ``state_dict``
   plus what rebuilds it (head ``class_path`` + ``init_args``, ``in_dim``, ``num_classes``,
-  ``classes``); :func:`load_state` turns it back into the same module.
+  ``classes``, ``event_threshold``); :func:`load_state` turns it back into the same module.
 
 What can be exported: the bare RGB detector of a :class:`~kd_detect.modules.StudentModule`
 (no teacher, no distillation projection heads), an RGB-only
@@ -51,18 +52,22 @@ class DeployedDetector(nn.Module):
     ``embed`` is the optional pointwise 1×1 embedding a mid-fusion RGB-only teacher puts
     before its head; ``None`` for students and baselines. ``standardize`` is the model's
     input standardisation (``kd_detect.models.inputs.Standardize``, with the training
-    statistics) when it was trained with ``standardize: true``.
+    statistics) when it was trained with ``standardize: true``. ``event_threshold`` is the
+    segment extraction threshold chosen on validation (``event_threshold: auto``), NaN when
+    the model has none.
     """
 
     classes: List[str]
     in_dim: int
     num_classes: int
+    event_threshold: float
 
     def __init__(
         self, head: nn.Module, classes: List[str], in_dim: int, embed: Optional[nn.Module] = None,
-        standardize: Optional[nn.Module] = None,
+        standardize: Optional[nn.Module] = None, event_threshold: Optional[float] = None,
     ) -> None:
         super().__init__()
+        self.event_threshold = float("nan") if event_threshold is None else float(event_threshold)
         self.embed = embed if embed is not None else nn.Identity()
         self.standardize = standardize if standardize is not None else nn.Identity()
         self.head = head
@@ -135,7 +140,8 @@ def deployable(module: Any, path: str | os.PathLike, head_config: Any = None) ->
         head = module.head
     in_dim = int(module.modality_dims[RGB])
     standardize = module.standardizers[RGB] if getattr(module, "standardize", False) else None
-    deployed = DeployedDetector(head, list(module.classes), in_dim, embed, standardize).eval()
+    chosen = getattr(module, "event_threshold_chosen", None)
+    deployed = DeployedDetector(head, list(module.classes), in_dim, embed, standardize, chosen).eval()
     config = {
         "kd_detect_export": STATE_FORMAT,
         "modality": RGB,
@@ -145,6 +151,7 @@ def deployable(module: Any, path: str | os.PathLike, head_config: Any = None) ->
         "in_dim": in_dim,
         "num_classes": int(module.num_classes),
         "classes": list(deployed.classes),
+        "event_threshold": chosen,
         "source_checkpoint": str(path),
         "source_class": f"{type(module).__module__}.{type(module).__qualname__}",
         "student": isinstance(module, StudentModule),
@@ -162,7 +169,8 @@ def build_from_config(config: Dict[str, Any]) -> DeployedDetector:
     head = head_cls(head_in, int(config["num_classes"]), **dict(head_cfg.get("init_args") or {}))
     embed = nn.Conv1d(int(embed_cfg["in_dim"]), int(embed_cfg["out_dim"]), 1) if embed_cfg else None
     standardize = Standardize(int(config["in_dim"])) if config.get("standardize") else None
-    return DeployedDetector(head, list(config["classes"]), int(config["in_dim"]), embed, standardize)
+    return DeployedDetector(head, list(config["classes"]), int(config["in_dim"]), embed, standardize,
+                            config.get("event_threshold"))
 
 
 def load_state(path: str | os.PathLike) -> DeployedDetector:

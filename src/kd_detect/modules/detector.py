@@ -50,6 +50,9 @@ def masked_bce(logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
 TRAINING_VIDEOS = "kd_detect_training_videos"
 #: checkpoint key of the seed the fit was started with (``seed_everything``)
 TRAINING_SEED = "kd_detect_seed"
+#: checkpoint key of the event extraction threshold chosen on validation (``event_threshold: auto``)
+EVENT_THRESHOLD = "kd_detect_event_threshold"
+AUTO = "auto"
 
 
 class DetectorModule(pl.LightningModule):
@@ -69,7 +72,15 @@ class DetectorModule(pl.LightningModule):
             labels, ``kd_detect.data.batch.mix_videos``; a student's teacher reads the mixed
             batch too); 0 = off.
         event_map: also compute event-level mAP (PKU-MMD protocol) at test time.
-        event_threshold, event_merge_gap, event_min_length: segment extraction for it.
+        event_threshold, event_merge_gap, event_min_length: segment extraction for it. With
+            ``event_threshold: auto`` the threshold is chosen on the validation videos:
+            every validation epoch computes event mAP at each of ``event_thresholds``
+            (default ``kd_detect.metrics.EVENT_THRESHOLDS``) and keeps the best (logged as
+            ``val/event_map`` and ``val/event_threshold``); the checkpoint of an epoch
+            carries that epoch's choice (:attr:`event_threshold_chosen`), test uses it
+            (``test/event_threshold``) and ``kd-detect predict --threshold auto`` extracts
+            segments with it. Event mAP at one fixed cut ranks models partly by confidence
+            (docs/metrics.md); a cut chosen per model on validation does not.
 
     The ids of the videos a fit trained on (the DataModule's ``training_videos``) are kept
     in :attr:`training_videos` and in the checkpoint (``None`` when unknown: a checkpoint
@@ -94,9 +105,10 @@ class DetectorModule(pl.LightningModule):
         standardize: bool = False,
         mixup: float = 0.0,
         event_map: bool = False,
-        event_threshold: float = 0.5,
+        event_threshold: float | str = 0.5,
         event_merge_gap: float = 0.0,
         event_min_length: float = 0.0,
+        event_thresholds: list[float] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -124,14 +136,39 @@ class DetectorModule(pl.LightningModule):
         if mixup < 0:
             raise ValueError(f"{type(self).__name__}: mixup (the Beta distribution's alpha) must be >= 0, got {mixup}")
         self.mixup = float(mixup)
-        self.event = {"enabled": event_map, "threshold": event_threshold, "merge_gap": event_merge_gap,
-                      "min_length": event_min_length}
+        self.event = {"enabled": event_map, "threshold": self._check_event_threshold(event_threshold),
+                      "merge_gap": event_merge_gap, "min_length": event_min_length,
+                      "candidates": event_thresholds}
+        if event_thresholds is not None and event_threshold != AUTO:
+            raise ValueError(f"{type(self).__name__}: event_thresholds are the candidates of event_threshold: auto, "
+                             f"but event_threshold is {event_threshold!r}")
+        #: the event extraction threshold chosen on validation (``event_threshold: auto``;
+        #: ``None`` until a validation epoch has run, or without ``auto``)
+        self.event_threshold_chosen: float | None = None
         if self.standardize:  # before build_model, which subclasses (TeacherModule) override
             self.standardizers = nn.ModuleDict({m: Standardize(self.modality_dims[m]) for m in self.modalities})
         self.training_videos: list[str] | None = None
         self.seed: int | None = None
         self.build_model()
         self._build_metrics()
+
+    def _check_event_threshold(self, value: float | str) -> float | str:
+        if value == AUTO:
+            return AUTO
+        try:
+            threshold = float(value)
+        except (TypeError, ValueError):
+            threshold = float("nan")
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"{type(self).__name__}: event_threshold must be a probability in [0, 1] or 'auto', "
+                             f"got {value!r}")
+        return threshold
+
+    @property
+    def choose_event_threshold(self) -> bool:
+        """Whether validation chooses the event extraction threshold (``event_map`` with
+        ``event_threshold: auto``)."""
+        return bool(self.event["enabled"]) and self.event["threshold"] == AUTO
 
     # ----------------------------------------------------------------- model
     @classmethod
@@ -222,12 +259,16 @@ class DetectorModule(pl.LightningModule):
             checkpoint[TRAINING_VIDEOS] = list(self.training_videos)
         if self.seed is not None:
             checkpoint[TRAINING_SEED] = int(self.seed)
+        if self.event_threshold_chosen is not None:
+            checkpoint[EVENT_THRESHOLD] = float(self.event_threshold_chosen)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         videos = checkpoint.get(TRAINING_VIDEOS)
         self.training_videos = None if videos is None else [str(v) for v in videos]
         seed = checkpoint.get(TRAINING_SEED)
         self.seed = None if seed is None else int(seed)
+        chosen = checkpoint.get(EVENT_THRESHOLD)
+        self.event_threshold_chosen = None if chosen is None else float(chosen)
 
     def measure_input_statistics(self) -> None:
         """Set the standardisation statistics from the training videos of the attached
@@ -258,14 +299,19 @@ class DetectorModule(pl.LightningModule):
         self.test_map = FrameMAP(self.num_classes)
         self.test_charades = CharadesMAP(self.num_classes)
         if self.event["enabled"]:
-            from kd_detect.metrics import EventMAP
+            from kd_detect.metrics import EVENT_THRESHOLDS, EventMAP, EventThresholdSearch
 
             self.test_event = EventMAP(
                 self.num_classes,
-                threshold=self.event["threshold"],
+                threshold=0.5 if self.event["threshold"] == AUTO else self.event["threshold"],  # auto: set at test
                 merge_gap=self.event["merge_gap"],
                 min_length=self.event["min_length"],
             )
+            if self.choose_event_threshold:
+                self.val_event = EventThresholdSearch(
+                    self.num_classes, self.event["candidates"] or EVENT_THRESHOLDS,
+                    merge_gap=self.event["merge_gap"], min_length=self.event["min_length"],
+                )
 
     # ------------------------------------------------------------------ steps
     def detection_loss(self, out: HeadOutput, batch: dict[str, Any]) -> Tensor:
@@ -289,13 +335,35 @@ class DetectorModule(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         out = self._eval_step(batch, "val")
-        self.val_map.update(torch.sigmoid(out.logits.float()), batch[LABELS], batch[MASK])
+        probs = torch.sigmoid(out.logits.float())
+        self.val_map.update(probs, batch[LABELS], batch[MASK])
+        if self.choose_event_threshold:
+            meta = batch[META]
+            self.val_event.update(probs, batch[MASK], meta["duration"], meta["segments"], meta["video_id"])
 
     def on_validation_epoch_end(self) -> None:
         res = self.val_map.compute()
         self.log("val/frame_map", res["map"], prog_bar=True)
         self.log("val/frame_map_all", res["map_all"])
         self.val_map.reset()
+        if self.choose_event_threshold:
+            # every rank gets the same synced figures, so the same choice
+            chosen, best, _ = self.val_event.compute()
+            self.val_event.reset()
+            self.log("val/event_map", best)
+            self.log("val/event_threshold", chosen)
+            if not self.trainer.sanity_checking:  # a few batches of an untrained model choose nothing
+                self.event_threshold_chosen = chosen
+
+    def on_test_epoch_start(self) -> None:
+        if self.choose_event_threshold:
+            if self.event_threshold_chosen is None:
+                raise UsageError(
+                    f"{type(self).__name__}: event_threshold: auto uses the threshold chosen on the validation videos, "
+                    "and this model has none (its checkpoint was not validated with event_map: true and "
+                    "event_threshold: auto); give event_threshold a probability"
+                )
+            self.test_event.threshold = float(self.event_threshold_chosen)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         out = self._eval_step(batch, "test")
@@ -318,6 +386,7 @@ class DetectorModule(pl.LightningModule):
         if self.event["enabled"]:
             for key, value in self.test_event.compute().items():
                 self.log(f"test/{key}", value)
+            self.log("test/event_threshold", self.test_event.threshold)
             self.test_event.reset()
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:

@@ -36,7 +36,9 @@ class Predictor:
     """A loaded model behind one interface: ``predictor(batch) -> probabilities (B, C, T)``,
     0 on padded steps; :meth:`outputs` gives ``(probabilities, features (B, F, T) or None)``.
     ``modality_dims`` names what the model reads, with feature dims; ``module`` is the
-    LightningModule for a checkpoint (``None`` for an export)."""
+    LightningModule for a checkpoint (``None`` for an export). ``event_threshold`` is the
+    segment extraction threshold the model's validation chose (``event_threshold: auto``),
+    ``None`` when it has none."""
 
     def __init__(
         self,
@@ -46,8 +48,11 @@ class Predictor:
         source: str,
         kind: str,
         module: Any = None,
+        event_threshold: float | None = None,
     ) -> None:
         self._run = run
+        self.event_threshold = None if event_threshold is None or event_threshold != event_threshold else float(
+            event_threshold)
         self.module = module
         self.classes = [str(c) for c in classes]
         self.modality_dims = {m: int(d) for m, d in modality_dims.items()}
@@ -89,7 +94,9 @@ def _scripted_predictor(path: Path, device: torch.device) -> Predictor:
     def run(batch: dict[str, Any]) -> Output:
         return model(batch[RGB].to(device), batch[MASK].to(device)), None
 
-    return Predictor(run, list(model.classes), {RGB: int(model.in_dim)}, str(path), "TorchScript export")
+    chosen = float(model.event_threshold) if hasattr(model, "event_threshold") else None  # older exports: none
+    return Predictor(run, list(model.classes), {RGB: int(model.in_dim)}, str(path), "TorchScript export",
+                     event_threshold=chosen)
 
 
 def _deployed_predictor(model: torch.nn.Module, path: Path, device: torch.device) -> Predictor:
@@ -98,7 +105,8 @@ def _deployed_predictor(model: torch.nn.Module, path: Path, device: torch.device
     def run(batch: dict[str, Any]) -> Output:
         return model(batch[RGB].to(device), batch[MASK].to(device)), None
 
-    return Predictor(run, list(model.classes), {RGB: int(model.in_dim)}, str(path), "export state file")
+    return Predictor(run, list(model.classes), {RGB: int(model.in_dim)}, str(path), "export state file",
+                     event_threshold=float(model.event_threshold))
 
 
 def load_without_teachers(path: str | os.PathLike, ckpt: dict[str, Any] | None = None) -> Any:
@@ -125,7 +133,8 @@ def module_predictor(module: Any, source: str, device: str | torch.device = "cpu
         out = module(inputs)
         return torch.sigmoid(out.logits.float()) * mask.unsqueeze(1), out.features
 
-    return Predictor(run, list(module.classes), dict(module.modality_dims), source, type(module).__name__, module)
+    return Predictor(run, list(module.classes), dict(module.modality_dims), source, type(module).__name__, module,
+                     getattr(module, "event_threshold_chosen", None))
 
 
 def _is_export_state(path: Path) -> bool:
