@@ -53,7 +53,6 @@ from kd_detect.apps import main as run_app
 from kd_detect.errors import UsageError
 from kd_detect.io import atomic_write, ensure_writable_file, refuse_inputs
 
-AUTO = "auto"
 DESCRIPTION = (
     "Per-step action probabilities of every video of a feature file, from a kd_detect "
     "checkpoint or an exported RGB-only model; optional action segments as JSON lines."
@@ -82,6 +81,8 @@ def iter_scores(
 
 def resolve_threshold(threshold: float | str, predictor: Any) -> float:
     """``threshold``, or for ``"auto"`` the threshold the model's validation chose."""
+    from kd_detect.metrics.event_map import AUTO
+
     if threshold != AUTO:
         return float(threshold)
     if predictor.event_threshold is None:
@@ -276,15 +277,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def threshold_arg(value: str) -> float | str:
     """``--threshold``: a probability in [0, 1] or ``auto``."""
-    if value == AUTO:
-        return AUTO
+    from kd_detect.metrics.event_map import threshold_setting
+
     try:
-        threshold = float(value)
-    except ValueError:
-        threshold = float("nan")
-    if not 0.0 <= threshold <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be a probability in [0, 1] or 'auto', got {value!r}")
-    return threshold
+        return threshold_setting(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def step_seconds_of(args: argparse.Namespace) -> float | None:

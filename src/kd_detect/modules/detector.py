@@ -52,7 +52,7 @@ TRAINING_VIDEOS = "kd_detect_training_videos"
 TRAINING_SEED = "kd_detect_seed"
 #: checkpoint key of the event extraction threshold chosen on validation (``event_threshold: auto``)
 EVENT_THRESHOLD = "kd_detect_event_threshold"
-AUTO = "auto"
+AUTO = "auto"  # = kd_detect.metrics.event_map.AUTO (not imported here: metrics load lazily)
 
 
 class DetectorModule(pl.LightningModule):
@@ -153,16 +153,12 @@ class DetectorModule(pl.LightningModule):
         self._build_metrics()
 
     def _check_event_threshold(self, value: float | str) -> float | str:
-        if value == AUTO:
-            return AUTO
+        from kd_detect.metrics.event_map import threshold_setting
+
         try:
-            threshold = float(value)
-        except (TypeError, ValueError):
-            threshold = float("nan")
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"{type(self).__name__}: event_threshold must be a probability in [0, 1] or 'auto', "
-                             f"got {value!r}")
-        return threshold
+            return threshold_setting(value)
+        except ValueError as err:
+            raise ValueError(f"{type(self).__name__}: event_threshold {err}") from None
 
     @property
     def choose_event_threshold(self) -> bool:
