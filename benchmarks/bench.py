@@ -15,7 +15,9 @@ Sections, all on generated data of realistic shape (Charades-like: T≈60–120,
 4. inference: RGB PDAN forwards per second at batch 1 and batched;
 5. compute efficiency: FLOP/s of a PDAN training step over a dense fp32 matmul's;
 6. bf16 autocast: every plugin's forward+backward finite or not;
-7. command line: wall time of ``kd-detect --help`` and ``kd-detect check small.h5``.
+7. command line: wall time of ``kd-detect --help`` and ``kd-detect check small.h5``;
+8. event threshold search: the validation cost of ``event_threshold: auto`` (ten cuts)
+   against event mAP at one cut, TSU-like predictions.
 
 ``--device cuda`` runs sections 1, 2 and 4 on the GPU (batches converted there, steps
 under bf16-mixed autocast where supported, else fp16); without a visible GPU it says so
@@ -72,16 +74,18 @@ def sizes(quick: bool) -> dict[str, Any]:
     if quick:
         return dict(charades_videos=64, tsu_videos=8, load_batch=32, tsu_batch=8, load_repeats=9,
                     distill_batch=8, distill_batches=2, distill_repeats=7, infer_repeats=3,
-                    seq_steps=[1024, 8192, 16384], seq_repeats=1, matmul_n=1024, worker_repeats=5, cli_repeats=1)
+                    seq_steps=[1024, 8192, 16384], seq_repeats=1, matmul_n=1024, worker_repeats=5, cli_repeats=1,
+                    event_videos=8, event_repeats=3)
     return dict(charades_videos=256, tsu_videos=32, load_batch=32, tsu_batch=8, load_repeats=7,
                 distill_batch=32, distill_batches=2, distill_repeats=7, infer_repeats=5,
                 seq_steps=[256, 512, 1024, 2048, 4096, 8192, 16384], seq_repeats=3, matmul_n=2048,
-                worker_repeats=5, cli_repeats=3)
+                worker_repeats=5, cli_repeats=3, event_videos=32, event_repeats=5)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the selected sections; returns the full result dict (headline keys on top)."""
     from benchmarks.cli import bench_cli
+    from benchmarks.events import bench_events
     from benchmarks.loading import bench_loading, bench_workers
     from benchmarks.seqloss import bench_seq_losses
     from benchmarks.training import batches_of, bench_bf16, bench_distill, bench_inference
@@ -125,6 +129,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if "cli" in sections:
             log(f"command line: {cfg['cli_repeats']} run(s) after a warm-up")
             res["cli"] = bench_cli(root, cfg["cli_repeats"])
+    if "events" in sections:
+        log(f"event threshold search: {cfg['event_videos']} TSU-like videos")
+        res["events"] = bench_events(cfg["event_videos"], cfg["event_repeats"], TSU)
     res["wall_seconds"] = time.perf_counter() - t_start
     return res
 
@@ -164,6 +171,7 @@ def headline(res: dict[str, Any]) -> dict[str, Any]:
         "student_steps_per_s": inf["b1_steps_per_s"] if inf else None,
         "pdan_flops_over_matmul": d["pdan_flops_over_matmul"] if d else None,
         "bf16_all_finite": all(v["finite"] for v in res["bf16"].values()) if "bf16" in res else None,
+        "event_search_over_one_cut": res["events"]["search_over_one_cut"] if "events" in res else None,
     }
 
 
@@ -296,6 +304,14 @@ def markdown(report: dict[str, Any]) -> str:
         for v in res["cli"]["commands"].values():
             lines.append(f"| `{v['argv']}` | {v['exit_code']} | {_f(v['seconds'])} |")
         lines.append("")
+    if "events" in res:
+        e = res["events"]
+        lines += ["## 8. Event threshold search (validation cost of `event_threshold: auto`)", "",
+                  f"{e['videos']} TSU-like videos, {e['repeats']} interleaved repeats: event mAP at one cut "
+                  f"{e['one_cut_ms_per_video']:.1f} ms per video, at the {len(e['cuts'])} cuts of the search "
+                  f"{e['search_ms_per_video']:.1f} ms per video (**× {e['search_over_one_cut']:.1f}**). Segments "
+                  "per video by cut: " + ", ".join(f"{t:g}: {n:.0f}" for t, n in e["segments_per_video"].items()),
+                  ""]
     return "\n".join(lines)
 
 
@@ -325,7 +341,7 @@ def _meta(args: argparse.Namespace, argv: list[str], wall: float) -> dict[str, A
     }
 
 
-SECTIONS = ("loading", "distill", "inference", "seqloss", "bf16", "cli")
+SECTIONS = ("loading", "distill", "inference", "seqloss", "bf16", "cli", "events")
 
 
 def amp_dtype(device: str) -> Any:

@@ -18,7 +18,7 @@ TINY_CHARADES = DataShape("charades", 6, (8, 14), (("rgb", 16), ("flow", 8)), 5,
 TINY_TSU = DataShape("tsu", 3, (30, 40), (("rgb", 16), ("pose", 4)), 3, segments=2)
 TINY_SIZES = dict(charades_videos=6, tsu_videos=3, load_batch=4, tsu_batch=2, load_repeats=1, distill_batch=2,
                   distill_batches=2, distill_repeats=1, infer_repeats=1, seq_steps=[64, 128], seq_repeats=1,
-                  matmul_n=64, worker_repeats=1, cli_repeats=1)
+                  matmul_n=64, worker_repeats=1, cli_repeats=1, event_videos=3, event_repeats=1)
 HEADLINE = ["kd_cached_over_plain", "kd_live_over_plain", "kd_live_over_floor", "h5_over_npy", "h5_over_npy_read",
             "h5_over_npy_fp16", "loader_over_raw", "global_kl_extra_mb_T16384", "global_gram_extra_mb_T16384",
             "student_steps_per_s", "pdan_flops_over_matmul", "cli_help_seconds", "cli_check_seconds",
@@ -67,6 +67,11 @@ def test_quick_mode_end_to_end(tmp_path, monkeypatch):
     assert (f"run at {charades['floor_over_raw']:.2f} of the raw read (fp32); the loader reaches "
             f"{charades['loader_over_floor']:.2f} of that floor") in md
     assert not list(out.glob(".*.tmp"))  # written atomically
+    events = report["results"]["events"]
+    assert report["event_search_over_one_cut"] == pytest.approx(events["search_ms_per_video"]
+                                                                / events["one_cut_ms_per_video"])
+    assert set(events["segments_per_video"]) == {str(t) for t in events["cuts"]}  # (JSON keys)
+    assert "## 8. Event threshold search" in md
 
 
 def test_floor_copies_are_the_loaders_batches(tmp_path):

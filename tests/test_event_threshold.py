@@ -77,6 +77,8 @@ def test_the_search_equals_one_event_map_per_threshold_over_several_updates():
     assert chosen == choose_threshold(want) and best == pytest.approx(want[chosen])
     search.reset()
     assert all(not m.det_score for m in search.metrics)
+    with pytest.raises(ValueError, match=r"EventThresholdSearch.update: video 'b': no valid step"):
+        search.update(probs, torch.tensor([[True] * 50, [False] * 50]), [25.0, 18.5], segments, ["a", "b"])
     with pytest.raises(ValueError, match="distinct probabilities"):
         EventThresholdSearch(3, (0.5, 0.5))
     with pytest.raises(ValueError, match="distinct probabilities"):

@@ -57,32 +57,31 @@ def extract_segments(
         raise ValueError(f"extract_segments: 'duration' must be a positive number of seconds, got {duration}")
     steps, num_classes = arr.shape
     step = float(duration) / steps
-    active = np.zeros((steps + 2, num_classes), dtype=np.int8)
-    active[1:-1] = arr >= threshold
-    edges = np.diff(active, axis=0)  # +1 at a run's first step, -1 one past its last step
+    active = np.zeros((num_classes, steps + 2), dtype=np.int8)  # class-major: runs come out by class, start
+    active[:, 1:-1] = (arr >= threshold).T
+    edges = np.diff(active, axis=1)  # +1 at a run's first step, -1 one past its last step
+    run_class, starts = np.nonzero(edges == 1)
+    if not len(starts):
+        return []
+    ends = np.nonzero(edges == -1)[1]  # the same runs in the same order: each start has its end
+    # Merge runs of one class whose gap (in seconds) is <= merge_gap (tolerance for float fuzz).
+    new_group = np.ones(len(starts), dtype=bool)
+    new_group[1:] = (run_class[1:] != run_class[:-1]) | ((starts[1:] - ends[:-1]) * step > merge_gap + 1e-9 * step)
+    last = np.append(new_group[1:], True)
+    cls, s, e = run_class[new_group], starts[new_group], ends[last]
+    keep = (e - s) * step + 1e-9 * step >= min_length
+    cls, s, e = cls[keep], s[keep], e[keep]
     cumsum = np.concatenate([np.zeros((1, num_classes)), np.cumsum(arr, axis=0)])
-    out: list[Detection] = []
-    for c in range(num_classes):
-        starts = np.flatnonzero(edges[:, c] == 1)
-        if not len(starts):
-            continue
-        ends = np.flatnonzero(edges[:, c] == -1)
-        # Merge runs whose gap (in seconds) is <= merge_gap (tolerance for float fuzz).
-        new_group = np.ones(len(starts), dtype=bool)
-        new_group[1:] = (starts[1:] - ends[:-1]) * step > merge_gap + 1e-9 * step
-        group_starts = starts[new_group]
-        group_ends = ends[np.append(new_group[1:], True)]
-        for s, e in zip(group_starts.tolist(), group_ends.tolist()):
-            if (e - s) * step + 1e-9 * step < min_length:
-                continue
-            out.append((c, s * step, e * step, float((cumsum[e, c] - cumsum[s, c]) / (e - s))))
-    return out
+    score = (cumsum[e, cls] - cumsum[s, cls]) / (e - s)
+    return list(zip(cls.tolist(), (s * step).tolist(), (e * step).tolist(), score.tolist()))
 
 
-def _iou(start: float, end: float, gt: np.ndarray) -> np.ndarray:
-    """IoU of ``[start, end]`` with each ``gt`` row ``[class, start, end]`` (0 where the hull is empty)."""
-    inter = np.minimum(end, gt[:, 2]) - np.maximum(start, gt[:, 1])
-    hull = np.maximum(end, gt[:, 2]) - np.minimum(start, gt[:, 1])
+def _iou(start: np.ndarray, end: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """IoU ``(n, m)`` of each ``[start_i, end_i]`` with each ``gt`` row ``[class, start, end]``
+    (0 where the hull is empty)."""
+    start, end = start[:, None], end[:, None]
+    inter = np.minimum(end, gt[None, :, 2]) - np.maximum(start, gt[None, :, 1])
+    hull = np.maximum(end, gt[None, :, 2]) - np.minimum(start, gt[None, :, 1])
     return np.where(hull > 0, inter / np.where(hull > 0, hull, 1.0), 0.0)
 
 
@@ -103,18 +102,21 @@ def match_video(dets: np.ndarray, gts: np.ndarray, thetas: Sequence[float], uniq
             continue
         idx = np.flatnonzero(dets[:, 0] == c)
         idx = idx[descending(dets[idx, 3])]
-        ious = np.stack([_iou(dets[i, 1], dets[i, 2], own_gt) for i in idx])  # (n_c, m_c)
+        ious = _iou(dets[idx, 1], dets[idx, 2], own_gt)  # (n_c, m_c)
         for k, theta in enumerate(thetas):
             if not unique:
                 hits[idx, k] = ious.max(1) >= theta
                 continue
             taken = np.zeros(len(own_gt), dtype=bool)
-            for row, i in enumerate(idx):
+            # only detections reaching theta with some ground truth can hit (the others skip)
+            for row in np.flatnonzero((ious >= theta).any(1)).tolist():
                 cand = np.where(taken | (ious[row] < theta), -np.inf, ious[row])
                 j = int(np.argmax(cand))
                 if np.isfinite(cand[j]):
                     taken[j] = True
-                    hits[i, k] = True
+                    hits[idx[row], k] = True
+                    if taken.all():
+                        break
     return hits
 
 
@@ -232,6 +234,27 @@ def event_map(
     return _summarise(ap)
 
 
+def checked_videos(
+    where: str, probs: Tensor, mask: Tensor, num_classes: int, durations: Tensor | Sequence[float],
+    segments: Sequence[np.ndarray], video_ids: Sequence[str] | None,
+) -> list[tuple[np.ndarray, float, np.ndarray]]:
+    """A batch's videos checked and converted (``EventMAP.update(..., checked=)``):
+    ``[(scores over the valid steps (T_valid, C) float64, duration, ground truth (m, 3))]``.
+    Errors name ``where``, the video and the field."""
+    durations, video_ids = check_video_batch(where, probs, mask, num_classes, durations, segments, video_ids,
+                                             default_id="#{}")
+    probs_np = probs.detach().double().cpu().numpy()
+    mask_np = mask.cpu().numpy()
+    videos = []
+    for b in range(probs.shape[0]):
+        at = f"{where}: video {video_ids[b]!r}"
+        valid = probs_np[b][:, mask_np[b]].T
+        if not len(valid):
+            raise ValueError(f"{at}: no valid step")
+        videos.append((valid, durations[b], check_segments(at, segments[b], num_classes)))
+    return videos
+
+
 class EventMAP(Metric):
     """Event-level mAP (PKU-MMD protocol) as a torchmetrics metric, DDP-exact.
 
@@ -277,24 +300,20 @@ class EventMAP(Metric):
         durations: Tensor | Sequence[float],
         segments: Sequence[np.ndarray],
         video_ids: Sequence[str] | None = None,
+        *,
+        checked: Sequence[tuple[np.ndarray, float, np.ndarray]] | None = None,
     ) -> None:
-        durations, video_ids = check_video_batch(
-            "EventMAP.update", probs, mask, self.num_classes, durations, segments, video_ids, default_id="#{}"
-        )
-        batch = probs.shape[0]
-        probs_np = probs.detach().double().cpu().numpy()
-        mask_np = mask.cpu().numpy()
+        """Add a batch. ``checked``: the same batch as :func:`checked_videos` returns it, to
+        skip checking and converting it again (:class:`EventThresholdSearch` passes it to
+        each of its cuts)."""
+        videos = checked if checked is not None else checked_videos(
+            "EventMAP.update", probs, mask, self.num_classes, durations, segments, video_ids)
         counts = np.zeros(self.num_classes, dtype=np.int64)
         rows, hits = [np.zeros((0, 4))], [np.zeros((0, len(self.thetas)), dtype=bool)]
-        for b in range(batch):
-            where = f"EventMAP.update: video {video_ids[b]!r}"
-            valid = probs_np[b][:, mask_np[b]].T
-            if not len(valid):
-                raise ValueError(f"{where}: no valid step")
-            gts = check_segments(where, segments[b], self.num_classes)
+        for valid, duration, gts in videos:
             np.add.at(counts, gts[:, 0].astype(np.int64), 1)
             dets = np.asarray(
-                extract_segments(valid, durations[b], self.threshold, self.merge_gap, self.min_length), dtype=np.float64
+                extract_segments(valid, duration, self.threshold, self.merge_gap, self.min_length), dtype=np.float64
             ).reshape(-1, 4)
             rows.append(dets)
             hits.append(match_video(dets, gts, self.thetas, self.unique_matches))
@@ -392,8 +411,10 @@ class EventThresholdSearch(torch.nn.Module):
 
     def update(self, probs: Tensor, mask: Tensor, durations: Tensor | Sequence[float],
                segments: Sequence[np.ndarray], video_ids: Sequence[str] | None = None) -> None:
+        videos = checked_videos("EventThresholdSearch.update", probs, mask, self.metrics[0].num_classes,
+                                durations, segments, video_ids)  # checked once for every cut
         for metric in self.metrics:
-            metric.update(probs, mask, durations, segments, video_ids)
+            metric.update(probs, mask, durations, segments, video_ids, checked=videos)
 
     def compute(self) -> tuple[float, float, dict[float, float]]:
         maps = {t: float(m.compute()["event_map"]) for t, m in zip(self.thresholds, self.metrics)}
