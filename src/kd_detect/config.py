@@ -124,3 +124,24 @@ def _merge_level(argv: list[str]) -> list[str]:
             out += ["--config", yaml.safe_dump(merged, sort_keys=False)]
         i = b
     return out + argv[i:]
+
+
+#: a segment threshold setting meaning "the one chosen on the validation videos"
+#: (``event_threshold: auto`` of the detector modules, ``kd-detect predict --threshold auto``)
+AUTO = "auto"
+
+
+def threshold_setting(value: Any) -> float | str:
+    """A segment threshold setting: :data:`AUTO`, or a probability in [0, 1] (as a float).
+    Raises ``ValueError`` ("must be a probability in [0, 1] or 'auto', got ...") otherwise.
+    Here, not in ``kd_detect.metrics``, so that reading it imports no torchmetrics
+    (``kd-detect predict`` of an export runs on torch alone)."""
+    if value == AUTO:
+        return AUTO
+    try:
+        threshold = float(value)
+    except (TypeError, ValueError):
+        threshold = float("nan")
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"must be a probability in [0, 1] or {AUTO!r}, got {value!r}")
+    return threshold

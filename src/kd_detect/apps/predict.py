@@ -81,7 +81,7 @@ def iter_scores(
 
 def resolve_threshold(threshold: float | str, predictor: Any) -> float:
     """``threshold``, or for ``"auto"`` the threshold the model's validation chose."""
-    from kd_detect.metrics.event_map import AUTO
+    from kd_detect.config import AUTO
 
     if threshold != AUTO:
         return float(threshold)
@@ -277,7 +277,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def threshold_arg(value: str) -> float | str:
     """``--threshold``: a probability in [0, 1] or ``auto``."""
-    from kd_detect.metrics.event_map import threshold_setting
+    from kd_detect.config import threshold_setting
 
     try:
         return threshold_setting(value)

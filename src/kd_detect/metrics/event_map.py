@@ -349,22 +349,6 @@ class EventMAP(Metric):
 #: the candidate extraction thresholds ``event_threshold: auto`` chooses from: the protocol's
 #: default 0.5 and the lower cuts that a less confident model needs (docs/metrics.md)
 EVENT_THRESHOLDS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
-#: the threshold setting that means "the one chosen on validation"
-AUTO = "auto"
-
-
-def threshold_setting(value: Any) -> float | str:
-    """A segment threshold setting: :data:`AUTO`, or a probability in [0, 1] (as a float).
-    Raises ``ValueError`` ("must be a probability in [0, 1] or 'auto', got ...") otherwise."""
-    if value == AUTO:
-        return AUTO
-    try:
-        threshold = float(value)
-    except (TypeError, ValueError):
-        threshold = float("nan")
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"must be a probability in [0, 1] or {AUTO!r}, got {value!r}")
-    return threshold
 
 
 def choose_threshold(maps: Mapping[float, float], default: float = 0.5) -> float:

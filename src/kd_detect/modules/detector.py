@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kd_detect.config import AUTO, threshold_setting
 from kd_detect.data.batch import LABELS, MASK, META, labelled_mask, mix_videos, to_model_layout
 from kd_detect.errors import UsageError
 from kd_detect.models.heads.base import DetectionHead, HeadOutput
@@ -52,7 +53,6 @@ TRAINING_VIDEOS = "kd_detect_training_videos"
 TRAINING_SEED = "kd_detect_seed"
 #: checkpoint key of the event extraction threshold chosen on validation (``event_threshold: auto``)
 EVENT_THRESHOLD = "kd_detect_event_threshold"
-AUTO = "auto"  # = kd_detect.metrics.event_map.AUTO (not imported here: metrics load lazily)
 
 
 class DetectorModule(pl.LightningModule):
@@ -153,8 +153,6 @@ class DetectorModule(pl.LightningModule):
         self._build_metrics()
 
     def _check_event_threshold(self, value: float | str) -> float | str:
-        from kd_detect.metrics.event_map import threshold_setting
-
         try:
             return threshold_setting(value)
         except ValueError as err:
