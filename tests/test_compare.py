@@ -456,7 +456,8 @@ def test_the_unlabelled_rows_read_their_own_file_and_the_control_its_rgb_teacher
 
     monkeypatch.chdir(tmp_path)  # no data/ here: nothing for check_data to refuse
     rows = [compare.UNLABELLED, compare.RGB_UNLABELLED, compare.LOGIT_UNLABELLED, compare.RGB_LOGIT_UNLABELLED,
-            compare.LOGIT_ONLY_UNLABELLED, *compare.RECIPE_WITHOUT, *compare.BASELINES_UNLABELLED]
+            compare.LOGIT_ONLY_UNLABELLED, *compare.RECIPE_WITHOUT, *compare.BASELINES_UNLABELLED,
+            compare.RECIPE_PLUS_FITNETS]
     assert set(rows) == set(compare.UNLABELLED_ROWS)
     assert "data/synthetic_unlabelled.h5" in compare.DATA_FILES
     commands = _fake_fits(monkeypatch)
@@ -470,7 +471,8 @@ def test_the_unlabelled_rows_read_their_own_file_and_the_control_its_rgb_teacher
     for row, teacher in [(compare.RGB_UNLABELLED, compare.RGB_TEACHER), (compare.RGB_LOGIT_UNLABELLED, compare.RGB_TEACHER),
                          (compare.UNLABELLED, compare.TEACHER), (compare.LOGIT_UNLABELLED, compare.TEACHER),
                          (compare.LOGIT_ONLY_UNLABELLED, compare.TEACHER),
-                         *((row, compare.TEACHER) for row in (*compare.RECIPE_WITHOUT, *compare.BASELINES_UNLABELLED))]:
+                         *((row, compare.TEACHER) for row in (*compare.RECIPE_WITHOUT, *compare.BASELINES_UNLABELLED,
+                                                              compare.RECIPE_PLUS_FITNETS))]:
         for c in by_config[f"experiments/{row}.yaml"]:
             seed = next(a for a in c if a.startswith("--seed_everything=")).split("=")[1]
             want = tmp_path / "c" / f"seed{seed}" / teacher / "best.ckpt"

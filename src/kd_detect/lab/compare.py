@@ -91,9 +91,11 @@ RECIPE_WITHOUT = tuple(f"{LOGIT_UNLABELLED}_without_{loss}" for loss in ("atomic
 BASELINE_NAMES = {"fitnets": "FitNets", "mars": "MARS (feature MSE)", "crd": "CRD", "pkt": "PKT",
                   "sp": "similarity-preserving", "at": "attention transfer", "rkd": "RKD"}
 BASELINES_UNLABELLED = tuple(f"ablations/synthetic_{m}_plus_logit_kd_unlabelled" for m in BASELINE_NAMES)
+#: the recipe with a baseline's feature term beside the three losses, not in their place
+RECIPE_PLUS_FITNETS = "ablations/synthetic_kd_plus_fitnets_plus_logit_kd_unlabelled"
 #: rows that read their own feature file (dropped when ``--data.path`` gives another)
 UNLABELLED_ROWS = (UNLABELLED, RGB_UNLABELLED, LOGIT_UNLABELLED, RGB_LOGIT_UNLABELLED, LOGIT_ONLY_UNLABELLED,
-                   *RECIPE_WITHOUT, *BASELINES_UNLABELLED)
+                   *RECIPE_WITHOUT, *BASELINES_UNLABELLED, RECIPE_PLUS_FITNETS)
 OWN_DATA = (CEILING, *UNLABELLED_ROWS)
 #: the row each ablation or baseline is paired against in the report's "ours − row" table when
 #: it is not ours (the labelled-only student): the variants of a semi-supervised row change
@@ -101,7 +103,7 @@ OWN_DATA = (CEILING, *UNLABELLED_ROWS)
 VERSUS: dict[str, str] = {
     RGB_UNLABELLED: UNLABELLED,
     **{exp: LOGIT_UNLABELLED for exp in (RGB_LOGIT_UNLABELLED, LOGIT_ONLY_UNLABELLED, *RECIPE_WITHOUT,
-                                        *BASELINES_UNLABELLED)},
+                                        *BASELINES_UNLABELLED, RECIPE_PLUS_FITNETS)},
 }
 #: the students that distil from other teachers than the RGB+flow+pose one (of the same
 #: seed): {student: {teacher name in the student's config: teacher experiment, or the list
@@ -210,6 +212,8 @@ ROWS: list[tuple[str, str, str]] = [
       for exp in RECIPE_WITHOUT),
     *((f"{name}, weight: auto + logit KD + 432 unlabelled videos (the second row with {name} for the three losses)",
        exp, "baseline") for name, exp in zip(BASELINE_NAMES.values(), BASELINES_UNLABELLED)),
+    ("Ours + FitNets (weight: auto) + logit KD + 432 unlabelled videos (FitNets beside the three losses)",
+     RECIPE_PLUS_FITNETS, "ablation"),
     ("atomic only", "ablations/synthetic_only_atomic", "ablation"),
     ("global only", "ablations/synthetic_only_global", "ablation"),
     ("boundary only", "ablations/synthetic_only_boundary", "ablation"),
