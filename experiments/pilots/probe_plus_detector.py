@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         alone = [100 * np.nanmean(frame_ap(mine[s], labels[s])) for s in SPLITS]
         chosen = int(maps[:, 0].argmax())
         print(f"seed {seed}: detector alone {alone[0]:.2f} / {alone[1]:.2f}; "
-              + "  ".join(f"{v:.1f}/{t:.1f}" for v, t in maps)
+              + "  ".join(f"{v:.2f}/{t:.2f}" for v, t in maps)
               + f"; a chosen on validation {args.weights[chosen]:g}: test {maps[chosen, 1]:.2f}", flush=True)
     return 0
 
