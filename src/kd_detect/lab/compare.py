@@ -179,6 +179,8 @@ ROWS: list[tuple[str, str, str]] = [
      "ablations/synthetic_kd_two_teachers_share1", "ablation"),
     ("Ours, from the RGB+pose teacher alone", "ablations/synthetic_kd_pose_teacher", "ablation"),
     ("Ours + logit KD (the teacher's outputs too, weight: auto)", "ablations/synthetic_kd_plus_logit_kd", "ablation"),
+    ("Ours + FitNets (weight: auto; FitNets beside the three losses)", "ablations/synthetic_kd_plus_fitnets",
+     "ablation"),
     ("Ours, the student's head started from the teacher's (init_from: teacher)",
      "ablations/synthetic_kd_teacher_init", "ablation"),
     ("The teacher's head as the start, labels only (no distillation loss)",
