@@ -495,3 +495,39 @@ def test_the_unlabelled_rows_read_their_own_file_and_the_control_its_rgb_teacher
         assert paths == (["--data.path=x.h5", "--data.path=xu.h5"] if own else ["--data.path=x.h5"]), c
     assert sum(c[c.index("--config") + 1] in {f"experiments/{r}.yaml" for r in rows} for c in commands) == 2 * len(rows)
     assert "--unlabelled-data xu.h5" in (tmp_path / "e" / "report.md").read_text()
+
+
+def test_first_seed_adds_seeds_to_a_comparison_and_the_report_reads_them_all(tmp_path, monkeypatch):
+    """``--first-seed 2 --seeds 2 --ablation-seeds 1`` trains RGB-only, the teacher and ours on
+    seeds 2 and 3 and an ablation (with its RGB-only teacher, seed + 100) on seed 2 only, in
+    directories ``seed2``/``seed3``, and the report pairs the runs of every seed found, those of
+    an earlier invocation (seeds 0 and 1) included."""
+    import json
+    from pathlib import Path
+
+    from kd_detect.lab import compare
+
+    out = tmp_path / "c"
+    commands = _fake_fits(monkeypatch)
+    assert compare.main(["--seeds", "2", "--jobs", "1", "--out", str(out), "--only", compare.OURS,
+                         "--", "--data.path=x.h5"]) == 0
+    commands.clear()
+    student = "ablations/synthetic_kd_rgb_teacher"
+    assert compare.main(["--first-seed", "2", "--seeds", "2", "--ablation-seeds", "1", "--jobs", "1",
+                         "--out", str(out), "--only", compare.OURS, student, "--", "--data.path=x.h5"]) == 0
+    ran: dict[str, list[tuple[str, str]]] = {}
+    for c in commands:
+        root = next(a for a in c if a.startswith("--trainer.default_root_dir=")).split("=", 1)[1]
+        seed = next(a for a in c if a.startswith("--seed_everything=")).split("=")[1]
+        ran.setdefault(c[c.index("--config") + 1], []).append((Path(root).relative_to(out).parts[0], seed))
+    for exp in (compare.RGB, compare.TEACHER, compare.OURS):
+        assert sorted(ran[f"experiments/{exp}.yaml"]) == [("seed2", "2"), ("seed3", "3")]
+    assert ran[f"experiments/{student}.yaml"] == [("seed2", "2")]
+    assert ran[f"experiments/{compare.RGB_TEACHER}.yaml"] == [("seed2", "102")]
+    report = json.loads((out / "report.json").read_text())
+    assert report["seeds"] == [2, 3]
+    rows = {r["experiment"]: r for r in report["rows"]}
+    assert rows[compare.OURS]["runs"] == 4 and rows[student]["runs"] == 1
+    assert "--first-seed 2" in (out / "report.md").read_text()
+    with pytest.raises(SystemExit):
+        compare.main(["--first-seed", "-1", "--out", str(out)])

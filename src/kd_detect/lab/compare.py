@@ -468,6 +468,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make compare", description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=5, help="seeds of RGB-only, teacher, ours and the RGB ceiling")
     parser.add_argument("--ablation-seeds", type=int, default=3, help="seeds of the ablations and baselines")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="the first seed: seeds are FIRST .. FIRST+N-1 (to add seeds to a comparison elsewhere)")
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (each single-threaded)")
     parser.add_argument("--out", default="runs/compare")
     parser.add_argument("--only", nargs="*", default=None, help="experiments to run (default: every row)")
@@ -488,8 +490,10 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     root = Path(args.out)
     reference = Path(args.reference) if args.reference else None
-    seeds = list(range(args.seeds))
-    side_seeds = list(range(min(args.ablation_seeds, args.seeds)))
+    if args.first_seed < 0:
+        parser.error(f"--first-seed must be >= 0, got {args.first_seed}")
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    side_seeds = seeds[: args.ablation_seeds]
     chosen = [exp for _, exp, _ in ROWS
               if exp != PROBE and (args.only is None or exp in args.only or exp in REFERENCES)]
     if any(a.startswith("--data.path") for a in args.extra):  # the ceiling needs its own 4x file of that world
@@ -527,9 +531,10 @@ def main(argv: list[str] | None = None) -> int:
     results = collect(root, reference)
     rows = summarise(results, collect(root, reference, validation=True))
     command = None
-    if args.out != "runs/compare" or reference is not None or args.only is not None:
+    if args.out != "runs/compare" or reference is not None or args.only is not None or args.first_seed:
         command = " ".join(["python -m kd_detect.lab.compare", f"--seeds {args.seeds}",
                             f"--ablation-seeds {args.ablation_seeds}", f"--out {args.out}"]
+                           + ([f"--first-seed {args.first_seed}"] if args.first_seed else [])
                            + ([f"--reference {args.reference}"] if reference else [])
                            + ([f"--unlabelled-data {args.unlabelled_data}"] if args.unlabelled_data else [])
                            + (["--only", *args.only] if args.only is not None else []))
