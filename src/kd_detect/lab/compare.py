@@ -482,6 +482,8 @@ def main(argv: list[str] | None = None) -> int:
                              "read data/synthetic_unlabelled.h5, and are left out when --data.path is given")
     parser.add_argument("extra", nargs="*", help="extra CLI overrides for every run (after --)")
     args = parser.parse_args(argv)
+    if args.first_seed < 0:
+        parser.error(f"--first-seed must be >= 0, got {args.first_seed}")
     if not any(a.startswith("--data.path") for a in args.extra):  # a user's own file is theirs to vouch for
         try:
             check_data()
@@ -490,8 +492,6 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     root = Path(args.out)
     reference = Path(args.reference) if args.reference else None
-    if args.first_seed < 0:
-        parser.error(f"--first-seed must be >= 0, got {args.first_seed}")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     side_seeds = seeds[: args.ablation_seeds]
     chosen = [exp for _, exp, _ in ROWS
