@@ -525,7 +525,7 @@ def test_first_seed_adds_seeds_to_a_comparison_and_the_report_reads_them_all(tmp
     assert ran[f"experiments/{student}.yaml"] == [("seed2", "2")]
     assert ran[f"experiments/{compare.RGB_TEACHER}.yaml"] == [("seed2", "102")]
     report = json.loads((out / "report.json").read_text())
-    assert report["seeds"] == [2, 3]
+    assert report["seeds"] == [0, 1, 2, 3] and report["seeds_run"] == [2, 3]
     rows = {r["experiment"]: r for r in report["rows"]}
     assert rows[compare.OURS]["runs"] == 4 and rows[student]["runs"] == 1
     assert "--first-seed 2" in (out / "report.md").read_text()

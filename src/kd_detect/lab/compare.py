@@ -542,7 +542,9 @@ def main(argv: list[str] | None = None) -> int:
     with atomic_write(root / "report.md") as tmp:
         tmp.write_text(report)
     with atomic_write(root / "report.json") as tmp:
-        tmp.write_text(json.dumps({"seeds": seeds, "metric": METRIC, "rows": rows}, indent=2))
+        # "seeds": every seed the rows count (earlier invocations' included); "seeds_run": this one's
+        found = sorted({s for r in rows for s in r.get("seeds", [])})
+        tmp.write_text(json.dumps({"seeds": found, "seeds_run": seeds, "metric": METRIC, "rows": rows}, indent=2))
     compare_bar_chart([{"name": r["name"], "mean": r["mean"], "std": r["std"]} for r in rows], root / "compare.png")
     print(report)
     return 0
