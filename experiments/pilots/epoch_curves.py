@@ -32,15 +32,16 @@ from kd_detect.metrics import FrameMAP
 from kd_detect.modules.detector import masked_bce
 
 
-def scores(model, data: FeatureData, split: str) -> tuple[float, float]:
-    """Frame mAP (%) and mean masked BCE of ``model`` on ``split``."""
+def scores(model, data: FeatureData, split: str, loss: bool = True) -> tuple[float, float | None]:
+    """Frame mAP (%) of ``model`` on ``split`` and, with ``loss``, its mean masked BCE there."""
     metric, losses = FrameMAP(model.num_classes), []
     with torch.no_grad():
         for batch in map(to_model_layout, data.loader(split)):
             logits = model(batch).logits.float()
             metric.update(torch.sigmoid(logits), batch[LABELS], batch[MASK])
-            losses.append(masked_bce(logits, batch[LABELS], batch[MASK]).item())
-    return 100 * metric.compute()["map"].item(), float(np.mean(losses))
+            if loss:
+                losses.append(masked_bce(logits, batch[LABELS], batch[MASK]).item())
+    return 100 * metric.compute()["map"].item(), float(np.mean(losses)) if loss else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     data = FeatureData(args.data, modalities=None, eval_batch_size=16)
     for d in args.dirs:
         ckpts = sorted(Path(d).glob("epoch=*.ckpt"), key=lambda p: int(re.findall(r"\d+", p.name)[0]))
-        rows = np.array([[*scores(m, data, "val"), scores(m, data, "test")[0]] for m in map(load, ckpts)])
+        rows = np.array([[*scores(m, data, "val"), scores(m, data, "test", loss=False)[0]] for m in map(load, ckpts)])
         val_map, val_loss, test = rows.T
         by_map, by_loss = int(val_map.argmax()), int(val_loss.argmin())
         print(f"{d}: {len(rows)} epochs; test at best validation mAP (epoch {by_map}) {test[by_map]:.2f}, "
