@@ -529,6 +529,7 @@ def test_first_seed_adds_seeds_to_a_comparison_and_the_report_reads_them_all(tmp
     rows = {r["experiment"]: r for r in report["rows"]}
     assert rows[compare.OURS]["runs"] == 4 and rows[student]["runs"] == 1
     assert "--first-seed 2" in (out / "report.md").read_text()
+    assert "every seed found under its output directory: 0, 1, 2, 3" in (out / "report.md").read_text()
     before = len(commands)
     with pytest.raises(SystemExit):  # refused before anything is checked or run
         compare.main(["--first-seed", "-1", "--out", str(out), "--", "--data.path=x.h5"])

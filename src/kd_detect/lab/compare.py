@@ -416,6 +416,18 @@ def paired_difference(a: dict[int, float], b: dict[int, float]) -> dict | None:
             "runs": len(diffs), "above": sum(d > 0 for d in diffs), "ci95": t_interval(diffs)}
 
 
+def seeds_found(rows: list[dict]) -> list[int]:
+    """Every seed the rows count (runs of earlier invocations under the same output directory too)."""
+    return sorted({s for r in rows for s in r.get("seeds", [])})
+
+
+def seeds_note(rows: list[dict], seeds: list[int]) -> str:
+    """Say so when the rows count seeds the command did not run (an earlier invocation's)."""
+    found = seeds_found(rows)
+    extra = [s for s in found if s not in seeds]
+    return f"; the rows count every seed found under its output directory: {', '.join(map(str, found))}" if extra else ""
+
+
 def markdown(rows: list[dict], seeds: list[int], extra: list[str], command: str | None = None) -> str:
     def pct(x: float | None) -> str:
         return "" if x is None else f"{100 * x:+.0f}%"
@@ -427,7 +439,8 @@ def markdown(rows: list[dict], seeds: list[int], extra: list[str], command: str 
         "(teacher − RGB) and (row − RGB) / (RGB ceiling − RGB), from the means; Δ RGB = row − RGB-only of the "
         "same seed, mean ± std over seeds, with its 95 % t interval, and on how many seeds the row is above "
         "RGB-only. The linear probe is deterministic (one value, paired with every seed's RGB-only run).",
-        f"Command: `{command or f'make compare SEEDS={len(seeds)}'}`" + (f" (extra args: `{' '.join(extra)}`)" if extra else ""),
+        f"Command: `{command or f'make compare SEEDS={len(seeds)}'}`" + (f" (extra args: `{' '.join(extra)}`)" if extra else "")
+        + seeds_note(rows, seeds),
         "",
         "| method | group | runs | test frame mAP | gap closed: teacher | gap closed: RGB ceiling "
         "| Δ RGB (paired) | 95 % CI | above RGB |",
@@ -543,8 +556,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp.write_text(report)
     with atomic_write(root / "report.json") as tmp:
         # "seeds": every seed the rows count (earlier invocations' included); "seeds_run": this one's
-        found = sorted({s for r in rows for s in r.get("seeds", [])})
-        tmp.write_text(json.dumps({"seeds": found, "seeds_run": seeds, "metric": METRIC, "rows": rows}, indent=2))
+        tmp.write_text(json.dumps({"seeds": seeds_found(rows), "seeds_run": seeds, "metric": METRIC, "rows": rows}, indent=2))
     compare_bar_chart([{"name": r["name"], "mean": r["mean"], "std": r["std"]} for r in rows], root / "compare.png")
     print(report)
     return 0
