@@ -3,14 +3,18 @@ over seeds, on the validation and test videos, with each class's instance count.
 
 A difference of mean AP between two rows can be one class or all of them, and a split with
 few instances per class can rank rows differently from another. This prints, per split, the
-instances of each class and every row's per-class AP (mean over the seeds whose checkpoint
-exists), then its mean::
+instances of each class (and, first, its training instances) and every row's per-class AP
+(mean over the seeds whose checkpoint exists), then its mean. With ``--probe`` the test split
+also shows the linear probe of RGB (``kd_detect.lab.probe``, deterministic) as a row::
 
     OMP_NUM_THREADS=1 .venv/bin/python experiments/pilots/per_class_ap.py --data data/synthetic.h5 \\
         rgb=runs/v3/seed{s}/synthetic_rgb ours=runs/v3/seed{s}/synthetic_kd \\
         unlabelled=runs/unl/seed{s}/ablations/synthetic_kd_unlabelled --seeds 0 1 2 3 4
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/pilots/per_class_ap.py --data data/synthetic.h5 \\
+        --probe rgb=runs/evt/seed{s}/synthetic_rgb --seeds 0 1 2 3 4 5 6 7 8 9
 
-Measured figures: README, Results, "Distilling on videos without labels".
+Measured figures: docs/results.md, "Distilling on videos without labels" and "Why PDAN stays
+below a linear probe of its own input".
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch
 
 from kd_detect.data.batch import LABELS, MASK, to_model_layout
 from kd_detect.data.feature_data import FeatureData
+from kd_detect.lab.probe import probe
 from kd_detect.metrics import FrameMAP
 from kd_detect.modules.loading import checkpoint_class, load_detector, read_checkpoint
 from kd_detect.modules.student import StudentModule
@@ -47,17 +52,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", required=True, help="the feature file the runs were evaluated on")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--probe", action="store_true", help="add the linear probe of RGB as a row (test only)")
     parser.add_argument("runs", nargs="+", help="NAME=run directory with {s} for the seed")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     data = FeatureData(args.data, modalities=None, eval_batch_size=16)
     ff = data.feature_file
-    for split in ("val", "test"):
+    probe_ap = 100 * probe(args.data, ["rgb"]).test_ap if args.probe else None
+    for split in ("train", "val", "test"):
         counts = np.zeros(ff.num_classes, dtype=int)
         for vid in data.dataset(split).video_ids:
             for row in ff.segments(vid):
                 counts[int(row[0])] += 1
         print(f"{split}: instances per class {counts.tolist()}")
+        if split == "train":
+            continue
+        if split == "test" and probe_ap is not None:
+            print(f"  {'probe':>12} (ridge)   " + " ".join(f"{x:5.1f}" for x in probe_ap)
+                  + f"  mean {np.nanmean(probe_ap):.2f}")
         for spec in args.runs:
             name, pattern = spec.split("=", 1)
             aps = [per_class_ap(load(Path(pattern.format(s=s)) / "best.ckpt"), data, split)
