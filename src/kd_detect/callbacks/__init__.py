@@ -1,5 +1,6 @@
 """Callbacks: what is about time or the run, not about the loss (DESIGN.md §2)."""
 
+from kd_detect.callbacks.averaging import EMA
 from kd_detect.callbacks.checkpoint import AtomicCheckpointIO, RunCheckpoint
 from kd_detect.callbacks.report import LearningRateLogger, RunReport
 from kd_detect.callbacks.rng import EpochSeed
@@ -9,6 +10,7 @@ from kd_detect.callbacks.teachers import TeacherMetrics
 __all__ = [
     "AtomicCheckpointIO",
     "DistillationWarmup",
+    "EMA",
     "EpochSeed",
     "LearningRateLogger",
     "RunCheckpoint",

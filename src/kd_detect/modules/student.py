@@ -348,6 +348,20 @@ class StudentModule(DetectorModule):
     def teachers(self) -> dict[str, DetectorModule]:
         return dict(self._teachers)
 
+    @contextlib.contextmanager
+    def teachers_set_aside(self) -> Iterator[None]:
+        """Inside the block the module has no teachers and no caches (restored after it):
+        for a deep copy of the student's own weights, e.g. :class:`kd_detect.callbacks.EMA`'s
+        average, without copying frozen teachers or preloaded caches."""
+        teachers, caches = self._teachers, self._caches
+        object.__setattr__(self, "_teachers", {})
+        object.__setattr__(self, "_caches", {})
+        try:
+            yield
+        finally:
+            object.__setattr__(self, "_teachers", teachers)
+            object.__setattr__(self, "_caches", caches)
+
     def check_data(self, modality_dims: dict[str, int]) -> None:
         """Every live teacher's modalities must exist in the data, with matching dims."""
         for name, teacher in self._teachers.items():
