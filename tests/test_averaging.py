@@ -143,9 +143,10 @@ def test_a_students_teachers_stay_out_of_the_average(tmp_path):
     trainer.fit(teacher, datamodule=dm)
     trainer.save_checkpoint(tmp_path / "t.ckpt")
     student = _student({"ckpt": tmp_path / "t.ckpt"}, dm)
-    with student.teachers_set_aside():
-        assert student.teachers == {}
-    assert list(student.teachers) == ["t"]
+    factory = student.head_factory
+    with student.set_aside_for_copy():
+        assert student.teachers == {} and not hasattr(student, "head_factory")
+    assert list(student.teachers) == ["t"] and student.head_factory is factory
     ema = EMA(epochs=1)
     trainer = _trainer(max_epochs=2, callbacks=[ema])
     trainer.fit(student, datamodule=dm)

@@ -39,13 +39,16 @@ def test_ddp_teacher_exact_metrics_and_students(synthetic_h5, tmp_path):
     data = f"--data.path={synthetic_h5}"
     ddp = ["--trainer.devices=2", "--trainer.strategy=ddp"]
     teacher = tmp_path / "teacher"
-    # 1. teacher fit on 2 processes, tested on 2 processes; its event threshold chosen on validation
+    # 1. teacher fit on 2 processes, tested on 2 processes; its event threshold chosen on validation;
+    # with an average of the weights (kd_detect.callbacks.EMA), which the test after fit must score
     events = ["--model.init_args.event_map=true", "--model.init_args.event_threshold=auto"]
-    _run("fit", "--config", "experiments/synthetic_teacher.yaml", data, *COMMON, *ddp, *events,
+    ema = ["--trainer.callbacks+=kd_detect.callbacks.EMA", "--trainer.callbacks.epochs=1"]
+    _run("fit", "--config", "experiments/synthetic_teacher.yaml", data, *COMMON, *ddp, *events, *ema,
          "--trainer.max_epochs=2", f"--trainer.default_root_dir={teacher}", "--test_after_fit=true", tmp=tmp_path)
     assert sorted(p.name for p in teacher.glob("*.ckpt")) == ["best.ckpt", "last.ckpt"]
     ddp_map = _metrics(teacher)["test/frame_map"]
-    # 2. the same checkpoint evaluated by one process: every test video counted once either way
+    # 2. the same checkpoint evaluated by one process (no EMA callback: the checkpoint's
+    # state_dict is the average): every test video counted once either way
     single = tmp_path / "single"
     _run("test", "--config", "experiments/synthetic_teacher.yaml", data, *COMMON, *events, "--trainer.devices=1",
          f"--trainer.default_root_dir={single}", f"--ckpt_path={teacher / 'best.ckpt'}", tmp=tmp_path)

@@ -14,9 +14,11 @@ resuming). This subclass changes three things:
 * **The time constant is in epochs,** so one setting means the same on 144 videos and on
   8,000. The per-step decay is ``exp(-1 / (epochs · steps per epoch))``, fixed when
   training starts; ``decay`` sets it directly instead.
-* **A student's frozen teachers are not copied.** The average is a deep copy of the
-  module; teachers and teacher caches live outside the module tree (they are not averaged
-  anyway), and :meth:`StudentModule.teachers_set_aside` keeps them out of the copy.
+* **Only the weights are copied.** The average is a deep copy of the module; what a
+  detector only needed to be built (its head factory, which under DDP holds a lock and
+  cannot be copied) and a student's frozen teachers and teacher caches (outside the module
+  tree, never averaged, possibly large) are kept out of it by the module's
+  :meth:`~kd_detect.modules.DetectorModule.set_aside_for_copy`.
 
 Buffers are averaged with the weights (Lightning's default): the input standardisation is
 fixed after the first step, and an ``auto`` loss weight's state is only read in training.
@@ -93,7 +95,7 @@ class EMA(EMAWeightAveraging):
         self.decay = decay
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        set_aside = getattr(pl_module, "teachers_set_aside", nullcontext)
+        set_aside = getattr(pl_module, "set_aside_for_copy", nullcontext)
         with set_aside():
             super().setup(trainer, pl_module, stage)
 

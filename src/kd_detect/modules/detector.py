@@ -13,8 +13,9 @@ adds mid and late fusion.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytorch_lightning as pl
 import torch
@@ -186,6 +187,18 @@ class DetectorModule(pl.LightningModule):
             dims.append(out_dim)
         self.encoders = nn.ModuleDict(encoders)
         self.head = self.head_factory(sum(dims), self.num_classes)
+
+    @contextlib.contextmanager
+    def set_aside_for_copy(self) -> Iterator[None]:
+        """Inside the block the module holds its weights and settings and nothing it only
+        needed to be built, for a deep copy such as :class:`kd_detect.callbacks.EMA`'s
+        average: the head factory (from a config, a jsonargparse partial that holds a lock
+        under DDP) is set aside and restored after the block."""
+        factory = self.__dict__.pop("head_factory")
+        try:
+            yield
+        finally:
+            self.head_factory = factory
 
     @property
     def feature_dim(self) -> int:

@@ -349,15 +349,15 @@ class StudentModule(DetectorModule):
         return dict(self._teachers)
 
     @contextlib.contextmanager
-    def teachers_set_aside(self) -> Iterator[None]:
-        """Inside the block the module has no teachers and no caches (restored after it):
-        for a deep copy of the student's own weights, e.g. :class:`kd_detect.callbacks.EMA`'s
-        average, without copying frozen teachers or preloaded caches."""
+    def set_aside_for_copy(self) -> Iterator[None]:
+        """As :meth:`DetectorModule.set_aside_for_copy`, and the frozen teachers and teacher
+        caches too (not the student's weights; a preloaded cache can be large)."""
         teachers, caches = self._teachers, self._caches
         object.__setattr__(self, "_teachers", {})
         object.__setattr__(self, "_caches", {})
         try:
-            yield
+            with super().set_aside_for_copy():
+                yield
         finally:
             object.__setattr__(self, "_teachers", teachers)
             object.__setattr__(self, "_caches", caches)
