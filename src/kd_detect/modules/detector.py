@@ -194,11 +194,13 @@ class DetectorModule(pl.LightningModule):
         needed to be built, for a deep copy such as :class:`kd_detect.callbacks.EMA`'s
         average: the head factory (from a config, a jsonargparse partial that holds a lock
         under DDP) is set aside and restored after the block."""
-        factory = self.__dict__.pop("head_factory")
+        missing = object()
+        factory = self.__dict__.pop("head_factory", missing)
         try:
             yield
         finally:
-            self.head_factory = factory
+            if factory is not missing:
+                self.head_factory = factory
 
     @property
     def feature_dim(self) -> int:
