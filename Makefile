@@ -9,6 +9,7 @@ KD      := $(VENV)/bin/kd-detect
 STAMP   := $(VENV)/.installed
 TORCH   ?= torch==2.13.0
 PYTEST_ARGS ?=
+TEST_JOBS ?= 2
 
 EXP     ?=
 ARGS    ?=
@@ -27,7 +28,7 @@ export WANDB_SILENT ?= true
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
-	@echo "  variables: EXP=name ARGS=\"--key=value ...\" RESUME=1 DATASET=name RAW=dir OUT=file SEEDS=5 ABLATION_SEEDS=3 COUNT=20 QUICK=1 DEVICE=cuda"
+	@echo "  variables: TEST_JOBS=2 EXP=name ARGS=\"--key=value ...\" RESUME=1 DATASET=name RAW=dir OUT=file SEEDS=5 ABLATION_SEEDS=3 COUNT=20 QUICK=1 DEVICE=cuda"
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,8 +43,9 @@ lint: $(STAMP) ## ruff + the import contracts of docs/architecture.md (lint-impo
 	$(VENV)/bin/ruff check src tests benchmarks data_prep experiments
 	$(VENV)/bin/lint-imports
 
+# TEST_JOBS pytest-xdist workers (default 2, the cores CI has; 0 runs the suite in this process)
 test: $(STAMP) lint ## lint, then run the test suite (what CI runs)
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" $(if $(filter-out 0,$(TEST_JOBS)),-n $(TEST_JOBS) --dist worksteal,) $(PYTEST_ARGS)
 
 # ---------------------------------------------------------------- training
 # `make train` (no EXP): RGB-only baseline and teacher when missing or not matching their
