@@ -1,6 +1,7 @@
 """Issue 16: the Makefile's hint for a missing data file names a command that exists: the
 converter of that name, the generator (synthetic variants) or the generic converter; and
-``make data`` refuses a DATASET without a converter in one line."""
+``make data`` refuses a DATASET without a converter in one line; ``make test`` runs pytest over
+``TEST_JOBS`` pytest-xdist workers."""
 
 from __future__ import annotations
 
@@ -46,3 +47,12 @@ def test_make_data_refuses_a_dataset_without_a_converter(dataset):
     assert proc.stderr.splitlines()[0] == (
         f"error: no converter named '{dataset}': DATASET is one of charades generic multithumos pku_mmd "
         "synthetic tsu (your own features: DATASET=generic)")
+
+
+@pytest.mark.parametrize("jobs, expected", [(None, ["-n", "2", "--dist", "worksteal"]), ("0", []),
+                                            ("4", ["-n", "4", "--dist", "worksteal"])])
+def test_make_test_spreads_the_suite_over_test_jobs_workers(jobs, expected):
+    proc = make("-n", "test", *([f"TEST_JOBS={jobs}"] if jobs is not None else []), "PYTEST_ARGS=-k distill")
+    assert proc.returncode == 0, proc.stderr
+    argv = shlex.split(proc.stdout.strip().splitlines()[-1])
+    assert argv[1:] == ["-m", "pytest", "-m", "not slow", *expected, "-k", "distill"], argv
