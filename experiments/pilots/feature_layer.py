@@ -48,7 +48,7 @@ def patched(layer: int):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 3 or sys.argv[2] != "--":
-        sys.exit("usage: feature_layer.py K -- <kd-detect arguments>")
+    if len(sys.argv) < 3 or sys.argv[2] != "--" or not sys.argv[1].isdigit():
+        sys.exit("usage: feature_layer.py K -- <kd-detect arguments>  (K: a PDAN block, 0 .. num_layers)")
     pdan.PDAN.forward = patched(int(sys.argv[1]))
     sys.exit(main(sys.argv[3:]))

@@ -64,9 +64,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe", action="store_true", help="add the linear probe of RGB as a row (test only)")
     parser.add_argument("--groups", type=int, nargs="*", default=[],
                         help="upper bounds of training instances that group the classes (test split)")
-    parser.add_argument("--paired", nargs="*", default=[], help="A-B: per group, A's mean AP minus B's, paired by seed")
+    parser.add_argument("--paired", nargs="*", default=[],
+                        help="A-B: per group, A's mean AP minus B's, paired by seed (give it after the runs)")
     parser.add_argument("runs", nargs="+", help="NAME=run directory with {s} for the seed")
     args = parser.parse_args(argv)
+    names = [spec.split("=", 1)[0] for spec in args.runs]
+    for pair in args.paired:
+        a, _, b = pair.partition("-")
+        if a not in names or b not in names:
+            parser.error(f"--paired {pair}: expected A-B with A and B among the run names {names}")
+    if args.paired and not args.groups:
+        parser.error("--paired needs --groups (the differences are per group of classes)")
     torch.set_num_threads(1)
     data = FeatureData(args.data, modalities=None, eval_batch_size=16)
     ff = data.feature_file
@@ -113,7 +121,7 @@ def print_groups(counts: np.ndarray, bounds: list[int], per_seed: dict, paired: 
             cells.append(f"probe {np.nanmean(probe_ap[members]):.2f}")
         print(head, ", ".join(cells))
         for pair in paired:
-            a, b = pair.split("-", 1)
+            a, _, b = pair.partition("-")
             d = paired_difference(means[a], means[b])
             ci = f"[{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]" if d["ci95"] else "(one seed)"
             print(f"    {a} - {b}: {d['mean']:+.2f} {ci} {d['above']}/{d['runs']}")
