@@ -17,6 +17,7 @@ HEADS = {
     "PDAN": {"class_path": "kd_detect.models.heads.PDAN", "init_args": {"hidden": 16, "num_layers": 2}},
     "MSTCN": {"class_path": "kd_detect.models.heads.MSTCN", "init_args": {"hidden": 16, "num_layers": 3, "num_stages": 2}},
     "TCN": {"class_path": "kd_detect.models.heads.TCN", "init_args": {"hidden": 16, "num_layers": 2}},
+    "Decomposed": {"class_path": "kd_detect.models.heads.Decomposed", "init_args": {"hidden": 16, "num_layers": 2}},
 }
 ATOMIC = {"class_path": "kd_detect.distill.AtomicContrastive", "init_args": {"weight": 1.0}}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kd_detect.models.heads import MSTCN, PDAN, TCN, DetectionHead, HeadOutput
+from kd_detect.models.heads import MSTCN, PDAN, TCN, Decomposed, DetectionHead, HeadOutput
 from kd_detect.models.heads.pdan import DilatedAttention
 
 torch.set_num_threads(1)
@@ -15,9 +15,10 @@ SMALL = {
     "pdan": lambda d, c: PDAN(d, c, hidden=16, num_layers=3),
     "mstcn": lambda d, c: MSTCN(d, c, num_stages=2, num_layers=3, hidden=8),
     "tcn": lambda d, c: TCN(d, c, hidden=8, num_layers=2, kernel_size=3),
+    "decomposed": lambda d, c: Decomposed(d, c, hidden=16, num_layers=3),
 }
 # One-sided receptive field of the SMALL configurations, in steps.
-RECEPTIVE = {"pdan": 1 + 2 + 4, "mstcn": 2 * (1 + 2 + 4), "tcn": 2 * 1}
+RECEPTIVE = {"pdan": 1 + 2 + 4, "decomposed": 1 + 2 + 4, "mstcn": 2 * (1 + 2 + 4), "tcn": 2 * 1}
 
 
 def make(name: str, d: int, c: int, seed: int = 0) -> DetectionHead:
@@ -191,3 +192,25 @@ def test_bad_options() -> None:
         MSTCN(4, 2, num_stages=0)
     with pytest.raises(ValueError, match="num_layers"):
         PDAN(4, 2, num_layers=0)
+
+
+def test_decomposed_sums_the_branches_logits_and_hands_over_the_motion_features() -> None:
+    head = make("decomposed", 5, 3)
+    x, mask = torch.randn(2, 5, 9), lengths_mask([9, 4], 9)
+    out, a, m = head(x, mask), head.appearance(x, mask), head.motion(x, mask)
+    torch.testing.assert_close(out.logits, a.logits + m.logits)
+    torch.testing.assert_close(out.features, m.features)
+    assert head.feature_dim == 16
+    single = sum(p.numel() for p in PDAN(5, 3, hidden=16, num_layers=3).parameters())
+    assert sum(p.numel() for p in head.parameters()) == 2 * single
+
+
+def test_decomposed_distillation_reaches_the_motion_branch_only() -> None:
+    # what a plugin reads (features) trains the motion branch; the appearance branch is
+    # moved by the detection loss (logits) alone
+    head = make("decomposed", 5, 3).train()
+    out = head(torch.randn(2, 5, 10), lengths_mask([10, 6], 10))
+    out.features.square().sum().backward()
+    assert all(p.grad is None for p in head.appearance.parameters())
+    moved = [n for n, p in head.motion.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0]
+    assert moved and all(not n.startswith("classifier") for n in moved)

@@ -1,0 +1,63 @@
+"""Decomposed head: an appearance branch and a motion branch over the same RGB input.
+
+After Lee et al., *Decomposed Cross-Modal Distillation for RGB-Based Temporal Action
+Detection* (CVPR 2023): instead of distilling the teacher into the one representation the
+detector classifies from, the student learns two, and only one of them is distilled::
+
+    a, logits_a = PDAN_appearance(x)        m, logits_m = PDAN_motion(x)
+    logits = logits_a + logits_m            features = m
+
+The detection loss trains both branches (through the summed logits); every distillation
+plugin reads ``features``, i.e. the motion branch only, so the teacher's flow/pose
+knowledge has capacity of its own and never pulls on the appearance representation. At
+inference it is still RGB in, scores out (twice a PDAN's compute). Summing the branches'
+logits is a linear classifier on ``[a; m]``, a simpler fusion than the paper's local
+attentive fusion. Without a teacher the head is an ensemble of two PDANs trained jointly:
+the RGB-only control for the capacity it adds (``experiments/ablations``).
+
+``features`` is the motion branch's last layer, not the input of one classifier over
+everything; a tool that reads ``HeadOutput.features`` (``kd-detect diagnose``, the plots)
+sees what was distilled.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .base import DetectionHead, HeadOutput
+from .pdan import PDAN
+from .tcn import check_head_input
+
+
+class Decomposed(DetectionHead):
+    """Two PDAN branches of one size on the same input; logits summed, the motion branch's
+    features handed to distillation (see the module docstring).
+
+    Args:
+        in_dim, num_classes: supplied by the module.
+        hidden, num_layers, dropout: each branch's PDAN options.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        num_classes: int,
+        *,
+        hidden: int = 512,
+        num_layers: int = 5,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.appearance = PDAN(in_dim, num_classes, hidden=hidden, num_layers=num_layers, dropout=dropout)
+        self.motion = PDAN(in_dim, num_classes, hidden=hidden, num_layers=num_layers, dropout=dropout)
+        self.in_dim = int(in_dim)
+        self.num_classes = int(num_classes)
+        self.feature_dim = int(hidden)
+
+    def forward(self, x: Tensor, mask: Tensor) -> HeadOutput:
+        if not torch.jit.is_scripting():  # the checks name this head (Python only)
+            check_head_input(self, x, mask)
+        appearance = self.appearance(x, mask)
+        motion = self.motion(x, mask)
+        return HeadOutput(motion.features, appearance.logits + motion.logits)
