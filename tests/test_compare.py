@@ -303,22 +303,28 @@ def test_a_student_of_another_teacher_gets_that_teacher(tmp_path, monkeypatch, s
     assert "ours_minus_row" not in rows[teacher]
 
 
-def test_the_mixup_control_is_trained_from_labels_and_the_mixup_student_from_the_teacher(tmp_path, monkeypatch):
-    """``ablations/synthetic_rgb_mixup`` is RGB-only with mixup: no teacher is passed to it
-    (a detector has no ``teachers``); ``ablations/synthetic_kd_mixup`` gets the teacher of its seed."""
+@pytest.mark.parametrize("control,student", [("RGB_MIXUP", "ablations/synthetic_kd_mixup"),
+                                             ("RGB_DECOMPOSED", "ablations/synthetic_kd_decomposed")])
+def test_a_labels_only_control_is_trained_from_labels_and_its_student_from_the_teacher(
+        tmp_path, monkeypatch, control, student):
+    """``ablations/synthetic_rgb_mixup`` is RGB-only with mixup, ``ablations/synthetic_rgb_decomposed``
+    RGB-only with the decomposed head: no teacher is passed to them (a detector has no
+    ``teachers``); the students they control get the teacher of their seed."""
     from kd_detect.lab import compare
 
     commands = _fake_fits(monkeypatch)
     out = tmp_path / "c"
+    control = getattr(compare, control)
+    assert control in compare.LABELS_ONLY
     assert compare.main(["--seeds", "2", "--ablation-seeds", "2", "--jobs", "1", "--out", str(out), "--only",
-                         compare.RGB_MIXUP, "ablations/synthetic_kd_mixup", "--", "--data.path=x.h5"]) == 0
+                         control, student, "--", "--data.path=x.h5"]) == 0
     by_config: dict[str, list[list[str]]] = {}
     for c in commands:
         by_config.setdefault(c[c.index("--config") + 1], []).append(c)
-    control, student = by_config[f"experiments/{compare.RGB_MIXUP}.yaml"], by_config["experiments/ablations/synthetic_kd_mixup.yaml"]
-    assert len(control) == len(student) == 2
-    assert not any(a.startswith("--model.init_args.teachers") for c in control for a in c)
-    for c in student:
+    controls, students = by_config[f"experiments/{control}.yaml"], by_config[f"experiments/{student}.yaml"]
+    assert len(controls) == len(students) == 2
+    assert not any(a.startswith("--model.init_args.teachers") for c in controls for a in c)
+    for c in students:
         seed = next(a for a in c if a.startswith("--seed_everything=")).split("=")[1]
         assert f"--model.init_args.teachers.teacher={out / f'seed{seed}' / compare.TEACHER / 'best.ckpt'}" in c
 

@@ -66,7 +66,9 @@ TWO_TEACHERS = "synthetic_kd_two_teachers"
 REFERENCES = (RGB, TEACHER, CEILING)
 #: rows trained from the labels alone, like RGB-only, but not references
 RGB_MIXUP = "ablations/synthetic_rgb_mixup"
-LABELS_ONLY = (RGB_MIXUP,)
+#: the decomposed student (two branches, distillation into one) and its RGB-only control
+DECOMPOSED, RGB_DECOMPOSED = "ablations/synthetic_kd_decomposed", "ablations/synthetic_rgb_decomposed"
+LABELS_ONLY = (RGB_MIXUP, RGB_DECOMPOSED)
 #: the fold teachers of a cross-fitted teacher (experiments/folds/<teacher>_fold<k>.yaml)
 FOLDS = 4
 
@@ -201,6 +203,9 @@ ROWS: list[tuple[str, str, str]] = [
     ("Ours with mixup across the batch's videos (α = 0.4; the teacher reads the mixed videos)",
      "ablations/synthetic_kd_mixup", "ablation"),
     ("RGB only with mixup (α = 0.4; the control of the row above)", RGB_MIXUP, "ablation"),
+    ("Ours, decomposed student (two PDAN branches, logits summed; the losses train one, Lee et al. 2023)",
+     DECOMPOSED, "ablation"),
+    ("RGB only, decomposed head (two PDAN branches; the control of the row above)", RGB_DECOMPOSED, "ablation"),
     ("Ours + 432 unlabelled videos (distillation losses only; the ceiling's extra videos without labels)",
      UNLABELLED, "ablation"),
     ("Ours + logit KD + 432 unlabelled videos", LOGIT_UNLABELLED, "ablation"),
