@@ -360,16 +360,19 @@ def test_the_two_teacher_student_gets_both_named_teachers_of_its_seed(tmp_path, 
     assert rows[compare.TWO_TEACHERS]["group"] == "ablation" and "ours_minus_row" in rows[compare.TWO_TEACHERS]
 
 
-def test_the_self_distillation_control_gets_an_rgb_only_teacher_of_another_training_seed(tmp_path, monkeypatch):
-    """``ablations/synthetic_kd_rgb_teacher`` distils from the RGB-only recipe trained as a
-    teacher with ``--seed_everything`` = seed + 100 (kept under ``seed<s>``), so the teacher is
-    neither the student's own initialisation nor the RGB-only run it is paired against."""
+@pytest.mark.parametrize("student,group", [("ablations/synthetic_kd_rgb_teacher", "ablation"),
+                                           ("ablations/synthetic_fitnets_decomposed_rgb_teacher", "baseline")])
+def test_the_self_distillation_control_gets_an_rgb_only_teacher_of_another_training_seed(
+        tmp_path, monkeypatch, student, group):
+    """``ablations/synthetic_kd_rgb_teacher`` (and the hallucination branch's control) distil
+    from the RGB-only recipe trained as a teacher with ``--seed_everything`` = seed + 100 (kept
+    under ``seed<s>``), so the teacher is neither the student's own initialisation nor the
+    RGB-only run it is paired against."""
     import json
     from pathlib import Path
 
     from kd_detect.lab import compare
 
-    student = "ablations/synthetic_kd_rgb_teacher"
     commands = _fake_fits(monkeypatch)
     out = tmp_path / "c"
     assert compare.main(["--seeds", "2", "--ablation-seeds", "2", "--jobs", "1", "--out", str(out),
@@ -392,7 +395,7 @@ def test_the_self_distillation_control_gets_an_rgb_only_teacher_of_another_train
         i for i, c in enumerate(order) if student in c)
     rows = {r["experiment"]: r for r in json.loads((out / "report.json").read_text())["rows"]}
     assert rows[compare.RGB_TEACHER]["group"] == "teacher" and "ours_minus_row" not in rows[compare.RGB_TEACHER]
-    assert rows[student]["group"] == "ablation"
+    assert rows[student]["group"] == group
 
 
 def test_the_student_of_the_full_and_the_rgb_teacher_gets_both_of_its_seed(tmp_path, monkeypatch):
