@@ -466,7 +466,7 @@ def test_the_unlabelled_rows_read_their_own_file_and_the_control_its_rgb_teacher
     monkeypatch.chdir(tmp_path)  # no data/ here: nothing for check_data to refuse
     rows = [compare.UNLABELLED, compare.RGB_UNLABELLED, compare.LOGIT_UNLABELLED, compare.RGB_LOGIT_UNLABELLED,
             compare.LOGIT_ONLY_UNLABELLED, *compare.RECIPE_WITHOUT, *compare.BASELINES_UNLABELLED,
-            compare.RECIPE_PLUS_FITNETS]
+            compare.RECIPE_PLUS_FITNETS, compare.RECIPE_DECOMPOSED]
     assert set(rows) == set(compare.UNLABELLED_ROWS)
     assert "data/synthetic_unlabelled.h5" in compare.DATA_FILES
     commands = _fake_fits(monkeypatch)
@@ -481,7 +481,7 @@ def test_the_unlabelled_rows_read_their_own_file_and_the_control_its_rgb_teacher
                          (compare.UNLABELLED, compare.TEACHER), (compare.LOGIT_UNLABELLED, compare.TEACHER),
                          (compare.LOGIT_ONLY_UNLABELLED, compare.TEACHER),
                          *((row, compare.TEACHER) for row in (*compare.RECIPE_WITHOUT, *compare.BASELINES_UNLABELLED,
-                                                              compare.RECIPE_PLUS_FITNETS))]:
+                                                              compare.RECIPE_PLUS_FITNETS, compare.RECIPE_DECOMPOSED))]:
         for c in by_config[f"experiments/{row}.yaml"]:
             seed = next(a for a in c if a.startswith("--seed_everything=")).split("=")[1]
             want = tmp_path / "c" / f"seed{seed}" / teacher / "best.ckpt"

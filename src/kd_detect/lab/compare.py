@@ -95,9 +95,11 @@ BASELINE_NAMES = {"fitnets": "FitNets", "mars": "MARS (feature MSE)", "crd": "CR
 BASELINES_UNLABELLED = tuple(f"ablations/synthetic_{m}_plus_logit_kd_unlabelled" for m in BASELINE_NAMES)
 #: the recipe with a baseline's feature term beside the three losses, not in their place
 RECIPE_PLUS_FITNETS = "ablations/synthetic_kd_plus_fitnets_plus_logit_kd_unlabelled"
+#: the recipe with the decomposed student (the three losses into its motion branch)
+RECIPE_DECOMPOSED = "ablations/synthetic_kd_plus_logit_kd_unlabelled_decomposed"
 #: rows that read their own feature file (dropped when ``--data.path`` gives another)
 UNLABELLED_ROWS = (UNLABELLED, RGB_UNLABELLED, LOGIT_UNLABELLED, RGB_LOGIT_UNLABELLED, LOGIT_ONLY_UNLABELLED,
-                   *RECIPE_WITHOUT, *BASELINES_UNLABELLED, RECIPE_PLUS_FITNETS)
+                   *RECIPE_WITHOUT, *BASELINES_UNLABELLED, RECIPE_PLUS_FITNETS, RECIPE_DECOMPOSED)
 OWN_DATA = (CEILING, *UNLABELLED_ROWS)
 #: the row each ablation or baseline is paired against in the report's "ours − row" table when
 #: it is not ours (the labelled-only student): the variants of a semi-supervised row change
@@ -105,7 +107,7 @@ OWN_DATA = (CEILING, *UNLABELLED_ROWS)
 VERSUS: dict[str, str] = {
     RGB_UNLABELLED: UNLABELLED,
     **{exp: LOGIT_UNLABELLED for exp in (RGB_LOGIT_UNLABELLED, LOGIT_ONLY_UNLABELLED, *RECIPE_WITHOUT,
-                                        *BASELINES_UNLABELLED, RECIPE_PLUS_FITNETS)},
+                                        *BASELINES_UNLABELLED, RECIPE_PLUS_FITNETS, RECIPE_DECOMPOSED)},
 }
 #: the students that distil from other teachers than the RGB+flow+pose one (of the same
 #: seed): {student: {teacher name in the student's config: teacher experiment, or the list
@@ -226,6 +228,8 @@ ROWS: list[tuple[str, str, str]] = [
        exp, "baseline") for name, exp in zip(BASELINE_NAMES.values(), BASELINES_UNLABELLED)),
     ("Ours + FitNets (weight: auto) + logit KD + 432 unlabelled videos (FitNets beside the three losses)",
      RECIPE_PLUS_FITNETS, "ablation"),
+    ("Ours + logit KD + 432 unlabelled videos, decomposed student (the three losses into its motion branch)",
+     RECIPE_DECOMPOSED, "ablation"),
     ("atomic only", "ablations/synthetic_only_atomic", "ablation"),
     ("global only", "ablations/synthetic_only_global", "ablation"),
     ("boundary only", "ablations/synthetic_only_boundary", "ablation"),
