@@ -192,6 +192,8 @@ def test_bad_options() -> None:
         MSTCN(4, 2, num_stages=0)
     with pytest.raises(ValueError, match="num_layers"):
         PDAN(4, 2, num_layers=0)
+    with pytest.raises(ValueError, match="Decomposed.*dropout"):
+        Decomposed(4, 2, dropout=1.0)
 
 
 def test_decomposed_sums_the_branches_logits_and_hands_over_the_motion_features() -> None:

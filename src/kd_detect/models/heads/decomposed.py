@@ -27,7 +27,7 @@ from torch import Tensor
 
 from .base import DetectionHead, HeadOutput
 from .pdan import PDAN
-from .tcn import check_head_input
+from .tcn import check_head_input, check_head_options
 
 
 class Decomposed(DetectionHead):
@@ -49,6 +49,7 @@ class Decomposed(DetectionHead):
         dropout: float = 0.5,
     ) -> None:
         super().__init__()
+        check_head_options("Decomposed", hidden, num_layers, dropout)  # errors name this head, not PDAN
         self.appearance = PDAN(in_dim, num_classes, hidden=hidden, num_layers=num_layers, dropout=dropout)
         self.motion = PDAN(in_dim, num_classes, hidden=hidden, num_layers=num_layers, dropout=dropout)
         self.in_dim = int(in_dim)
