@@ -2,8 +2,9 @@
 
 A head maps features ``x (B, D, T)`` and a valid-step mask ``mask (B, T)`` (bool) to a
 :class:`HeadOutput`: ``features (B, F, T)`` -- the last temporal layer's output, before
-the classifier -- and per-step ``logits (B, C, T)``. Padded steps never influence valid
-ones, and their outputs are zero.
+the classifier (for a head of several branches, the branch distillation trains, e.g.
+:class:`~kd_detect.models.heads.Decomposed`'s motion branch) -- and per-step
+``logits (B, C, T)``. Padded steps never influence valid ones, and their outputs are zero.
 """
 
 # No `from __future__ import annotations` here: TorchScript (kd-detect export) reads the
