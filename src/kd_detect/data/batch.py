@@ -54,10 +54,25 @@ Mixing commutes with a model's standardisation (an affine map; the weights sum t
 raw features are mixed. A student's teacher reads the same mixed batch, so it is asked
 about inputs that are not its training videos, where its outputs are not the labels it
 learnt ("consistent teaching", Beyer et al., CVPR 2022).
+
+:func:`stretch_videos` changes the speed of each video of a model-layout training batch (a
+detector's ``time_stretch: s``): video ``i``, of ``L`` valid steps, is resampled to
+``L' = round(L / r)`` steps at a rate ``r`` drawn log-uniformly in ``[1/s, s]``. Step ``j``
+of the result reads the source at ``u_j = j (L − 1) / (L' − 1)`` (the first and last steps
+stay in place): every modality by linear interpolation between the two neighbouring steps,
+the labels from the nearest step, so they stay multi-hot and an action keeps its share of
+the video. Real actions are performed at many speeds, and a temporal detector sees each
+training instance at one; resampling shows it the same instance slower and faster, which
+is temporal scale augmentation as detection pipelines use it. Interpolation is an affine
+combination, so it commutes with a model's standardisation. The batch is re-padded to its
+longest result; ``meta`` is untouched, so its ``offset``, ``length`` and ``segments`` still
+describe the stored window (nothing reads them in a training step). A student's teacher
+reads the same resampled videos.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -146,3 +161,53 @@ def mix_videos(batch: dict[str, Any], alpha: float, lam: torch.Tensor | None = N
             x = batch[key]
             out[key] = (w * x + (1 - w) * x[perm]).to(x.dtype)
     return out
+
+
+def stretch_videos(batch: dict[str, Any], max_rate: float, rates: torch.Tensor | None = None) -> dict[str, Any]:
+    """Each video of a model-layout batch resampled in time (module docstring): a new dict
+    with new modalities, labels and mask (``meta`` as it was). ``max_rate <= 1`` gives the
+    batch back unchanged; ``rates (B,)`` replace the draws (for tests). A video's valid
+    steps must be a prefix of its row (the loader's padding is at the end)."""
+    mask: torch.Tensor = batch[MASK]
+    if max_rate <= 1:
+        return dict(batch)
+    n, device = mask.shape[0], mask.device
+    if rates is None:
+        span = math.log(float(max_rate))
+        rates = torch.empty(n).uniform_(-span, span).exp()
+    rates = torch.as_tensor(rates, dtype=torch.float64).cpu()
+    lengths = mask.sum(1).cpu()
+    new_lengths = [max(1, round(int(length) / float(r))) if int(length) > 0 else 0
+                   for length, r in zip(lengths, rates)]
+    width = max(max(new_lengths), 1)
+    lo = torch.zeros(n, width, dtype=torch.long)
+    frac = torch.zeros(n, width, dtype=torch.float32)
+    near = torch.zeros(n, width, dtype=torch.long)
+    new_mask = torch.zeros(n, width, dtype=torch.bool)
+    for i, (length, new) in enumerate(zip(lengths.tolist(), new_lengths)):
+        if new == 0:
+            continue
+        u = (torch.arange(new, dtype=torch.float64) * ((length - 1) / (new - 1))) if new > 1 \
+            else torch.zeros(1, dtype=torch.float64)
+        base = u.floor().clamp(max=max(length - 2, 0)).long()
+        lo[i, :new], frac[i, :new] = base, (u - base).float().clamp(0.0, 1.0)
+        near[i, :new] = u.round().long().clamp(max=length - 1)
+        new_mask[i, :new] = True
+    lo, frac, near, new_mask = lo.to(device), frac.to(device), near.to(device), new_mask.to(device)
+    hi = (lo + 1).clamp(max=mask.shape[1] - 1)
+    keep = new_mask[:, None, :]
+    out = dict(batch)
+    out[MASK] = new_mask
+    for key in modalities_in(batch):
+        x = batch[key]
+        y = _steps(x, lo) * (1 - frac[:, None, :]) + _steps(x, hi) * frac[:, None, :]
+        out[key] = torch.where(keep, y, 0.0).to(x.dtype)
+    if LABELS in batch:
+        y = batch[LABELS]
+        out[LABELS] = torch.where(keep, _steps(y, near), 0).to(y.dtype)
+    return out
+
+
+def _steps(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x (B, D, T)`` read at the steps ``index (B, T')``: ``(B, D, T')``."""
+    return x.gather(2, index[:, None, :].expand(-1, x.shape[1], -1))

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kd_detect.config import AUTO, threshold_setting
-from kd_detect.data.batch import LABELS, MASK, META, labelled_mask, mix_videos, to_model_layout
+from kd_detect.data.batch import LABELS, MASK, META, labelled_mask, mix_videos, stretch_videos, to_model_layout
 from kd_detect.errors import UsageError
 from kd_detect.models.heads.base import DetectionHead, HeadOutput
 from kd_detect.models.inputs import Standardize, input_dropout
@@ -72,6 +72,10 @@ class DetectorModule(pl.LightningModule):
         mixup: ``α`` of mixup across a training batch's videos (every modality and the
             labels, ``kd_detect.data.batch.mix_videos``; a student's teacher reads the mixed
             batch too); 0 = off.
+        time_stretch: ``s`` of temporal scale augmentation: each training video resampled
+            at a speed drawn log-uniformly in ``[1/s, s]`` (every modality and the labels,
+            ``kd_detect.data.batch.stretch_videos``; a student's teacher reads the resampled
+            batch too); 1 = off. Applied before mixup.
         event_map: also compute event-level mAP (PKU-MMD protocol) at test time.
         event_threshold, event_merge_gap, event_min_length: segment extraction for it. With
             ``event_threshold: auto`` the threshold is chosen on the validation videos:
@@ -105,6 +109,7 @@ class DetectorModule(pl.LightningModule):
         input_dropout: float = 0.0,
         standardize: bool = False,
         mixup: float = 0.0,
+        time_stretch: float = 1.0,
         event_map: bool = False,
         event_threshold: float | str = 0.5,
         event_merge_gap: float = 0.0,
@@ -137,6 +142,10 @@ class DetectorModule(pl.LightningModule):
         if mixup < 0:
             raise ValueError(f"{type(self).__name__}: mixup (the Beta distribution's alpha) must be >= 0, got {mixup}")
         self.mixup = float(mixup)
+        if not time_stretch >= 1:
+            raise ValueError(f"{type(self).__name__}: time_stretch (the largest speed factor) must be >= 1 "
+                             f"(1 = off), got {time_stretch}")
+        self.time_stretch = float(time_stretch)
         self.event = {"enabled": event_map, "threshold": self._check_event_threshold(event_threshold),
                       "merge_gap": event_merge_gap, "min_length": event_min_length,
                       "candidates": event_thresholds}
@@ -328,8 +337,13 @@ class DetectorModule(pl.LightningModule):
         gradient, for a batch without any: ``kd_detect.data.batch.labelled_mask``)."""
         return masked_bce(out.logits, batch[LABELS], labelled_mask(batch))
 
+    def augment(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The training batch as the step sees it: resampled in time (``time_stretch``),
+        then mixed (``mixup``); the batch itself when both are off."""
+        return mix_videos(stretch_videos(batch, self.time_stretch), self.mixup)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        batch = mix_videos(batch, self.mixup)
+        batch = self.augment(batch)
         out = self(batch)
         loss = self.detection_loss(out, batch)
         self.log("train/bce", loss, batch_size=batch[MASK].shape[0])

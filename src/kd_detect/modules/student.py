@@ -58,7 +58,7 @@ from typing import Any, Iterator, Literal
 import torch
 from torch import Tensor, nn
 
-from kd_detect.data.batch import LABELS, MASK, META, mix_videos
+from kd_detect.data.batch import LABELS, MASK, META
 from kd_detect.distill.base import DistillationLoss
 from kd_detect.errors import TeacherCompatibilityError, UsageError
 from kd_detect.models.heads.base import HeadOutput
@@ -233,6 +233,11 @@ class StudentModule(DetectorModule):
             raise TeacherCompatibilityError(
                 f"mixup={self.mixup} with teacher_caches {sorted(teacher_caches)}: a cache holds the teacher's outputs "
                 "on the unmixed videos; give the teacher checkpoints instead"
+            )
+        if self.time_stretch > 1 and teacher_caches:
+            raise TeacherCompatibilityError(
+                f"time_stretch={self.time_stretch} with teacher_caches {sorted(teacher_caches)}: a cache holds the "
+                "teacher's outputs at the stored speed; give the teacher checkpoints instead"
             )
         # Frozen teachers live outside the module tree (see module docstring).
         object.__setattr__(self, "_teachers", {})
@@ -481,7 +486,7 @@ class StudentModule(DetectorModule):
             self.distill[key[0]][key[1]].auto_observe(values[0], g)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        batch = mix_videos(batch, self.mixup)  # the teacher reads the same mixed videos
+        batch = self.augment(batch)  # the teacher reads the same resampled and mixed videos
         out = self(batch)
         bsz = batch[MASK].shape[0]
         bce = self.detection_loss(out, batch)
