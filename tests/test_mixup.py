@@ -1,6 +1,6 @@
 """Mixup across a training batch's videos (kd_detect.data.batch.mix_videos, a detector's
-``mixup: α``): the mixing by hand, its properties, and that a student's teacher reads the
-same mixed videos as the student."""
+``mixup: α``): the mixing by hand and its properties. That a student's teacher reads the
+same mixed videos as the student is checked with the time stretch, in test_time_stretch.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from kd_detect.data.batch import LABELS, MASK, META, mix_videos
 from kd_detect.models.inputs import Standardize
-from kd_detect.modules import DetectorModule, StudentModule, TeacherCompatibilityError, TeacherModule, instantiate
+from kd_detect.modules import DetectorModule, instantiate
 from tests.helpers import TINY_HEAD
 
 
@@ -92,22 +92,3 @@ def test_a_detector_trains_on_mixed_videos_and_evaluates_on_the_real_ones(monkey
     assert seen[-1]["rgb"] is batch["rgb"]  # validation reads the videos as they are
     with pytest.raises(ValueError, match="mixup .* must be >= 0"):
         _detector(mixup=-0.1)
-
-
-def test_the_teacher_reads_the_mixed_videos_the_student_reads(monkeypatch):
-    teacher = _detector(TeacherModule, modalities=["rgb", "flow"]).eval()
-    student = _detector(StudentModule, mixup=0.4, teacher_dims={"t": teacher.feature_dim},
-                        distill={"g": {"class_path": "kd_detect.distill.GlobalContextualRelation"}})
-    student._teachers["t"] = teacher  # a loaded teacher, without a checkpoint file
-    seen = {}
-    forward, teacher_outputs = student.forward, student.teacher_outputs
-    monkeypatch.setattr(student, "forward", lambda batch: seen.setdefault("student", batch) and forward(batch))
-    monkeypatch.setattr(student, "teacher_outputs",
-                        lambda name, batch: seen.setdefault("teacher", batch) and teacher_outputs(name, batch))
-    monkeypatch.setattr(student, "log", lambda *a, **k: None)
-    torch.manual_seed(0)
-    batch = _batch()
-    assert torch.isfinite(student.training_step(batch, 0))
-    assert seen["teacher"] is seen["student"] and not torch.equal(seen["student"]["flow"], batch["flow"])
-    with pytest.raises(TeacherCompatibilityError, match="mixup=0.4 with teacher_caches"):
-        _detector(StudentModule, mixup=0.4, teacher_caches={"t": "cache.h5"})

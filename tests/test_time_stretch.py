@@ -1,6 +1,6 @@
 """Temporal scale augmentation (kd_detect.data.batch.stretch_videos, a detector's
 ``time_stretch: s``): the resampling by hand, its properties, and that a student's teacher
-reads the same resampled videos as the student."""
+reads the same resampled (or mixed) videos as the student."""
 
 from __future__ import annotations
 
@@ -155,9 +155,13 @@ def test_a_detector_trains_on_resampled_videos_and_evaluates_on_the_real_ones(mo
         _detector(time_stretch=0.8)
 
 
-def test_the_teacher_reads_the_resampled_videos_the_student_reads(monkeypatch):
+@pytest.mark.parametrize("option, value", [("time_stretch", 2.0), ("mixup", 0.4)])
+def test_the_teacher_reads_the_augmented_videos_the_student_reads(monkeypatch, option, value):
+    """Either augmentation (and so both, applied in one place: ``DetectorModule.augment``)
+    reaches the live teacher as the student sees it, and a cache, which holds the teacher's
+    outputs on the stored videos, is refused with it."""
     teacher = _detector(TeacherModule, modalities=["rgb", "flow"]).eval()
-    student = _detector(StudentModule, time_stretch=2.0, teacher_dims={"t": teacher.feature_dim},
+    student = _detector(StudentModule, **{option: value}, teacher_dims={"t": teacher.feature_dim},
                         distill={"g": {"class_path": "kd_detect.distill.GlobalContextualRelation"}})
     student._teachers["t"] = teacher  # a loaded teacher, without a checkpoint file
     seen = {}
@@ -169,6 +173,7 @@ def test_the_teacher_reads_the_resampled_videos_the_student_reads(monkeypatch):
     torch.manual_seed(1)
     batch = _batch()
     assert torch.isfinite(student.training_step(batch, 0))
-    assert seen["teacher"] is seen["student"] and seen["student"][MASK].shape != batch[MASK].shape
-    with pytest.raises(TeacherCompatibilityError, match="time_stretch=2.0 with teacher_caches"):
-        _detector(StudentModule, time_stretch=2.0, teacher_caches={"t": "cache.h5"})
+    flow = seen["student"]["flow"]
+    assert seen["teacher"] is seen["student"] and (flow.shape != batch["flow"].shape or not torch.equal(flow, batch["flow"]))
+    with pytest.raises(TeacherCompatibilityError, match=f"{option}={value} with teacher_caches"):
+        _detector(StudentModule, **{option: value}, teacher_caches={"t": "cache.h5"})
