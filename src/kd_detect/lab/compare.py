@@ -68,7 +68,9 @@ REFERENCES = (RGB, TEACHER, CEILING)
 RGB_MIXUP = "ablations/synthetic_rgb_mixup"
 #: the decomposed student (two branches, distillation into one) and its RGB-only control
 DECOMPOSED, RGB_DECOMPOSED = "ablations/synthetic_kd_decomposed", "ablations/synthetic_rgb_decomposed"
-LABELS_ONLY = (RGB_MIXUP, RGB_DECOMPOSED)
+#: RGB-only with the time stretch (temporal scale augmentation)
+RGB_TIME_STRETCH = "ablations/synthetic_rgb_time_stretch"
+LABELS_ONLY = (RGB_MIXUP, RGB_DECOMPOSED, RGB_TIME_STRETCH)
 #: the fold teachers of a cross-fitted teacher (experiments/folds/<teacher>_fold<k>.yaml)
 FOLDS = 4
 
@@ -206,6 +208,9 @@ ROWS: list[tuple[str, str, str]] = [
     ("Ours with mixup across the batch's videos (α = 0.4; the teacher reads the mixed videos)",
      "ablations/synthetic_kd_mixup", "ablation"),
     ("RGB only with mixup (α = 0.4; the control of the row above)", RGB_MIXUP, "ablation"),
+    ("Ours with the time stretch (each training video resampled at a speed in [1/1.5, 1.5]; the teacher reads "
+     "the same videos)", "ablations/synthetic_kd_time_stretch", "ablation"),
+    ("RGB only with the time stretch (the control of the row above)", RGB_TIME_STRETCH, "ablation"),
     ("Ours, decomposed student (two PDAN branches, logits summed; the losses train one, Lee et al. 2023)",
      DECOMPOSED, "ablation"),
     ("RGB only, decomposed head (two PDAN branches; the control of the row above)", RGB_DECOMPOSED, "ablation"),
