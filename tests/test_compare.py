@@ -363,7 +363,8 @@ def test_the_two_teacher_student_gets_both_named_teachers_of_its_seed(tmp_path, 
 
 
 @pytest.mark.parametrize("student,group", [("ablations/synthetic_kd_rgb_teacher", "ablation"),
-                                           ("ablations/synthetic_fitnets_decomposed_rgb_teacher", "baseline")])
+                                           ("ablations/synthetic_fitnets_decomposed_rgb_teacher", "baseline"),
+                                           ("ablations/synthetic_fitnets_decomposed_detached_rgb_teacher", "baseline")])
 def test_the_self_distillation_control_gets_an_rgb_only_teacher_of_another_training_seed(
         tmp_path, monkeypatch, student, group):
     """``ablations/synthetic_kd_rgb_teacher`` (and the hallucination branch's control) distil

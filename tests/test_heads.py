@@ -216,3 +216,24 @@ def test_decomposed_distillation_reaches_the_motion_branch_only() -> None:
     assert all(p.grad is None for p in head.appearance.parameters())
     moved = [n for n, p in head.motion.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0]
     assert moved and all(not n.startswith("classifier") for n in moved)
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_decomposed_detach_motion_keeps_the_detection_loss_off_the_motion_trunk(detach) -> None:
+    """With ``detach_motion`` the logits are the same numbers, the detection loss (on the
+    logits) moves the appearance branch and the motion classifier but no parameter of the
+    motion trunk; without it, it moves the motion trunk too."""
+    torch.manual_seed(0)
+    head = Decomposed(5, 3, hidden=16, num_layers=3, dropout=0.0, detach_motion=detach)
+    x, mask = torch.randn(2, 5, 10), lengths_mask([10, 6], 10)
+    out = head(x, mask)
+    plain = Decomposed(5, 3, hidden=16, num_layers=3, dropout=0.0)
+    plain.load_state_dict(head.state_dict())
+    torch.testing.assert_close(out.logits, plain(x, mask).logits)
+    out.logits.square().sum().backward()
+    moved = {n for n, p in head.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    trunk = {n for n, _ in head.motion.named_parameters() if not n.startswith("classifier")}
+    assert {"motion.classifier.weight", "motion.classifier.bias"} <= moved
+    assert any(n.startswith("appearance.") for n in moved)
+    assert (moved & {f"motion.{n}" for n in trunk}) == (set() if detach else {f"motion.{n}" for n in trunk})
+    torch.jit.script(head)  # exports like the other heads

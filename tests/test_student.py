@@ -17,6 +17,7 @@ from kd_detect.data.batch import to_model_layout
 from kd_detect.data.datamodule import FeatureDataModule
 from kd_detect.data.format import FeatureFile, FeatureFileError, VideoRecord, write_feature_file
 from kd_detect.distill.base import DistillationLoss
+from kd_detect.errors import UsageError
 from kd_detect.models.heads.base import HeadOutput
 from kd_detect.modules import StudentModule, TeacherCompatibilityError, TeacherModule, instantiate
 from tests.helpers import TINY_HEAD
@@ -317,6 +318,20 @@ def test_auto_share_is_split_among_the_teachers(files):
     want = 0.5 * 3 * S.detach().norm().item() / v.norm().item()
     assert one.distill["t"]["mse"].weight == pytest.approx(want, rel=1e-6)
     assert two.distill["a"]["mse"].weight == two.distill["b"]["mse"].weight == pytest.approx(want / 2, rel=1e-6)
+
+
+def test_auto_weight_is_refused_where_the_detection_loss_does_not_reach_the_features(files):
+    """A head whose distilled features the detection loss does not train (Decomposed with
+    ``detach_motion``) leaves ``weight: auto`` nothing to scale to: one line saying so, not
+    a weight of 0 that would switch the term off in silence."""
+    dm = FeatureDataModule(str(files["data"]), batch_size=4)
+    student = _auto_student(files, dm, auto_warmup=2)
+    S = torch.randn(2, 16, 5, requires_grad=True)
+    logits = torch.randn(2, 3, 5, requires_grad=True)  # does not depend on S
+    out = HeadOutput(S, logits)
+    with pytest.raises(UsageError, match=r"distill t/mse: weight: auto .* does not reach them .* fixed weight"):
+        student.observe_auto_weights((logits**2).sum(), out, out, {("t", "mse"): (S**2).sum()})
+    assert int(student.distill["t"]["mse"].auto_state[0]) == 0
 
 
 class WeightWatch(pl.Callback):

@@ -474,7 +474,14 @@ class StudentModule(DetectorModule):
                    and not self.distill[key[0]][key[1]].auto_resolved]
         if not pending or not out.features.requires_grad:
             return
-        norms = [torch.autograd.grad(bce, out.features, retain_graph=True)[0].norm()]
+        (g_bce,) = torch.autograd.grad(bce, out.features, retain_graph=True, allow_unused=True)
+        if g_bce is None:
+            names = ", ".join(f"{t}/{p}" for t, p in pending)
+            raise UsageError(
+                f"distill {names}: weight: auto scales a term to the detection loss's gradient at the features the "
+                f"plugins read, and the detection loss does not reach them (head {type(self.head).__name__} hands "
+                "over features it does not classify from, e.g. Decomposed with detach_motion); give a fixed weight")
+        norms = [g_bce.norm()]
         for key in pending:
             (g,) = torch.autograd.grad(losses[key], seen.features, retain_graph=True, allow_unused=True)
             norms.append(g.norm() if g is not None else bce.new_zeros(()))

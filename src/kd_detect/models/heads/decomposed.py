@@ -15,6 +15,14 @@ logits is a linear classifier on ``[a; m]``, a simpler fusion than the paper's l
 attentive fusion. Without a teacher the head is an ensemble of two PDANs trained jointly:
 the RGB-only control for the capacity it adds (``experiments/ablations``).
 
+With ``detach_motion`` the detection loss does not reach the motion branch's trunk: its
+classifier reads the branch's features detached, so the features are trained by
+distillation alone and the detection loss trains the appearance branch and the motion
+classifier (the motion branch of Hoffman et al.'s hallucination network, without their
+joint fine-tuning). ``weight: auto`` cannot balance a plugin there (the detection gradient
+at ``features`` is 0, and the student says so); with Adam a fixed weight is nearly
+immaterial, since the branch and the plugin's own parameters learn from that term alone.
+
 ``features`` is the motion branch's last layer, not the input of one classifier over
 everything; a tool that reads ``HeadOutput.features`` (``kd-detect diagnose``, the plots)
 sees what was distilled.
@@ -37,6 +45,8 @@ class Decomposed(DetectionHead):
     Args:
         in_dim, num_classes: supplied by the module.
         hidden, num_layers, dropout: each branch's PDAN options.
+        detach_motion: the detection loss does not train the motion branch's trunk (see the
+            module docstring).
     """
 
     def __init__(
@@ -47,6 +57,7 @@ class Decomposed(DetectionHead):
         hidden: int = 512,
         num_layers: int = 5,
         dropout: float = 0.5,
+        detach_motion: bool = False,
     ) -> None:
         super().__init__()
         check_head_options("Decomposed", hidden, num_layers, dropout)  # errors name this head, not PDAN
@@ -55,10 +66,14 @@ class Decomposed(DetectionHead):
         self.in_dim = int(in_dim)
         self.num_classes = int(num_classes)
         self.feature_dim = int(hidden)
+        self.detach_motion = bool(detach_motion)
 
     def forward(self, x: Tensor, mask: Tensor) -> HeadOutput:
         if not torch.jit.is_scripting():  # the checks name this head (Python only)
             check_head_input(self, x, mask)
         appearance = self.appearance(x, mask)
         motion = self.motion(x, mask)
-        return HeadOutput(motion.features, appearance.logits + motion.logits)
+        logits = motion.logits
+        if self.detach_motion:
+            logits = self.motion.classifier(motion.features.detach()) * mask.unsqueeze(1).to(logits.dtype)
+        return HeadOutput(motion.features, appearance.logits + logits)
