@@ -75,7 +75,8 @@ class DetectorModule(pl.LightningModule):
         time_stretch: ``s`` of temporal scale augmentation: each training video resampled
             at a speed drawn log-uniformly in ``[1/s, s]`` (every modality and the labels,
             ``kd_detect.data.batch.stretch_videos``; a student's teacher reads the resampled
-            batch too); 1 = off. Applied before mixup.
+            batch too); 1 = off. Applied before mixup. On the synthetic benchmark it helps
+            neither RGB-only nor the student (docs/results.md, "Time stretch").
         event_map: also compute event-level mAP (PKU-MMD protocol) at test time.
         event_threshold, event_merge_gap, event_min_length: segment extraction for it. With
             ``event_threshold: auto`` the threshold is chosen on the validation videos:
