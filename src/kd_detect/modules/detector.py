@@ -340,7 +340,7 @@ class DetectorModule(pl.LightningModule):
 
     def augment(self, batch: dict[str, Any]) -> dict[str, Any]:
         """The training batch as the step sees it: resampled in time (``time_stretch``),
-        then mixed (``mixup``); the batch itself when both are off."""
+        then mixed (``mixup``); a new dict of the same tensors when both are off."""
         return mix_videos(stretch_videos(batch, self.time_stretch), self.mixup)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
