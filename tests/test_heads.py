@@ -13,12 +13,13 @@ torch.set_num_threads(1)
 # Small configurations so the suite stays fast; the structure is the same as the defaults.
 SMALL = {
     "pdan": lambda d, c: PDAN(d, c, hidden=16, num_layers=3),
+    "pdan_k5": lambda d, c: PDAN(d, c, hidden=16, num_layers=3, input_kernel=5),
     "mstcn": lambda d, c: MSTCN(d, c, num_stages=2, num_layers=3, hidden=8),
     "tcn": lambda d, c: TCN(d, c, hidden=8, num_layers=2, kernel_size=3),
     "decomposed": lambda d, c: Decomposed(d, c, hidden=16, num_layers=3),
 }
 # One-sided receptive field of the SMALL configurations, in steps.
-RECEPTIVE = {"pdan": 1 + 2 + 4, "decomposed": 1 + 2 + 4, "mstcn": 2 * (1 + 2 + 4), "tcn": 2 * 1}
+RECEPTIVE = {"pdan": 1 + 2 + 4, "pdan_k5": 2 + 1 + 2 + 4, "decomposed": 1 + 2 + 4, "mstcn": 2 * (1 + 2 + 4), "tcn": 2 * 1}
 
 
 def make(name: str, d: int, c: int, seed: int = 0) -> DetectionHead:
@@ -192,8 +193,41 @@ def test_bad_options() -> None:
         MSTCN(4, 2, num_stages=0)
     with pytest.raises(ValueError, match="num_layers"):
         PDAN(4, 2, num_layers=0)
+    for k in (0, 2, -3):
+        with pytest.raises(ValueError, match="PDAN: input_kernel must be a positive odd number"):
+            PDAN(4, 2, input_kernel=k)
     with pytest.raises(ValueError, match="Decomposed.*dropout"):
         Decomposed(4, 2, dropout=1.0)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_pdan_input_kernel_is_a_linear_window_reader_on_the_residual_path(k: int) -> None:
+    """With every block's output conv zeroed, the blocks add nothing and PDAN is its linear
+    path ``classifier · input_conv``: logits at step t are a sum over the window t ± k//2 of
+    per-offset linear maps of the input (zero outside the video), computed here by hand."""
+    torch.manual_seed(k)
+    d, c, hidden, steps = 4, 3, 6, 9
+    head = PDAN(d, c, hidden=hidden, num_layers=2, input_kernel=k).double().eval()
+    for block in head.blocks:
+        torch.nn.init.zeros_(block.conv_1x1.weight)
+        torch.nn.init.zeros_(block.conv_1x1.bias)
+    x = torch.randn(1, d, steps, dtype=torch.float64)
+    n = 7  # valid steps; the last two are padding and must read as the video's end
+    mask = lengths_mask([n], steps)
+    w_in, b_in = head.input_conv.weight, head.input_conv.bias  # (hidden, d, k), (hidden,)
+    w_c, b_c = head.classifier.weight[:, :, 0], head.classifier.bias
+    expected = torch.zeros(c, steps, dtype=torch.float64)
+    half = k // 2
+    for t in range(n):
+        h = b_in.clone()
+        for j in range(k):
+            src = t + j - half
+            if 0 <= src < n:
+                h = h + w_in[:, :, j] @ x[0, :, src]
+        expected[:, t] = w_c @ h + b_c
+    with torch.no_grad():
+        torch.testing.assert_close(head(x, mask).logits[0], expected)
+    assert head.input_conv.weight.shape == (hidden, d, k)
 
 
 def test_decomposed_sums_the_branches_logits_and_hands_over_the_motion_features() -> None:

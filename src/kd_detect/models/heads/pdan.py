@@ -2,7 +2,7 @@
 
 Structure (the authors' single-stage model)::
 
-    h_0 = mask · Conv1x1_{D→H}(x)
+    h_0 = mask · Conv_{k, D→H}(x)          k = input_kernel (1 in the reference)
     h_l = mask · (h_{l-1} + Dropout(Conv1x1(ReLU(DAL_{d_l}(h_{l-1})))))   d_l = 2^(l-1), l = 1..L
     logits = mask · Conv1x1_{H→C}(h_L)              features = h_L
 
@@ -102,6 +102,15 @@ class PDAN(DetectionHead):
     """The authors' head: 1×1 conv D→``hidden``, ``num_layers`` dilated-attention residual
     blocks (dilations 1, 2, 4, ...), 1×1 classifier. 5,858,461 parameters for D=1024,
     C=157 with the defaults (same as the reference single-stage PDAN).
+
+    ``input_kernel`` (odd, default 1 = the reference): the width of the input projection, a
+    same-padded temporal convolution over ``±(k // 2)`` steps. Every block is residual, so
+    the head's linear path ``classifier · input_conv`` reads one step with ``k = 1``: any
+    temporal context then passes through the attention's nonlinearity, learned from the
+    training videos. With ``k > 1`` that path is a linear reader of a ``k``-step window, the
+    form of the linear probe of ``kd_detect.lab.probe`` (and of the embedding convolutions of
+    later heads, e.g. ActionFormer's). Zero padding and the mask keep padded steps acting like
+    the sequence end, as in :class:`~kd_detect.models.heads.TCN`.
     """
 
     def __init__(
@@ -112,13 +121,16 @@ class PDAN(DetectionHead):
         hidden: int = 512,
         num_layers: int = 5,
         dropout: float = 0.5,
+        input_kernel: int = 1,
     ) -> None:
         super().__init__()
         check_head_options("PDAN", hidden, num_layers, dropout)
+        if input_kernel < 1 or input_kernel % 2 == 0:
+            raise ValueError(f"PDAN: input_kernel must be a positive odd number (same padding), got {input_kernel}")
         self.in_dim = int(in_dim)
         self.num_classes = int(num_classes)
         self.feature_dim = int(hidden)
-        self.input_conv = nn.Conv1d(in_dim, hidden, 1)
+        self.input_conv = nn.Conv1d(in_dim, hidden, input_kernel, padding=input_kernel // 2)
         self.blocks = nn.ModuleList(PDANBlock(hidden, 2**i, dropout) for i in range(num_layers))
         self.classifier = nn.Conv1d(hidden, num_classes, 1)
 
