@@ -14,6 +14,8 @@ adds mid and late fusion.
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
 import os
 from typing import Any, Callable, Iterator
 
@@ -38,6 +40,20 @@ def default_head(in_dim: int, num_classes: int) -> DetectionHead:
     from kd_detect.models.heads import PDAN
 
     return PDAN(in_dim, num_classes)
+
+
+#: the learning-rate schedules of :class:`DetectorModule`
+LR_SCHEDULES = ("plateau", "cosine")
+
+
+def cosine_factor(step: int, total: int, warmup: int = 0) -> float:
+    """The rate's multiplier at optimiser step ``step`` of ``total``: ``step / warmup`` during
+    the warm-up, then ``½(1 + cos(π u))`` with ``u = (step − warmup) / (total − warmup)``
+    (1 at the end of the warm-up, 0 at the last step), clamped to ``[0, 1]``."""
+    if step < warmup:
+        return step / warmup
+    u = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * u))
 
 
 def masked_bce(logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
@@ -65,6 +81,12 @@ class DetectorModule(pl.LightningModule):
         num_classes, classes, modality_dims: linked from the DataModule by the CLI.
         lr, weight_decay, lr_factor, lr_patience: AdamW (decoupled weight decay; plain Adam
             at 0) + ReduceLROnPlateau(val/loss).
+        lr_schedule: ``"plateau"`` (default: the rate multiplied by ``lr_factor`` after
+            ``lr_patience`` epochs without a lower validation loss) or ``"cosine"``: a fixed
+            schedule over the fit's optimiser steps, ``lr · ½(1 + cos(π u))`` with ``u`` going
+            from 0 to 1 (after ``warmup_epochs`` of linear warm-up from 0), so validation
+            chooses only the checkpoint, never the rate (:func:`cosine_factor`).
+        warmup_epochs: ``"cosine"`` only: epochs of linear warm-up (may be fractional).
         input_dropout: channel dropout on the fused input features (whole dimensions of a
             video, ``kd_detect.models.inputs``); 0 = off.
         standardize: standardise each modality's features with the training videos' mean
@@ -107,6 +129,8 @@ class DetectorModule(pl.LightningModule):
         weight_decay: float = 0.0,
         lr_factor: float = 0.5,
         lr_patience: int = 8,
+        lr_schedule: str = "plateau",
+        warmup_epochs: float = 0.0,
         input_dropout: float = 0.0,
         standardize: bool = False,
         mixup: float = 0.0,
@@ -137,6 +161,12 @@ class DetectorModule(pl.LightningModule):
         self.head_factory = head or default_head
         # (hparams may hold only what a config gave, so keep the effective values here)
         self.lr, self.weight_decay, self.lr_factor, self.lr_patience = lr, weight_decay, lr_factor, lr_patience
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"{type(self).__name__}: lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+        if not warmup_epochs >= 0 or (warmup_epochs > 0 and lr_schedule != "cosine"):
+            raise ValueError(f"{type(self).__name__}: warmup_epochs must be >= 0 and is for lr_schedule 'cosine' only, "
+                             f"got {warmup_epochs} with {lr_schedule!r}")
+        self.lr_schedule, self.warmup_epochs = lr_schedule, float(warmup_epochs)
         if not 0.0 <= input_dropout < 1.0:
             raise ValueError(f"{type(self).__name__}: input_dropout must be in [0, 1), got {input_dropout}")
         self.input_dropout, self.standardize = float(input_dropout), bool(standardize)
@@ -428,6 +458,16 @@ class DetectorModule(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        if self.lr_schedule == "cosine":
+            total, epochs = self.trainer.estimated_stepping_batches, self.trainer.max_epochs
+            if not math.isfinite(total) or (self.warmup_epochs > 0 and not (epochs and epochs > 0)):
+                raise UsageError(f"lr_schedule 'cosine' needs a fit of known length: set --trainer.max_epochs "
+                                 f"(got max_epochs={epochs}, {total} optimiser steps)")
+            total = int(total)
+            warmup = round(total * self.warmup_epochs / epochs) if self.warmup_epochs > 0 else 0
+            lr_lambda = functools.partial(cosine_factor, total=total, warmup=warmup)
+            cosine = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=self.lr_factor, patience=self.lr_patience
         )
