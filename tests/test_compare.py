@@ -305,12 +305,15 @@ def test_a_student_of_another_teacher_gets_that_teacher(tmp_path, monkeypatch, s
 
 @pytest.mark.parametrize("control,student", [("RGB_MIXUP", "ablations/synthetic_kd_mixup"),
                                              ("RGB_DECOMPOSED", "ablations/synthetic_kd_decomposed"),
-                                             ("RGB_TIME_STRETCH", "ablations/synthetic_kd_time_stretch")])
+                                             ("RGB_TIME_STRETCH", "ablations/synthetic_kd_time_stretch"),
+                                             ("RGB_INPUT_KERNEL", "ablations/synthetic_kd_input_kernel5"),
+                                             ("RGB_COSINE", "ablations/synthetic_kd_cosine")])
 def test_a_labels_only_control_is_trained_from_labels_and_its_student_from_the_teacher(
         tmp_path, monkeypatch, control, student):
     """``ablations/synthetic_rgb_mixup`` is RGB-only with mixup, ``ablations/synthetic_rgb_decomposed``
     RGB-only with the decomposed head, ``ablations/synthetic_rgb_time_stretch`` RGB-only with
-    the time stretch: no teacher is passed to them (a detector has no
+    the time stretch, ``..._input_kernel5`` and ``..._cosine`` RGB-only with a wider input
+    projection and the cosine schedule: no teacher is passed to them (a detector has no
     ``teachers``); the students they control get the teacher of their seed."""
     from kd_detect.lab import compare
 

@@ -70,7 +70,9 @@ RGB_MIXUP = "ablations/synthetic_rgb_mixup"
 DECOMPOSED, RGB_DECOMPOSED = "ablations/synthetic_kd_decomposed", "ablations/synthetic_rgb_decomposed"
 #: RGB-only with the time stretch (temporal scale augmentation)
 RGB_TIME_STRETCH = "ablations/synthetic_rgb_time_stretch"
-LABELS_ONLY = (RGB_MIXUP, RGB_DECOMPOSED, RGB_TIME_STRETCH)
+#: RGB-only with a 5-step input projection, and with the cosine learning-rate schedule
+RGB_INPUT_KERNEL, RGB_COSINE = "ablations/synthetic_rgb_input_kernel5", "ablations/synthetic_rgb_cosine"
+LABELS_ONLY = (RGB_MIXUP, RGB_DECOMPOSED, RGB_TIME_STRETCH, RGB_INPUT_KERNEL, RGB_COSINE)
 #: the fold teachers of a cross-fitted teacher (experiments/folds/<teacher>_fold<k>.yaml)
 FOLDS = 4
 
@@ -212,6 +214,11 @@ ROWS: list[tuple[str, str, str]] = [
     ("Ours with the time stretch (each training video resampled at a speed in [1/1.5, 1.5]; the teacher reads "
      "the same videos)", "ablations/synthetic_kd_time_stretch", "ablation"),
     ("RGB only with the time stretch (the control of the row above)", RGB_TIME_STRETCH, "ablation"),
+    ("Ours with a 5-step input projection (PDAN input_kernel: 5)", "ablations/synthetic_kd_input_kernel5",
+     "ablation"),
+    ("RGB only with a 5-step input projection (the control of the row above)", RGB_INPUT_KERNEL, "ablation"),
+    ("Ours with the cosine learning-rate schedule (2 warm-up epochs)", "ablations/synthetic_kd_cosine", "ablation"),
+    ("RGB only with the cosine schedule (the control of the row above)", RGB_COSINE, "ablation"),
     ("Ours, decomposed student (two PDAN branches, logits summed; the losses train one, Lee et al. 2023)",
      DECOMPOSED, "ablation"),
     ("RGB only, decomposed head (two PDAN branches; the control of the row above)", RGB_DECOMPOSED, "ablation"),
