@@ -404,12 +404,19 @@ def test_the_self_distillation_control_gets_an_rgb_only_teacher_of_another_train
     assert rows[student]["group"] == group
 
 
-def test_the_student_of_the_full_and_the_rgb_teacher_gets_both_of_its_seed(tmp_path, monkeypatch):
+@pytest.mark.parametrize("student, name, other, offset", [
+    ("ablations/synthetic_kd_rgb_and_full_teachers", "rgb", "RGB_TEACHER", 100),
+    ("ablations/synthetic_kd_teacher_ensemble", "second", "SECOND_TEACHER", 200),
+])
+def test_a_student_of_the_full_and_another_teacher_gets_both_of_its_seed(tmp_path, monkeypatch, student, name,
+                                                                        other, offset):
     """``ablations/synthetic_kd_rgb_and_full_teachers`` names ``teacher`` (RGB+flow+pose) and
-    ``rgb`` (the control's RGB-only teacher, seed + 100) and gets both checkpoints of its seed."""
+    ``rgb`` (the control's RGB-only teacher, seed + 100), ``ablations/synthetic_kd_teacher_ensemble``
+    ``teacher`` and ``second`` (the same recipe trained from seed + 200); each gets both
+    checkpoints of its seed, and the other teacher trains from its offset seed."""
     from kd_detect.lab import compare
 
-    student = "ablations/synthetic_kd_rgb_and_full_teachers"
+    other = getattr(compare, other)
     commands = _fake_fits(monkeypatch)
     out = tmp_path / "c"
     assert compare.main(["--seeds", "2", "--ablation-seeds", "2", "--jobs", "1", "--out", str(out),
@@ -418,13 +425,13 @@ def test_the_student_of_the_full_and_the_rgb_teacher_gets_both_of_its_seed(tmp_p
     assert len(runs) == 2
     for cmd in runs:
         seed = next(a for a in cmd if a.startswith("--seed_everything=")).split("=")[1]
-        assert sorted(a for a in cmd if a.startswith("--model.init_args.teachers.")) == [
-            f"--model.init_args.teachers.rgb={out / f'seed{seed}' / compare.RGB_TEACHER / 'best.ckpt'}",
+        assert sorted(a for a in cmd if a.startswith("--model.init_args.teachers.")) == sorted([
+            f"--model.init_args.teachers.{name}={out / f'seed{seed}' / other / 'best.ckpt'}",
             f"--model.init_args.teachers.teacher={out / f'seed{seed}' / compare.TEACHER / 'best.ckpt'}",
-        ]
+        ])
     assert sorted(next(a for a in c if a.startswith("--seed_everything=")) for c in commands
-                  if c[c.index("--config") + 1] == f"experiments/{compare.RGB_TEACHER}.yaml") == [
-        "--seed_everything=100", "--seed_everything=101"]
+                  if c[c.index("--config") + 1] == f"experiments/{other}.yaml") == [
+        f"--seed_everything={offset}", f"--seed_everything={offset + 1}"]
 
 
 @pytest.mark.parametrize("student, base, offset", [

@@ -63,6 +63,8 @@ RGB_TEACHER = "synthetic_teacher_rgb"
 #: without channel input dropout (as every teacher trained until 2026-12-04)
 MODDROP_TEACHER, NO_DROPOUT_TEACHER = "synthetic_teacher_moddrop", "synthetic_teacher_no_input_dropout"
 TWO_TEACHERS = "synthetic_kd_two_teachers"
+#: the teacher's recipe trained from another seed (seed + 200): the ensemble's second member
+SECOND_TEACHER = "synthetic_teacher_second"
 REFERENCES = (RGB, TEACHER, CEILING)
 #: rows trained from the labels alone, like RGB-only, but not references
 RGB_MIXUP = "ablations/synthetic_rgb_mixup"
@@ -127,6 +129,7 @@ TEACHER_OF: dict[str, dict[str, str | list[str]]] = {
     "ablations/synthetic_fitnets_decomposed_rgb_teacher": {"teacher": RGB_TEACHER},
     "ablations/synthetic_fitnets_decomposed_detached_rgb_teacher": {"teacher": RGB_TEACHER},
     "ablations/synthetic_kd_rgb_and_full_teachers": {"teacher": TEACHER, "rgb": RGB_TEACHER},
+    "ablations/synthetic_kd_teacher_ensemble": {"teacher": TEACHER, "second": SECOND_TEACHER},
     "ablations/synthetic_kd_moddrop_teacher": {"teacher": MODDROP_TEACHER},
     "ablations/synthetic_kd_no_input_dropout_teacher": {"teacher": NO_DROPOUT_TEACHER},
     CROSS_FITTED: {"teacher": fold_teachers(TEACHER)},
@@ -147,10 +150,10 @@ def teacher_experiments(exp: str) -> list[str]:
 #: teachers trained with ``--seed_everything`` = seed + offset (their run directory keeps
 #: ``seed<s>``): the RGB-only teacher of seed s is another RGB-only run, which shares neither
 #: initialisation nor batch order with its student, nor with the RGB-only row it is paired against
-SEED_OFFSET: dict[str, int] = {RGB_TEACHER: 100, **{f: 100 for f in fold_teachers(RGB_TEACHER)}}
+SEED_OFFSET: dict[str, int] = {RGB_TEACHER: 100, **{f: 100 for f in fold_teachers(RGB_TEACHER)}, SECOND_TEACHER: 200}
 #: every teacher experiment: trained first, and not students themselves
 TEACHERS = (TEACHER, FLOWPOSE_TEACHER, FLOW_TEACHER, POSE_TEACHER, LATE_TEACHER, RGB_TEACHER, MODDROP_TEACHER,
-            NO_DROPOUT_TEACHER, *fold_teachers(TEACHER), *fold_teachers(RGB_TEACHER))
+            NO_DROPOUT_TEACHER, SECOND_TEACHER, *fold_teachers(TEACHER), *fold_teachers(RGB_TEACHER))
 MAIN = (RGB, TEACHER, OURS, CEILING)
 ROWS: list[tuple[str, str, str]] = [
     # (label, experiment, group)
@@ -163,6 +166,8 @@ ROWS: list[tuple[str, str, str]] = [
     ("Teacher RGB+pose", POSE_TEACHER, "teacher"),
     ("Teacher RGB+flow+pose, late fusion", LATE_TEACHER, "teacher"),
     ("Teacher RGB only (the RGB-only recipe, training seed + 100)", RGB_TEACHER, "teacher"),
+    ("Teacher RGB+flow+pose, trained again from seed + 200 (the ensemble's second member)", SECOND_TEACHER,
+     "teacher"),
     ("Teacher RGB+flow+pose, ModDrop (flow, pose each dropped from half the training videos; no input dropout)",
      MODDROP_TEACHER, "teacher"),
     ("Teacher RGB+flow+pose without input dropout (the teacher until 2026-12-04)", NO_DROPOUT_TEACHER, "teacher"),
@@ -201,6 +206,8 @@ ROWS: list[tuple[str, str, str]] = [
     ("Ours, from an RGB-only teacher (self-distillation control)", "ablations/synthetic_kd_rgb_teacher", "ablation"),
     ("Ours, from the RGB+flow+pose and an RGB-only teacher together", "ablations/synthetic_kd_rgb_and_full_teachers",
      "ablation"),
+    ("Ours, from an ensemble of two RGB+flow+pose teachers (seeds s and s + 200)",
+     "ablations/synthetic_kd_teacher_ensemble", "ablation"),
     ("Ours, from the ModDrop teacher", "ablations/synthetic_kd_moddrop_teacher", "ablation"),
     ("Ours, from the teacher without input dropout (ours until 2026-12-04)",
      "ablations/synthetic_kd_no_input_dropout_teacher", "ablation"),
