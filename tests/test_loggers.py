@@ -3,6 +3,7 @@ with the resolved config attached, and nothing at all when disabled."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -54,8 +55,15 @@ def test_offline_run_logs_locally_with_the_resolved_config(no_credentials, synth
     import wandb
 
     wandb.finish()
-    # the offline run's record (what `wandb sync` uploads) holds the resolved config and metrics
-    record = next(runs[0].glob("run-*.wandb")).read_bytes()
+    # the offline run's record (what `wandb sync` uploads) holds the resolved config and metrics;
+    # wandb's service process writes it, and under load it can still be flushing when finish()
+    # returns (seen once: only the file header), so give it a few seconds
+    record_file = next(runs[0].glob("run-*.wandb"))
+    deadline = time.monotonic() + 30
+    record = record_file.read_bytes()
+    while not (b"kd_detect_config" in record and b"val/frame_map" in record) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        record = record_file.read_bytes()
     assert b"kd_detect_config" in record and b"val/frame_map" in record
 
 
