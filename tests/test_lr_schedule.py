@@ -7,7 +7,6 @@ import math
 
 import pytest
 import pytorch_lightning as pl
-import torch
 
 from kd_detect.data import FeatureDataModule
 from kd_detect.errors import UsageError
@@ -57,13 +56,20 @@ def test_a_cosine_fit_steps_with_the_schedule_and_ends_at_zero(synthetic_h5):
 
 
 def test_the_plateau_schedule_is_the_default_and_follows_validation(synthetic_h5):
-    module, rates = _fit(synthetic_h5, 2, lr_patience=0, lr_factor=0.5)
+    module, rates = _fit(synthetic_h5, 1, lr_patience=1, lr_factor=0.25)
     assert module.lr_schedule == "plateau"
+    assert rates.rates == [0.01, 0.01]  # constant within the epoch: no per-step schedule
     (config,) = module.trainer.lr_scheduler_configs
-    assert isinstance(config.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
     assert config.monitor == "val/loss" and config.interval == "epoch"
-    # constant within an epoch; the second epoch's rate is the first's or half of it
-    assert rates.rates[0] == rates.rates[1] == 0.01 and rates.rates[2] in (0.01, 0.005)
+    # the configured scheduler follows the monitored value with the module's factor and
+    # patience: an improvement keeps the rate, one epoch without improvement (patience 1)
+    # keeps it, the second multiplies it by 0.25
+    scheduler, group = config.scheduler, module.trainer.optimizers[0].param_groups[0]
+    group["lr"] = 0.01
+    scheduler.best, scheduler.num_bad_epochs = float("inf"), 0
+    for loss, expected in [(1.0, 0.01), (0.5, 0.01), (0.6, 0.01), (0.7, 0.0025)]:
+        scheduler.step(loss)
+        assert group["lr"] == pytest.approx(expected), (loss, group["lr"])
 
 
 def test_bad_schedules_are_refused(synthetic_h5):
