@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from kd_detect.data.format import FeatureFileError, VideoRecord, labels_from_segments, write_feature_file
+from kd_detect.data.format import FeatureFile, FeatureFileError, VideoRecord, labels_from_segments, write_feature_file
+from kd_detect.errors import UsageError
 from kd_detect.lab import probe as P
 from kd_detect.metrics import FrameMAP
 
@@ -132,3 +133,119 @@ def test_choose_per_class_takes_each_class_best_and_falls_back_for_a_class_witho
                        [0.4, 0.4, np.nan, 0.6]])  # candidate means (nan-skipped): 0.40, 0.30, 0.47
     np.testing.assert_array_equal(P.choose_per_class(val_ap), [1, 0, 2, 2])
     np.testing.assert_array_equal(P.choose_per_class(np.full((2, 3), np.nan)), [0, 0, 0])
+
+
+# --- a teacher's probabilities on unlabelled videos (the probe as a well-regularised student)
+
+EXTRA = 48
+
+
+@pytest.fixture(scope="module")
+def unlabelled_pair(make_synthetic_h5):
+    """The tiny world with EXTRA more training videos: without labels (subset 'unlabelled'),
+    and the same videos, bit for bit, with their (noisy training) labels."""
+    return (make_synthetic_h5(extra_training=EXTRA, extra_subset="unlabelled"),
+            make_synthetic_h5(extra_training=EXTRA))
+
+
+def _labels_of(path, names):
+    ff = FeatureFile(path)
+    out = {v: ff.read(v, ["labels"])["labels"].astype(np.float64) for v in names}
+    ff.close()
+    return out
+
+
+def test_the_probes_own_least_squares_fit_is_a_fixed_point(unlabelled_pair):
+    """Known property: the least-squares reader taught its own predictions on extra videos
+    learns nothing new. With no context (columns of mean 0 on the training rows) and a
+    negligible penalty, the weights and intercept are those of the probe without them, so the
+    extra rows are wired in with the right centring (a wrong intercept would move them)."""
+    path, _ = unlabelled_pair
+    plain = P.probe(path, ["rgb"], context=0, ratios=(1e-12,))
+    _, splits = P.probe_inputs(path, ["rgb"], 0, ("training", "unlabelled"), unlabelled=("unlabelled",))
+    names = FeatureFile(path).videos_in("unlabelled")
+    own = {v: f @ plain.weights + plain.intercept for v, f in zip(names, splits["unlabelled"].features)}
+    taught = P.probe(path, ["rgb"], context=0, ratios=(1e-12,), extra_subset="unlabelled",
+                     extra_targets=lambda ids: {v: own[v] for v in ids})
+    assert taught.extra_videos == EXTRA and taught.train_steps > plain.train_steps
+    np.testing.assert_allclose(taught.weights, plain.weights, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(taught.intercept, plain.intercept, rtol=1e-6, atol=1e-8)
+    assert taught.test_map == pytest.approx(plain.test_map, abs=1e-9)
+
+
+def test_a_teacher_that_knows_the_labels_gives_the_fit_on_labelled_videos(unlabelled_pair):
+    """Targets equal to the extra videos' labels: the same rows and targets as the RGB
+    ceiling's fit (only the standardisation differs: the labelled videos' statistics), so the
+    weights and intercept match a direct, centred ridge solve on those rows."""
+    path, labelled = unlabelled_pair
+    ratio = 1e-2
+    taught = P.probe(path, ["rgb"], context=1, ratios=(ratio,), extra_subset="unlabelled",
+                     extra_targets=lambda ids: _labels_of(labelled, ids))
+    _, s = P.probe_inputs(path, ["rgb"], 1, ("training", "unlabelled"), unlabelled=("unlabelled",))
+    names = FeatureFile(path).videos_in("unlabelled")
+    truth = _labels_of(labelled, names)
+    x = np.concatenate(s["training"].features + s["unlabelled"].features)
+    y = np.concatenate(s["training"].labels + [truth[v] for v in names])
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    direct = np.linalg.solve(xc.T @ xc + len(x) * ratio * np.eye(x.shape[1]), xc.T @ yc)
+    np.testing.assert_allclose(taught.weights, direct, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(taught.intercept, y.mean(0) - x.mean(0) @ direct, rtol=1e-8, atol=1e-10)
+    # and the selection and score read those weights: the test figure is theirs
+    s_test = P.probe_inputs(path, ["rgb"], 1, ("training", "testing"))[1]["testing"]
+    want = P.frame_ap([(f - x.mean(0)) @ direct + y.mean(0) for f in s_test.features], s_test.labels)
+    assert taught.test_map == pytest.approx(float(np.nanmean(want)), abs=1e-12)
+
+
+def test_teacher_targets_are_refused_in_one_line_naming_the_video(unlabelled_pair):
+    path, _ = unlabelled_pair
+    names = FeatureFile(path).videos_in("unlabelled")
+    with pytest.raises(UsageError, match="'training' is one the probe fits"):
+        P.probe(path, ["rgb"], extra_subset="training", extra_targets=lambda ids: {})
+    with pytest.raises(UsageError, match="needs extra_targets"):
+        P.probe(path, ["rgb"], extra_subset="unlabelled")
+    with pytest.raises(FeatureFileError, match=rf"video '{names[0]}' \(subset 'unlabelled'\).*got nothing"):
+        P.probe(path, ["rgb"], extra_subset="unlabelled", extra_targets=lambda ids: {})
+    wrong = lambda ids: {v: np.zeros((3, 2)) for v in ids}  # noqa: E731
+    with pytest.raises(FeatureFileError, match=r"must have shape \(\d+, 6\) \(steps, classes\), got shape \(3, 2\)"):
+        P.probe(path, ["rgb"], extra_subset="unlabelled", extra_targets=wrong)
+
+
+def test_cli_with_a_teacher_checkpoint_uses_its_probabilities(unlabelled_pair, tmp_path, capsys):
+    """``--teacher CKPT``: the probe fit to that detector's probabilities on the unlabelled
+    videos, computed here by hand, video by video, through the module."""
+    import pytorch_lightning as pl
+
+    from kd_detect.modules import TeacherModule, instantiate
+
+    path, _ = unlabelled_pair
+    ff = FeatureFile(path)
+    dims = {m: ff.read(ff.video_ids[0], [m])[m].shape[1] for m in ("rgb", "flow")}
+    classes, names = list(ff.classes), ff.videos_in("unlabelled")
+    torch.manual_seed(0)
+    head = {"class_path": "kd_detect.models.heads.PDAN", "init_args": {"hidden": 8, "num_layers": 1}}
+    teacher = instantiate(TeacherModule, head=head, modalities=["rgb", "flow"], num_classes=len(classes),
+                          classes=classes, modality_dims=dims).eval()
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(teacher)
+    ckpt = tmp_path / "teacher.ckpt"
+    trainer.save_checkpoint(ckpt)
+    by_hand = {}
+    with torch.no_grad():
+        for v in names:
+            data = ff.read(v, ["rgb", "flow"])
+            batch = {m: torch.from_numpy(data[m].astype(np.float32)).T[None] for m in ("rgb", "flow")}
+            batch["mask"] = torch.ones(1, batch["rgb"].shape[2], dtype=torch.bool)
+            by_hand[v] = torch.sigmoid(teacher(batch).logits)[0].T.double().numpy()
+    ff.close()
+    assert P.main([str(path), "--modalities", "rgb", "--teacher", str(ckpt)]) == 0
+    out = capsys.readouterr().out
+    assert f"+ {EXTRA} unlabelled videos scored by the teacher" in out
+    want = P.probe(path, ["rgb"], extra_subset="unlabelled", extra_targets=lambda ids: {v: by_hand[v] for v in ids})
+    assert f"test frame mAP {100 * want.test_map:.2f}" in out
+    got = P.teacher_targets(ckpt, path)(names[:2])
+    assert set(got) == set(names[:2])
+    for v in names[:2]:
+        np.testing.assert_allclose(got[v], by_hand[v], atol=1e-5)
+    assert P.main([str(path), "--teacher", str(tmp_path / "missing.ckpt")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing.ckpt" in err

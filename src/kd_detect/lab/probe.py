@@ -30,6 +30,18 @@ does not depend on the number of steps.
 ``s_.,c`` on the validation steps; a class with no validation positive keeps the
 penalty of best mean validation AP over the other classes.
 
+*A teacher on unlabelled videos* (``--teacher CKPT``). The probe is then also a
+well-regularised *student*: the teacher's probabilities ``p`` on the videos of
+``--teacher-subset`` (default ``unlabelled``: videos with features only) join the training
+rows as their targets, ``X = [X_lab; X_ext]``, ``Y = [Y_lab; P_ext]``. With them, ``X`` is
+centred on its mean ``xbar`` over all rows (the extra videos move it), so the intercept is
+``ybar - xbar . w_c``; the penalty grid scales with the rows, and selection and score are
+as above. It measures what a teacher's outputs give a reader that has no variance to lose:
+a sanity floor for a distilled student, as the plain probe is for RGB-only. (On the
+labelled videos themselves a teacher gives a least-squares reader nothing: if the
+student's inputs are among the teacher's, its fit to the teacher's in-sample fit is its fit
+to the labels. docs/results.md, "What the teacher can give a linear student".)
+
 *Score.* AP is rank-based, so the test scores are passed to FrameMAP through the
 monotone map ``sigmoid`` (it wants probabilities); the rank order, hence the AP, is the
 ridge scores' own.
@@ -41,11 +53,13 @@ import argparse
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
-from kd_detect.data.format import FeatureFile, FeatureFileError
+from kd_detect.data.format import UNLABELLED, FeatureFile, FeatureFileError
+from kd_detect.errors import KdDetectError, UsageError
 from kd_detect.metrics import FrameMAP
 
 DEFAULT_RATIOS = tuple(10.0**p for p in range(-4, 3))
@@ -72,12 +86,14 @@ class Split:
     labels: list[np.ndarray] = field(default_factory=list)
 
 
-def load_split(ff: FeatureFile, subset: str, modalities: list[str]) -> Split:
+def load_split(ff: FeatureFile, subset: str, modalities: list[str], labels: bool = True) -> Split:
+    """The videos of ``subset``: features, and labels unless ``labels`` is false (the list then stays empty)."""
     split = Split()
     for vid in ff.videos_in(subset):
-        data = ff.read(vid, modalities + ["labels"])
+        data = ff.read(vid, modalities + (["labels"] if labels else []))
         split.features.append(np.concatenate([data[m].astype(np.float64) for m in modalities], axis=1))
-        split.labels.append(data["labels"].astype(np.float64))
+        if labels:
+            split.labels.append(data["labels"].astype(np.float64))
     return split
 
 
@@ -99,7 +115,10 @@ class ProbeResult:
     val_map: float
     test_map: float
     test_ap: np.ndarray  # (C,), NaN for classes without a test positive
-    train_steps: int
+    train_steps: int  # rows fit, the extra videos' included
+    weights: np.ndarray  # (d, C): score = x_t . weights + intercept, x_t the standardised window
+    intercept: np.ndarray  # (C,)
+    extra_videos: int = 0
 
 
 def fit_ridge(x: np.ndarray, y: np.ndarray, penalties: np.ndarray) -> np.ndarray:
@@ -111,11 +130,16 @@ def fit_ridge(x: np.ndarray, y: np.ndarray, penalties: np.ndarray) -> np.ndarray
 
 
 def probe_inputs(
-    path: str | Path, modalities: list[str] | None, context: int, subsets: tuple[str, str, str]
+    path: str | Path,
+    modalities: list[str] | None,
+    context: int,
+    subsets: tuple[str, ...],
+    unlabelled: tuple[str, ...] = (),
 ) -> tuple[list[str], dict[str, Split]]:
     """The probe's inputs: per video of each of ``subsets`` (training first), the rows
     ``x_t`` (standardised with the training steps' statistics, ``±context`` steps, see the
-    module doc) and the labels. Returns the modalities used and ``{subset: Split}``."""
+    module doc) and the labels (none for the subsets also named in ``unlabelled``).
+    Returns the modalities used and ``{subset: Split}``."""
     ff = FeatureFile(path)
     modalities = list(modalities or ff.modalities)
     unknown = [m for m in modalities if m not in ff.modalities]
@@ -123,9 +147,9 @@ def probe_inputs(
         raise FeatureFileError(f"{ff.path}: modality {unknown[0]!r} not in the file (it has {ff.modalities})")
     splits = {}
     for name in subsets:
-        splits[name] = load_split(ff, name, modalities)
+        splits[name] = load_split(ff, name, modalities, labels=name not in unlabelled)
         if not splits[name].features:
-            raise FeatureFileError(f"{ff.path}: subset {name!r} holds no video (the probe needs all three)")
+            raise FeatureFileError(f"{ff.path}: subset {name!r} holds no video (the probe needs it)")
     ff.close()
     train = np.concatenate(splits[subsets[0]].features)
     mu, sigma = train.mean(0), np.maximum(train.std(0), 1e-6)
@@ -151,22 +175,58 @@ def probe(
     train_subset: str = "training",
     val_subset: str = "validation",
     test_subset: str = "testing",
+    extra_subset: str | None = None,
+    extra_targets: Callable[[list[str]], dict[str, np.ndarray]] | None = None,
 ) -> ProbeResult:
-    """Fit, select and score the probe on ``path`` (see the module docstring)."""
-    modalities, splits = probe_inputs(path, modalities, context, (train_subset, val_subset, test_subset))
+    """Fit, select and score the probe on ``path`` (see the module docstring).
+
+    With ``extra_subset``, ``extra_targets(video_ids)`` gives the targets ``(T, C)`` of that
+    subset's videos (a teacher's probabilities: :func:`teacher_targets`),
+    which join the training rows."""
+    subsets = (train_subset, val_subset, test_subset)
+    if extra_subset is not None:
+        if extra_subset in subsets:
+            raise UsageError(f"the teacher's subset {extra_subset!r} is one the probe fits, chooses or scores on")
+        if extra_targets is None:
+            raise UsageError("extra_subset needs extra_targets (the teacher's probabilities)")
+        subsets = (*subsets, extra_subset)
+    modalities, splits = probe_inputs(path, modalities, context, subsets, unlabelled=subsets[3:])
     x = np.concatenate(splits[train_subset].features)
     y = np.concatenate(splits[train_subset].labels)
+    xbar = np.zeros(x.shape[1])
+    if extra_subset is not None:
+        ff = FeatureFile(path)
+        names = ff.videos_in(extra_subset)
+        ff.close()
+        targets = extra_targets(names)
+        rows = splits[extra_subset].features
+        for vid, f in zip(names, rows):
+            t = targets.get(vid)
+            if t is None or t.shape != (len(f), y.shape[1]):
+                got = "nothing" if t is None else f"shape {tuple(t.shape)}"
+                raise FeatureFileError(f"{path}: video {vid!r} (subset {extra_subset!r}): the teacher's targets must "
+                                       f"have shape ({len(f)}, {y.shape[1]}) (steps, classes), got {got}")
+            if not np.isfinite(t).all():
+                raise FeatureFileError(f"{path}: video {vid!r} (subset {extra_subset!r}): the teacher's targets must "
+                                       f"be finite (probabilities)")
+        x = np.concatenate([x, *rows])
+        y = np.concatenate([y, *(targets[v].astype(np.float64) for v in names)])
+        xbar = x.mean(0)
+        x = x - xbar
     ybar = y.mean(0)
     penalties = len(x) * np.asarray(ratios, dtype=np.float64)
     weights = fit_ridge(x, y, penalties)  # (P, d, C)
 
+    def scores(rows: list[np.ndarray], w: np.ndarray) -> list[np.ndarray]:
+        return [(r - xbar) @ w + ybar for r in rows]
+
     val_x, val_y = splits[val_subset].features, splits[val_subset].labels
-    val_ap = np.stack([frame_ap([v @ w + ybar for v in val_x], val_y) for w in weights])  # (P, C)
+    val_ap = np.stack([frame_ap(scores(val_x, w), val_y) for w in weights])  # (P, C)
     choice = choose_per_class(val_ap)
     chosen = weights[choice, :, np.arange(y.shape[1])].T  # (d, C)
     picked_val = val_ap[choice, np.arange(y.shape[1])]
     test_x, test_y = splits[test_subset].features, splits[test_subset].labels
-    test_ap = frame_ap([t @ chosen + ybar for t in test_x], test_y)
+    test_ap = frame_ap(scores(test_x, chosen), test_y)
     return ProbeResult(
         modalities=modalities,
         context=context,
@@ -175,7 +235,35 @@ def probe(
         test_map=float(np.nanmean(test_ap)),
         test_ap=test_ap,
         train_steps=len(x),
+        weights=chosen,
+        intercept=ybar - xbar @ chosen,
+        extra_videos=0 if extra_subset is None else len(splits[extra_subset].features),
     )
+
+
+def teacher_targets(ckpt: str | Path, path: str | Path) -> Callable[[list[str]], dict[str, np.ndarray]]:
+    """``video_ids -> {video: probabilities (T, C)}`` of the detector checkpoint ``ckpt`` on
+    those videos of ``path`` (it reads its own modalities; no labels needed)."""
+
+    def run(video_ids: list[str]) -> dict[str, np.ndarray]:
+        from kd_detect.data.feature_data import FeatureData
+        from kd_detect.modules.inference import check_data, iter_videos, load_for_inference
+
+        predictor = load_for_inference(ckpt)
+        check_data(predictor, path)
+        dm = FeatureData(str(path), modalities=predictor.modalities, predict_subset=None, batch_size=8,
+                         eval_batch_size=8, require_labels=False)
+        try:
+            if list(dm.classes) != predictor.classes:
+                raise UsageError(f"{ckpt}: the teacher's classes {predictor.classes[:3]}... are not those of {path} "
+                                 f"{list(dm.classes)[:3]}...")
+            wanted = set(video_ids)
+            return {vid: p.double().numpy() for vid, p, _, _ in iter_videos(predictor, dm.loader("predict"))
+                    if vid in wanted}
+        finally:
+            dm.close()
+
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,16 +276,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modalities", nargs="+", default=None,
                         help="modalities to concatenate (default: all of the file's)")
     parser.add_argument("--context", type=int, default=2, help="steps of context on each side (k in ±k)")
+    parser.add_argument("--teacher", type=Path, default=None,
+                        help="detector checkpoint whose probabilities on --teacher-subset join the training rows")
+    parser.add_argument("--teacher-subset", default=UNLABELLED, help="the videos the teacher scores")
     args = parser.parse_args(argv)
     if args.context < 0:
         parser.error(f"--context must be >= 0, got {args.context}")
     try:
-        result = probe(args.file, args.modalities, args.context)
-    except FeatureFileError as err:
+        if args.teacher is None:
+            result = probe(args.file, args.modalities, args.context)
+        else:
+            result = probe(args.file, args.modalities, args.context, extra_subset=args.teacher_subset,
+                           extra_targets=teacher_targets(args.teacher, args.file))
+    except (FeatureFileError, KdDetectError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    extra = f" + {result.extra_videos} {args.teacher_subset} videos scored by the teacher" if args.teacher else ""
     print(
-        f"probe {'+'.join(result.modalities)} context ±{result.context}: validation frame mAP "
+        f"probe {'+'.join(result.modalities)} context ±{result.context}{extra}: validation frame mAP "
         f"{100 * result.val_map:.2f}, test frame mAP {100 * result.test_map:.2f} "
         f"({result.train_steps} training steps, penalty/N median {np.median(result.penalties) / result.train_steps:.0e})"
     )
