@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kd_detect.lab.compare import CEILING, OURS, PROBE, RGB, ROWS, TEACHER, markdown, summarise, t_interval
+from kd_detect.lab.compare import CEILING, COMPUTED, OURS, PROBE, RGB, ROWS, TEACHER, markdown, summarise, t_interval
 
 
 def test_gap_closed_std_and_paired_difference():
@@ -134,7 +134,7 @@ def test_every_row_is_an_experiment_file():
 
     root = Path(__file__).resolve().parents[1] / "experiments"
     for _, exp, _ in ROWS:
-        assert exp == PROBE or (root / f"{exp}.yaml").is_file(), exp
+        assert exp in COMPUTED or (root / f"{exp}.yaml").is_file(), exp
 
 
 def test_reference_runs_come_from_the_reference_directory(tmp_path, monkeypatch):
@@ -556,3 +556,73 @@ def test_first_seed_adds_seeds_to_a_comparison_and_the_report_reads_them_all(tmp
     with pytest.raises(SystemExit):  # refused before anything is checked or run
         compare.main(["--first-seed", "-1", "--out", str(out), "--", "--data.path=x.h5"])
     assert len(commands) == before
+
+
+def test_the_taught_probe_row_reads_its_seeds_teacher_and_is_paired_like_a_run(tmp_path, make_synthetic_h5):
+    """``probe_taught`` of seed s: the RGB probe fit to the labels and to seed s's teacher's
+    probabilities on the unlabelled videos (``probe --teacher``, the same figure), stored as
+    that seed's run (test figure, and the validation figure as its selection), paired with
+    RGB-only by seed, and not recomputed once stored."""
+    import json
+
+    import pytorch_lightning as pl
+    import torch
+
+    from kd_detect.data.format import FeatureFile
+    from kd_detect.lab import compare
+    from kd_detect.lab.probe import probe, teacher_targets
+    from kd_detect.modules import TeacherModule, instantiate
+
+    path = make_synthetic_h5(extra_training=24, extra_subset="unlabelled")
+    ff = FeatureFile(path)
+    classes, dims = list(ff.classes), {m: ff.read(ff.video_ids[0], [m])[m].shape[1] for m in ("rgb", "flow")}
+    ff.close()
+    ckpts = []
+    for seed in (0, 1):  # two untrained teachers: different probabilities, so different rows
+        torch.manual_seed(seed)
+        teacher = instantiate(TeacherModule, head={"class_path": "kd_detect.models.heads.PDAN",
+                                                   "init_args": {"hidden": 8, "num_layers": 1}},
+                              modalities=["rgb", "flow"], num_classes=len(classes), classes=classes, modality_dims=dims)
+        trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+        trainer.strategy.connect(teacher)
+        ckpts.append(tmp_path / f"teacher{seed}.ckpt")
+        trainer.save_checkpoint(ckpts[-1])
+        (tmp_path / f"seed{seed}" / RGB).mkdir(parents=True)
+        (tmp_path / f"seed{seed}" / RGB / "metrics.json").write_text(json.dumps({compare.METRIC: 0.3}))
+    got = [compare.run_probe_taught(tmp_path, s, ckpts[s], str(path)) for s in (0, 1)]
+    for s in (0, 1):
+        want = probe(path, ["rgb"], context=2, extra_subset="unlabelled", extra_targets=teacher_targets(ckpts[s], path))
+        assert got[s] == pytest.approx(want.test_map, abs=1e-12)
+        stored = json.loads((tmp_path / f"seed{s}" / compare.PROBE_TAUGHT / "metrics.json").read_text())
+        assert stored["selection"] == {"monitor": compare.SELECTION, "score": pytest.approx(want.val_map)}
+        assert stored["teacher"] == str(ckpts[s]) and stored["unlabelled_videos"] == 24
+    assert got[0] != got[1]
+    results, validation = compare.collect(tmp_path), compare.collect(tmp_path, validation=True)
+    assert results[compare.PROBE_TAUGHT] == {0: pytest.approx(got[0]), 1: pytest.approx(got[1])}
+    assert set(validation[compare.PROBE_TAUGHT]) == {0, 1}
+    row = next(r for r in summarise(results) if r["experiment"] == compare.PROBE_TAUGHT)
+    assert row["group"] == "reference" and row["paired"]["mean"] == pytest.approx((got[0] + got[1]) / 2 - 0.3)
+    assert compare.run_probe_taught(tmp_path, 0, tmp_path / "gone.ckpt", "missing.h5") == pytest.approx(got[0])
+
+
+def test_compare_computes_the_taught_probe_from_each_seeds_teacher_on_the_unlabelled_file(tmp_path, monkeypatch):
+    """``--only probe_taught``: the teachers are trained, then the row is computed per seed from
+    that seed's teacher checkpoint on data/synthetic_unlabelled.h5; for another world it reads
+    ``--unlabelled-data``, and without it the row is left out (its file is the default world's)."""
+    from kd_detect.lab import compare
+
+    monkeypatch.chdir(tmp_path)
+    commands = _fake_fits(monkeypatch)
+    calls = []
+    monkeypatch.setattr(compare, "run_probe_taught", lambda root, s, ckpt, path: calls.append((root, s, ckpt, path)))
+    out = tmp_path / "c"
+    assert compare.main(["--seeds", "2", "--jobs", "1", "--out", str(out), "--only", compare.PROBE_TAUGHT]) == 0
+    assert calls == [(out, s, out / f"seed{s}" / TEACHER / "best.ckpt", compare.UNLABELLED_FILE) for s in (0, 1)]
+    assert {c[c.index("--config") + 1] for c in commands} == {f"experiments/{e}.yaml" for e in (RGB, TEACHER, CEILING)}
+    calls.clear()
+    assert compare.main(["--seeds", "1", "--jobs", "1", "--out", str(tmp_path / "d"), "--only", compare.PROBE_TAUGHT,
+                         "--", "--data.path=x.h5"]) == 0
+    assert calls == []
+    assert compare.main(["--seeds", "1", "--jobs", "1", "--out", str(tmp_path / "e"), "--unlabelled-data", "xu.h5",
+                         "--only", compare.PROBE_TAUGHT, "--", "--data.path=x.h5"]) == 0
+    assert calls == [(tmp_path / "e", 0, tmp_path / "e" / "seed0" / TEACHER / "best.ckpt", "xu.h5")]

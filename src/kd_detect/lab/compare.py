@@ -18,6 +18,10 @@ The yardsticks:
   teacher what labels alone would have taught.
 * **Linear probe**: a ridge reader of RGB with +-2 steps of context (``kd_detect.lab.probe``,
   deterministic: one run). A floor that the RGB-only detector must reach.
+* **Linear probe taught by the teacher** (``probe_taught``): the same reader, also fit to
+  the probabilities of seed ``s``'s teacher on the 432 unlabelled videos
+  (``probe --teacher``). What the teacher's outputs give a reader that has no variance to
+  lose: a floor for the students that read those videos, as the probe is for RGB-only.
 * **Self-distillation control** (``ablations/synthetic_kd_rgb_teacher``): the method with
   its defaults, distilling from an RGB-only teacher (the RGB-only recipe trained with seed
   ``s + 100``). It knows nothing the student's own input does not carry, so what ours gains
@@ -54,6 +58,10 @@ from kd_detect.runs import RunDir
 
 RGB, TEACHER, OURS = "synthetic_rgb", "synthetic_teacher", "synthetic_kd"
 CEILING, PROBE = "synthetic_rgb_ceiling", "probe"
+#: the linear probe of RGB taught the teacher's probabilities on the unlabelled videos (per seed)
+PROBE_TAUGHT = "probe_taught"
+#: rows computed here, not trained by ``kd-detect fit``
+COMPUTED = (PROBE, PROBE_TAUGHT)
 FLOWPOSE_TEACHER = "synthetic_teacher_flowpose"
 FLOW_TEACHER, POSE_TEACHER = "synthetic_teacher_flow", "synthetic_teacher_pose"
 LATE_TEACHER = "synthetic_teacher_late"
@@ -161,6 +169,8 @@ ROWS: list[tuple[str, str, str]] = [
     ("Teacher (RGB+flow+pose)", TEACHER, "reference"),
     ("RGB ceiling (4× labelled training videos)", CEILING, "reference"),
     ("Linear probe (RGB, ±2 steps)", PROBE, "reference"),
+    ("Linear probe (RGB, ±2 steps) taught by the teacher on the 432 unlabelled videos (a floor for the students "
+     "that read them)", PROBE_TAUGHT, "reference"),
     ("Teacher without RGB (flow+pose)", FLOWPOSE_TEACHER, "teacher"),
     ("Teacher RGB+flow", FLOW_TEACHER, "teacher"),
     ("Teacher RGB+pose", POSE_TEACHER, "teacher"),
@@ -281,6 +291,7 @@ METRIC = "test/frame_map"
 #: the validation figure every run's checkpoint is chosen on (RunCheckpoint's monitor)
 SELECTION = "val/frame_map"
 PROBE_FILE = "data/synthetic.h5"
+UNLABELLED_FILE = "data/synthetic_unlabelled.h5"
 #: the files the experiments read, with the generator options make compare's recipe uses
 DATA_FILES = {"data/synthetic.h5": {}, "data/synthetic_ceiling.h5": {"extra_training": 432},
               "data/synthetic_unlabelled.h5": {"extra_training": 432, "extra_subset": "unlabelled"}}
@@ -391,6 +402,25 @@ def run_probe(root: Path, path: str = PROBE_FILE) -> float:
         tmp.write_text(json.dumps({METRIC: result.test_map, "val/frame_map": result.val_map, "file": path,
                                    "modalities": ["rgb"], "context": 2}, indent=2))
     print(f"  done: linear probe (rgb, ±2): {METRIC} = {result.test_map:.4f}", flush=True)
+    return result.test_map
+
+
+def run_probe_taught(root: Path, seed: int, teacher_ckpt: Path, path: str = UNLABELLED_FILE) -> float:
+    """The row "linear probe taught by the teacher" of ``seed`` (``root/seed<s>/probe_taught/
+    metrics.json``, read like a run's; computed once): the RGB probe fit to the labels and to
+    the probabilities of ``teacher_ckpt`` on the videos of subset ``unlabelled`` of ``path``."""
+    out = root / f"seed{seed}" / PROBE_TAUGHT / "metrics.json"
+    if out.is_file():
+        return json.loads(out.read_text())[METRIC]
+    from kd_detect.lab.probe import probe, teacher_targets
+
+    result = probe(path, ["rgb"], context=2, extra_subset="unlabelled", extra_targets=teacher_targets(teacher_ckpt, path))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out) as tmp:
+        tmp.write_text(json.dumps({METRIC: result.test_map, "selection": {"monitor": SELECTION, "score": result.val_map},
+                                   "file": path, "teacher": str(teacher_ckpt), "unlabelled_videos": result.extra_videos,
+                                   "modalities": ["rgb"], "context": 2}, indent=2))
+    print(f"  done: linear probe taught by the teacher, seed {seed}: {METRIC} = {result.test_map:.4f}", flush=True)
     return result.test_map
 
 
@@ -546,8 +576,9 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     side_seeds = seeds[: args.ablation_seeds]
     chosen = [exp for _, exp, _ in ROWS
-              if exp != PROBE and (args.only is None or exp in args.only or exp in REFERENCES)]
-    if any(a.startswith("--data.path") for a in args.extra):  # the ceiling needs its own 4x file of that world
+              if exp not in COMPUTED and (args.only is None or exp in args.only or exp in REFERENCES)]
+    other_world = any(a.startswith("--data.path") for a in args.extra)
+    if other_world:  # the ceiling needs its own 4x file of that world
         kept = UNLABELLED_ROWS if args.unlabelled_data else ()
         chosen = [exp for exp in chosen if exp not in OWN_DATA or exp in kept]
 
@@ -575,6 +606,10 @@ def main(argv: list[str] | None = None) -> int:
             fut.result()  # re-raise a failed run
     if args.only is None or PROBE in args.only:
         run_probe(reference or root, args.probe_file)
+    if (args.only is None or PROBE_TAUGHT in args.only) and (args.unlabelled_data or not other_world):
+        for s in seeds:  # each seed's teacher (a reference: trained above)
+            run_probe_taught(root, s, run_dir(root, s, TEACHER, reference) / "best.ckpt",
+                             args.unlabelled_data or UNLABELLED_FILE)
     # the report covers every finished run under the output directory (all seeds, also
     # those of earlier invocations with other --seeds/--only), each row saying its count
     for s in seeds:  # the seed directory marks the seeds of this comparison (collect)
