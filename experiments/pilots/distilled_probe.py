@@ -1,20 +1,18 @@
 """Pilot (not a package feature): what can distillation pay a well-regularised linear student?
 
 The distilled PDAN closes about 10 % of the teacher's lead on the labelled videos and about
-a third with 432 videos nobody labelled. This pilot asks both questions without PDAN's
+40 % with 432 videos nobody labelled. This pilot asks both questions without PDAN's
 variance: the student is the ridge probe of ``kd_detect.lab.probe`` on RGB (±k steps, each
-class's penalty chosen on validation), the teacher the same reader on every modality, so the
-two differ only in what they see. Validation and test are always scored against true labels.
+class's penalty chosen on validation); the teacher is the same reader on every modality (so
+the two differ only in what they see) or a trained teacher. Validation and test are always
+scored against the true labels.
 
 *Labelled videos only* (``FILE``). The student fits ``(1 - alpha) y + alpha s`` on the
-training videos, ``s`` the teacher's scores there: in-sample (``insample``, what a distilled
+training videos, ``s`` the teacher's scores there: in sample (``insample``, what a distilled
 detector gets: a teacher that has seen those labels) or cross-fitted (``crossfit``, each of
 ``--folds`` folds of the videos scored by a teacher fit on the others, at the full
-teacher's penalties).
-
-*A trained teacher* (``--pdan-teachers CKPT ...``, e.g. the RGB+flow+pose PDAN teachers of
-``make compare``). Its probabilities take the place of the linear teacher's scores: on the
-labelled videos (in sample, every alpha) and, with ``--extra``, on the unlabelled ones.
+teacher's penalties). With ``--pdan-teachers CKPT ...`` (e.g. the teachers of ``make
+compare``), also each trained teacher's probabilities, in sample, at every alpha.
 
 *The teacher's features* (``--directions``). The linear analogue of feature distillation
 (FitNets, a hallucination branch): the RGB window is regressed on the teacher's inputs
@@ -23,20 +21,19 @@ fit, scaled by ``c``, are appended to the student's inputs, so a shared ridge pe
 shrinks the student less along them. The control takes the top ``r`` principal directions
 of the RGB window itself (no teacher).
 
-*Unlabelled videos* (``--extra CEILING_FILE``, the RGB ceiling's file: the same videos plus
-432 more in ``training``; ``make data/synthetic_ceiling.h5``). The teacher is fit on the
-labelled videos only; the student fits the labels on those and the teacher's scores on the
-extra videos. Rows: the RGB-only teacher's scores instead (self-training, the control), and
-the extra videos' own (noisy) labels (the RGB ceiling).
+*Unlabelled videos* (``--unlabelled FILE_U``: ``FILE`` plus 432 videos without labels,
+``make data/synthetic_unlabelled.h5``). The student is ``probe(..., extra_targets=...)``
+(what ``probe --teacher`` runs): the labels on the labelled videos, a teacher's outputs on
+the unlabelled ones. Teachers fit on the labelled videos: the ridge probe of every modality
+(its scores) and of RGB (the control), the logistic probe (``logistic_probe.py``, lam 0.1:
+probabilities) of each, and every ``--pdan-teachers`` checkpoint. ``--ceiling FILE_C`` adds
+the probe of the same videos with their labels (``make data/synthetic_ceiling.h5``).
 
     OMP_NUM_THREADS=1 .venv/bin/python experiments/pilots/distilled_probe.py data/synthetic.h5 \
-        [--extra data/synthetic_ceiling.h5] [--directions] [--pdan-teachers CKPT ...] \
-        [--context 2] [--alphas 0 0.25 0.5 0.75 1] [--folds 4]
+        [--unlabelled data/synthetic_unlabelled.h5 --ceiling data/synthetic_ceiling.h5] [--directions] \
+        [--pdan-teachers CKPT ...] [--context 2] [--alphas 0 0.25 0.5 0.75 1] [--folds 4]
 
-Why it matters: if the teacher's scores do not lift a linear student, a distilled detector
-can gain on the labelled videos only what it lacks in regularisation (at most the distance
-to the probe), whatever its losses. Figures: docs/results.md, "What the teacher can give a
-linear student".
+Figures: docs/results.md, "What the teacher can give a linear student".
 """
 
 from __future__ import annotations
@@ -47,7 +44,16 @@ import numpy as np
 import torch
 
 from kd_detect.data.format import FeatureFile
-from kd_detect.lab.probe import DEFAULT_RATIOS, Split, choose_per_class, fit_ridge, frame_ap, probe_inputs
+from kd_detect.lab.probe import (
+    DEFAULT_RATIOS,
+    Split,
+    choose_per_class,
+    fit_ridge,
+    frame_ap,
+    probe,
+    probe_inputs,
+    teacher_targets,
+)
 
 SUBSETS = ("training", "validation", "testing")
 
@@ -79,21 +85,6 @@ def teacher_scores(splits: dict[str, Split], labelled: list[int], scored: list[i
     return [tr.features[i] @ w + ybar for i in scored], test_map
 
 
-def pdan_scores(ckpt: str, path: str, names: list[str]) -> list[np.ndarray]:
-    """A trained detector's probabilities ``(T, C)`` on the training videos ``names`` of ``path``."""
-    from kd_detect.data.feature_data import FeatureData
-    from kd_detect.modules.inference import iter_videos, load_for_inference
-
-    predictor = load_for_inference(ckpt)
-    dm = FeatureData(path, modalities=predictor.modalities, predict_subset="training", batch_size=8,
-                     eval_batch_size=8, require_labels=False)
-    try:
-        probs = {vid: p.double().numpy() for vid, p, _, _ in iter_videos(predictor, dm.loader("predict"))}
-    finally:
-        dm.close()
-    return [probs[n] for n in names]
-
-
 def training_names(path: str) -> list[str]:
     ff = FeatureFile(path)
     names = list(ff.videos_in("training"))
@@ -101,7 +92,7 @@ def training_names(path: str) -> list[str]:
     return names
 
 
-def pdan_teachers(path: str, extra: str | None, ckpts: list[str], context: int, alphas: list[float]) -> None:
+def pdan_teachers(path: str, ckpts: list[str], context: int, alphas: list[float]) -> None:
     _, rgb = probe_inputs(path, ["rgb"], context, SUBSETS)
     x = np.concatenate(rgb["training"].features)
     y = np.concatenate(rgb["training"].labels)
@@ -110,7 +101,8 @@ def pdan_teachers(path: str, extra: str | None, ckpts: list[str], context: int, 
     print(f"trained teachers, their probabilities on the labelled videos (RGB student {base:.2f}):")
     gains: dict[float, list[float]] = {a: [] for a in alphas}
     for ckpt in ckpts:
-        s = np.concatenate(pdan_scores(ckpt, path, names))
+        probs = teacher_targets(ckpt, path)(names)
+        s = np.concatenate([probs[n] for n in names])
         row = []
         for alpha in alphas:
             test = student(x, (1 - alpha) * y + alpha * s, rgb)[1]
@@ -119,25 +111,6 @@ def pdan_teachers(path: str, extra: str | None, ckpts: list[str], context: int, 
         print(f"  {ckpt}: mean |p - y| {np.abs(s - y).mean():.4f}; test - the student on labels, alpha " + ", ".join(row),
               flush=True)
     print("  mean over teachers: " + ", ".join(f"alpha {a:g} {np.mean(g):+.2f}" for a, g in gains.items()))
-    if not extra:
-        return
-    labelled_names = set(names)
-    all_names = training_names(extra)
-    labelled = [i for i, n in enumerate(all_names) if n in labelled_names]
-    others = [i for i, n in enumerate(all_names) if n not in labelled_names]
-    _, rgb = probe_inputs(extra, ["rgb"], context, SUBSETS)
-    tr = rgb["training"]
-    x_all = np.concatenate([tr.features[i] for i in labelled] + [tr.features[i] for i in others])
-    y_lab = np.concatenate([tr.labels[i] for i in labelled])
-    base = student(np.concatenate([tr.features[i] for i in labelled]), y_lab, rgb)[1]
-    print(f"  + {len(others)} unlabelled videos scored by each teacher (RGB student on the labelled ones {base:.2f}):")
-    out = []
-    for ckpt in ckpts:
-        scores = pdan_scores(ckpt, extra, [all_names[i] for i in others])
-        test = student(x_all, np.concatenate([y_lab] + scores), rgb)[1]
-        out.append(test - base)
-        print(f"    {ckpt}: test {test:.2f} ({test - base:+.2f})", flush=True)
-    print(f"    mean over teachers {np.mean(out):+.2f}")
 
 
 def labelled_only(path: str, context: int, alphas: list[float], folds: int) -> None:
@@ -188,50 +161,65 @@ def feature_directions(path: str, context: int) -> None:
                 print(f"  {name} r {r} c {c:g}: validation {val:.2f}, test {test:.2f} ({test - base:+.2f})", flush=True)
 
 
-def with_extra(path: str, extra: str, context: int) -> None:
-    ff = FeatureFile(path)
-    labelled_names = set(ff.videos_in("training"))
-    ff.close()
-    ff = FeatureFile(extra)
-    names = ff.videos_in("training")
-    ff.close()
-    labelled = [i for i, n in enumerate(names) if n in labelled_names]
-    others = [i for i, n in enumerate(names) if n not in labelled_names]
-    _, every = probe_inputs(extra, None, context, SUBSETS)
-    _, rgb = probe_inputs(extra, ["rgb"], context, SUBSETS)
-    tr = rgb["training"]
-    x_lab = np.concatenate([tr.features[i] for i in labelled])
-    y_lab = np.concatenate([tr.labels[i] for i in labelled])
-    x_all = np.concatenate([x_lab] + [tr.features[i] for i in others])
-    cross_modal, teacher_map = teacher_scores(every, labelled, others)
-    self_scores, rgb_map = teacher_scores(rgb, labelled, others)
-    print(f"{len(labelled)} labelled + {len(others)} unlabelled videos: teacher test {teacher_map:.2f}, "
-          f"RGB student on the labelled videos {rgb_map:.2f}")
+def with_unlabelled(path: str, unlabelled: str, ceiling: str | None, ckpts: list[str], context: int) -> None:
+    """The RGB probe of ``unlabelled`` (the labelled file plus subset ``unlabelled``) taught
+    each teacher's scores on those videos (``probe(..., extra_targets=...)``, the package's own
+    ``probe --teacher``), the probe on the labelled videos alone, and the RGB ceiling's probe."""
     from logistic_probe import fit_logistic  # this folder's pilot: BCE + lam ||W||^2 by L-BFGS
 
-    def logistic_scores(splits: dict[str, Split]) -> list[np.ndarray]:
-        t = splits["training"]
-        w, b = (v.numpy() for v in fit_logistic(torch.as_tensor(np.concatenate([t.features[i] for i in labelled])),
-                                                torch.as_tensor(y_lab), 0.1))
-        return [1 / (1 + np.exp(-(t.features[i] @ w + b))) for i in others]
+    subsets = (*SUBSETS, "unlabelled")
+    _, every = probe_inputs(unlabelled, None, context, subsets, unlabelled=("unlabelled",))
+    _, rgb = probe_inputs(unlabelled, ["rgb"], context, subsets, unlabelled=("unlabelled",))
+    ff = FeatureFile(unlabelled)
+    names = ff.videos_in("unlabelled")
+    ff.close()
+    plain = probe(unlabelled, ["rgb"], context).test_map * 100
+    videos = list(range(len(rgb["training"].features)))
 
-    rows = (
-        ("the extra videos scored by the RGB+flow+pose teacher", cross_modal),
-        ("the extra videos scored by the RGB teacher (control)", self_scores),
-        ("... by the RGB+flow+pose logistic probe (lam 0.1), probabilities", logistic_scores(every)),
-        ("... by the RGB logistic probe (lam 0.1), probabilities (control)", logistic_scores(rgb)),
-        ("the extra videos with their labels (RGB ceiling)", [tr.labels[i] for i in others]),
-    )
-    for name, scores in rows:
-        val, test = student(x_all, np.concatenate([y_lab] + scores), rgb)
-        print(f"  {name}: validation {val:.2f}, test {test:.2f} ({test - rgb_map:+.2f}, "
-              f"gap closed {100 * (test - rgb_map) / (teacher_map - rgb_map):.0f} %)", flush=True)
+    def ridge(splits: dict[str, Split]) -> dict[str, np.ndarray]:
+        tr = splits["training"]
+        w, ybar, _, _ = fit_chosen(np.concatenate(tr.features), np.concatenate(tr.labels), splits["validation"])
+        return {n: f @ w + ybar for n, f in zip(names, splits["unlabelled"].features)}
+
+    def logistic(splits: dict[str, Split]) -> dict[str, np.ndarray]:
+        tr = splits["training"]
+        w, b = (v.numpy() for v in fit_logistic(torch.as_tensor(np.concatenate(tr.features)),
+                                                torch.as_tensor(np.concatenate(tr.labels)), 0.1))
+        return {n: 1 / (1 + np.exp(-(f @ w + b))) for n, f in zip(names, splits["unlabelled"].features)}
+
+    _, teacher_map = teacher_scores(every, videos, videos)
+    print(f"{len(videos)} labelled + {len(names)} unlabelled videos: RGB probe {plain:.2f}, "
+          f"the probe of every modality {teacher_map:.2f}")
+    rows = [
+        ("ridge probe of every modality (scores)", ridge(every)),
+        ("ridge probe of RGB (scores; control)", ridge(rgb)),
+        ("logistic probe of every modality, lam 0.1 (probabilities)", logistic(every)),
+        ("logistic probe of RGB, lam 0.1 (probabilities; control)", logistic(rgb)),
+    ]
+    for name, targets in rows:
+        r = probe(unlabelled, ["rgb"], context, extra_subset="unlabelled", extra_targets=lambda ids, t=targets: t)
+        print(f"  taught by the {name}: validation {100 * r.val_map:.2f}, test {100 * r.test_map:.2f} "
+              f"({100 * r.test_map - plain:+.2f})", flush=True)
+    gains = []
+    for ckpt in ckpts:
+        r = probe(unlabelled, ["rgb"], context, extra_subset="unlabelled", extra_targets=teacher_targets(ckpt, unlabelled))
+        gains.append(100 * r.test_map - plain)
+        print(f"  taught by {ckpt}: validation {100 * r.val_map:.2f}, test {100 * r.test_map:.2f} ({gains[-1]:+.2f})",
+              flush=True)
+    if gains:
+        print(f"  mean over the {len(gains)} trained teachers: {np.mean(gains):+.2f}")
+    if ceiling:
+        r = probe(ceiling, ["rgb"], context)
+        print(f"  the RGB ceiling (the same videos with their labels): test {100 * r.test_map:.2f} "
+              f"({100 * r.test_map - plain:+.2f})")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("file")
-    parser.add_argument("--extra", help="the same world with more training videos (the RGB ceiling's file)")
+    parser.add_argument("--unlabelled", help="the same file plus 432 videos in subset 'unlabelled' "
+                        "(make data/synthetic_unlabelled.h5)")
+    parser.add_argument("--ceiling", help="the same videos with their labels (make data/synthetic_ceiling.h5)")
     parser.add_argument("--directions", action="store_true", help="also the teacher's directions (FitNets' analogue)")
     parser.add_argument("--pdan-teachers", nargs="+", default=[], help="trained teacher checkpoints")
     parser.add_argument("--context", type=int, default=2)
@@ -242,9 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.directions:
         feature_directions(args.file, args.context)
     if args.pdan_teachers:
-        pdan_teachers(args.file, args.extra, args.pdan_teachers, args.context, args.alphas)
-    if args.extra:
-        with_extra(args.file, args.extra, args.context)
+        pdan_teachers(args.file, args.pdan_teachers, args.context, args.alphas)
+    if args.unlabelled:
+        with_unlabelled(args.file, args.unlabelled, args.ceiling, args.pdan_teachers, args.context)
     return 0
 
 
