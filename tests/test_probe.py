@@ -249,3 +249,32 @@ def test_cli_with_a_teacher_checkpoint_uses_its_probabilities(unlabelled_pair, t
     assert P.main([str(path), "--teacher", str(tmp_path / "missing.ckpt")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing.ckpt" in err
+
+
+def test_a_file_without_validation_holds_out_the_detectors_validation_videos(tmp_path, capsys):
+    """No 'validation' subset (Charades, TSU): the penalty is chosen on the 15 % of the
+    training videos a detector validates on (by SHA-1 of the id), which leave the fit; the
+    same figures as a file where exactly those videos are the validation subset."""
+    from kd_detect.data.feature_data import AUTO_SHARE, fixed_share
+
+    rng = np.random.default_rng(5)
+    recs, t = [], 30
+    for i in range(20):
+        segs = np.array([[c, *sorted(rng.uniform(0, t, 2))] for c in range(2)])
+        labels = labels_from_segments(segs, t, float(t), 2)
+        feat = np.hstack([2.0 * labels, np.zeros((t, 1))]) + rng.standard_normal((t, 3))
+        recs.append(VideoRecord(f"v{i:02d}", "training" if i < 16 else "testing", float(t),
+                                {"a": feat.astype(np.float32)}, segs, labels))
+    path = write_feature_file(tmp_path / "noval.h5", ["c0", "c1"], ["a"], recs, dtype="float32")
+    held = fixed_share([f"v{i:02d}" for i in range(16)], AUTO_SHARE)
+    assert len(held) == 3
+    moved = [VideoRecord(r.video_id, "validation" if r.video_id in held else r.subset, r.duration, r.features,
+                         r.segments, r.labels) for r in recs]
+    explicit = write_feature_file(tmp_path / "val.h5", ["c0", "c1"], ["a"], moved, dtype="float32")
+    auto, want = P.probe(path, ["a"], context=1), P.probe(explicit, ["a"], context=1)
+    assert auto.held_out == 3 and want.held_out == 0
+    assert auto.train_steps == want.train_steps == 13 * t
+    assert auto.test_map == pytest.approx(want.test_map, abs=1e-12) and auto.val_map == pytest.approx(want.val_map)
+    np.testing.assert_allclose(auto.weights, want.weights, rtol=1e-10)
+    assert P.main([str(path), "--context", "1"]) == 0
+    assert "no validation subset: 3 training videos held out by SHA-1 of the id" in capsys.readouterr().out

@@ -27,7 +27,8 @@ Penalties are ``lambda = N * r`` for the grid ``r`` (default ``10^-4 ... 10^2``)
 does not depend on the number of steps.
 
 *Selection.* Class ``c`` keeps the penalty with the best average precision of
-``s_.,c`` on the validation steps; a class with no validation positive keeps the
+``s_.,c`` on the validation steps (a file without a ``validation`` subset: the 15 % of the
+training videos a detector holds out for validation, by SHA-1 of the id); a class with no validation positive keeps the
 penalty of best mean validation AP over the other classes.
 
 *A teacher on unlabelled videos* (``--teacher CKPT``). The probe is then also a
@@ -86,10 +87,12 @@ class Split:
     labels: list[np.ndarray] = field(default_factory=list)
 
 
-def load_split(ff: FeatureFile, subset: str, modalities: list[str], labels: bool = True) -> Split:
-    """The videos of ``subset``: features, and labels unless ``labels`` is false (the list then stays empty)."""
+def load_split(ff: FeatureFile, subset: str, modalities: list[str], labels: bool = True,
+               videos: list[str] | None = None) -> Split:
+    """The videos of ``subset`` (or the list ``videos``): features, and labels unless
+    ``labels`` is false (the list then stays empty)."""
     split = Split()
-    for vid in ff.videos_in(subset):
+    for vid in ff.videos_in(subset) if videos is None else videos:
         data = ff.read(vid, modalities + (["labels"] if labels else []))
         split.features.append(np.concatenate([data[m].astype(np.float64) for m in modalities], axis=1))
         if labels:
@@ -119,6 +122,7 @@ class ProbeResult:
     weights: np.ndarray  # (d, C): score = x_t . weights + intercept, x_t the standardised window
     intercept: np.ndarray  # (C,)
     extra_videos: int = 0
+    held_out: int = 0  # training videos held out for validation (a file without a validation subset)
 
 
 def fit_ridge(x: np.ndarray, y: np.ndarray, penalties: np.ndarray) -> np.ndarray:
@@ -135,11 +139,13 @@ def probe_inputs(
     context: int,
     subsets: tuple[str, ...],
     unlabelled: tuple[str, ...] = (),
+    videos: dict[str, list[str]] | None = None,
 ) -> tuple[list[str], dict[str, Split]]:
-    """The probe's inputs: per video of each of ``subsets`` (training first), the rows
-    ``x_t`` (standardised with the training steps' statistics, ``±context`` steps, see the
-    module doc) and the labels (none for the subsets also named in ``unlabelled``).
-    Returns the modalities used and ``{subset: Split}``."""
+    """The probe's inputs: per video of each of ``subsets`` (training first; ``videos`` may
+    give a subset's video list instead of the file's), the rows ``x_t`` (standardised with
+    the training steps' statistics, ``±context`` steps, see the module doc) and the labels
+    (none for the subsets also named in ``unlabelled``). Returns the modalities used and
+    ``{subset: Split}``."""
     ff = FeatureFile(path)
     modalities = list(modalities or ff.modalities)
     unknown = [m for m in modalities if m not in ff.modalities]
@@ -147,7 +153,7 @@ def probe_inputs(
         raise FeatureFileError(f"{ff.path}: modality {unknown[0]!r} not in the file (it has {ff.modalities})")
     splits = {}
     for name in subsets:
-        splits[name] = load_split(ff, name, modalities, labels=name not in unlabelled)
+        splits[name] = load_split(ff, name, modalities, labels=name not in unlabelled, videos=(videos or {}).get(name))
         if not splits[name].features:
             raise FeatureFileError(f"{ff.path}: subset {name!r} holds no video (the probe needs it)")
     ff.close()
@@ -184,13 +190,14 @@ def probe(
     subset's videos (a teacher's probabilities: :func:`teacher_targets`),
     which join the training rows."""
     subsets = (train_subset, val_subset, test_subset)
+    videos, held_out = validation_videos(path, train_subset, val_subset)
     if extra_subset is not None:
         if extra_subset in subsets:
             raise UsageError(f"the teacher's subset {extra_subset!r} is one the probe fits, chooses or scores on")
         if extra_targets is None:
             raise UsageError("extra_subset needs extra_targets (the teacher's probabilities)")
         subsets = (*subsets, extra_subset)
-    modalities, splits = probe_inputs(path, modalities, context, subsets, unlabelled=subsets[3:])
+    modalities, splits = probe_inputs(path, modalities, context, subsets, unlabelled=subsets[3:], videos=videos)
     x = np.concatenate(splits[train_subset].features)
     y = np.concatenate(splits[train_subset].labels)
     xbar = np.zeros(x.shape[1])
@@ -238,7 +245,27 @@ def probe(
         weights=chosen,
         intercept=ybar - xbar @ chosen,
         extra_videos=0 if extra_subset is None else len(splits[extra_subset].features),
+        held_out=held_out,
     )
+
+
+def validation_videos(path: str | Path, train_subset: str, val_subset: str) -> tuple[dict[str, list[str]] | None, int]:
+    """Where the penalty is chosen, as the detectors choose checkpoints (``val_subset: auto``):
+    the file's ``validation`` subset, else a fixed share of the training videos held out by
+    SHA-1 of the id (``kd_detect.data.feature_data.fixed_share``, the same videos a detector
+    validates on). Returns ``({subset: videos}`` overriding the file's lists, or ``None``, and
+    how many training videos were held out)."""
+    from kd_detect.data.feature_data import AUTO_SHARE, VALIDATION, fixed_share
+
+    ff = FeatureFile(path)
+    try:
+        train = ff.videos_in(train_subset)
+        if val_subset != VALIDATION or ff.videos_in(VALIDATION) or len(train) < 2:
+            return None, 0
+        held = set(fixed_share(train, AUTO_SHARE))
+        return {train_subset: [v for v in train if v not in held], val_subset: [v for v in train if v in held]}, len(held)
+    finally:
+        ff.close()
 
 
 def teacher_targets(ckpt: str | Path, path: str | Path) -> Callable[[list[str]], dict[str, np.ndarray]]:
@@ -292,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     extra = f" + {result.extra_videos} {args.teacher_subset} videos scored by the teacher" if args.teacher else ""
+    if result.held_out:
+        extra += f"; no validation subset: {result.held_out} training videos held out by SHA-1 of the id"
     print(
         f"probe {'+'.join(result.modalities)} context ±{result.context}{extra}: validation frame mAP "
         f"{100 * result.val_map:.2f}, test frame mAP {100 * result.test_map:.2f} "
