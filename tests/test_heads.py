@@ -17,9 +17,11 @@ SMALL = {
     "mstcn": lambda d, c: MSTCN(d, c, num_stages=2, num_layers=3, hidden=8),
     "tcn": lambda d, c: TCN(d, c, hidden=8, num_layers=2, kernel_size=3),
     "decomposed": lambda d, c: Decomposed(d, c, hidden=16, num_layers=3),
+    "decomposed_k3": lambda d, c: Decomposed(d, c, hidden=16, num_layers=3, input_kernel=3),
 }
 # One-sided receptive field of the SMALL configurations, in steps.
-RECEPTIVE = {"pdan": 1 + 2 + 4, "pdan_k5": 2 + 1 + 2 + 4, "decomposed": 1 + 2 + 4, "mstcn": 2 * (1 + 2 + 4), "tcn": 2 * 1}
+RECEPTIVE = {"pdan": 1 + 2 + 4, "pdan_k5": 2 + 1 + 2 + 4, "decomposed": 1 + 2 + 4,
+             "decomposed_k3": 1 + 1 + 2 + 4, "mstcn": 2 * (1 + 2 + 4), "tcn": 2 * 1}
 
 
 def make(name: str, d: int, c: int, seed: int = 0) -> DetectionHead:
@@ -198,6 +200,8 @@ def test_bad_options() -> None:
             PDAN(4, 2, input_kernel=k)
     with pytest.raises(ValueError, match="Decomposed.*dropout"):
         Decomposed(4, 2, dropout=1.0)
+    with pytest.raises(ValueError, match="Decomposed: input_kernel must be a positive odd number"):
+        Decomposed(4, 2, input_kernel=2)
 
 
 @pytest.mark.parametrize("k", [1, 3, 5])

@@ -44,7 +44,7 @@ class Decomposed(DetectionHead):
 
     Args:
         in_dim, num_classes: supplied by the module.
-        hidden, num_layers, dropout: each branch's PDAN options.
+        hidden, num_layers, dropout, input_kernel: each branch's PDAN options.
         detach_motion: the detection loss does not train the motion branch's trunk (see the
             module docstring).
     """
@@ -58,11 +58,15 @@ class Decomposed(DetectionHead):
         num_layers: int = 5,
         dropout: float = 0.5,
         detach_motion: bool = False,
+        input_kernel: int = 1,
     ) -> None:
         super().__init__()
         check_head_options("Decomposed", hidden, num_layers, dropout)  # errors name this head, not PDAN
-        self.appearance = PDAN(in_dim, num_classes, hidden=hidden, num_layers=num_layers, dropout=dropout)
-        self.motion = PDAN(in_dim, num_classes, hidden=hidden, num_layers=num_layers, dropout=dropout)
+        if input_kernel < 1 or input_kernel % 2 == 0:
+            raise ValueError(f"Decomposed: input_kernel must be a positive odd number (same padding), got {input_kernel}")
+        options = dict(hidden=hidden, num_layers=num_layers, dropout=dropout, input_kernel=input_kernel)
+        self.appearance = PDAN(in_dim, num_classes, **options)
+        self.motion = PDAN(in_dim, num_classes, **options)
         self.in_dim = int(in_dim)
         self.num_classes = int(num_classes)
         self.feature_dim = int(hidden)
