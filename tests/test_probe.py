@@ -210,7 +210,7 @@ def test_teacher_targets_are_refused_in_one_line_naming_the_video(unlabelled_pai
         P.probe(path, ["rgb"], extra_subset="unlabelled", extra_targets=wrong)
 
 
-def test_cli_with_a_teacher_checkpoint_uses_its_probabilities(unlabelled_pair, tmp_path, capsys):
+def test_cli_with_a_teacher_checkpoint_uses_its_probabilities(unlabelled_pair, tmp_path, capsys, monkeypatch):
     """``--teacher CKPT``: the probe fit to that detector's probabilities on the unlabelled
     videos, computed here by hand, video by video, through the module."""
     import pytorch_lightning as pl
@@ -249,6 +249,28 @@ def test_cli_with_a_teacher_checkpoint_uses_its_probabilities(unlabelled_pair, t
     assert P.main([str(path), "--teacher", str(tmp_path / "missing.ckpt")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing.ckpt" in err
+    # the teacher runs on the subset asked for, not on every video of the file
+    import kd_detect.modules.inference as inference
+
+    seen, real_iter = [], inference.iter_videos
+
+    def spy(predictor, loader):
+        for item in real_iter(predictor, loader):
+            seen.append(item[0])
+            yield item
+
+    monkeypatch.setattr(inference, "iter_videos", spy)
+    P.teacher_targets(ckpt, path)(names)
+    assert sorted(seen) == sorted(names)
+    monkeypatch.undo()
+    # a teacher of other classes is refused in one line naming both
+    other = instantiate(TeacherModule, head=head, modalities=["rgb", "flow"], num_classes=len(classes),
+                        classes=[f"x{i}" for i in range(len(classes))], modality_dims=dims)
+    trainer.strategy.connect(other)
+    trainer.save_checkpoint(tmp_path / "other.ckpt")
+    assert P.main([str(path), "--modalities", "rgb", "--teacher", str(tmp_path / "other.ckpt")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "other.ckpt" in err and "classes" in err and str(path) in err
 
 
 def test_a_file_without_validation_holds_out_the_detectors_validation_videos(tmp_path, capsys):

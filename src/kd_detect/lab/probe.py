@@ -278,7 +278,10 @@ def teacher_targets(ckpt: str | Path, path: str | Path) -> Callable[[list[str]],
 
         predictor = load_for_inference(ckpt)
         check_data(predictor, path)
-        dm = FeatureData(str(path), modalities=predictor.modalities, predict_subset=None, batch_size=8,
+        ff = FeatureFile(path)
+        subsets = sorted({ff.subsets[v] for v in video_ids if v in ff.subsets})  # run the teacher on those only
+        ff.close()
+        dm = FeatureData(str(path), modalities=predictor.modalities, predict_subset=subsets or None, batch_size=8,
                          eval_batch_size=8, require_labels=False)
         try:
             if list(dm.classes) != predictor.classes:
