@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from pytorch_lightning import seed_everything
 
 from kd_detect.data.batch import modalities_in, to_model_layout
 from kd_detect.data.datamodule import FeatureDataModule, fixed_share
@@ -116,6 +117,28 @@ def test_shuffle_depends_on_seed_and_epoch(synthetic_h5):
 
     assert order(0, 0) == order(0, 0)
     assert order(0, 0) != order(0, 1) and order(0, 0) != order(1, 0)
+
+
+def test_default_seed_follows_the_fits_seed(synthetic_h5, monkeypatch):
+    """``seed=None`` is the fit's ``seed_everything`` (PL_GLOBAL_SEED, read when the training
+    data are built), so two training seeds see the videos in different orders; an explicit
+    seed wins; unseeded is 0."""
+
+    def first_batch(**kw):
+        loader = FeatureDataModule(str(synthetic_h5), batch_size=16, **kw).train_dataloader()
+        loader.sampler.set_epoch(0)
+        return next(iter(loader))["meta"]["video_id"]
+
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+    assert FeatureDataModule(str(synthetic_h5)).seed == 0
+    unseeded = first_batch()
+    assert unseeded == first_batch(seed=0)
+    monkeypatch.setenv("PL_GLOBAL_SEED", "0")  # restored after the test
+    seed_everything(3)  # what `kd-detect fit --seed_everything=3` calls before building the data
+    dm = FeatureDataModule(str(synthetic_h5))
+    assert dm.seed == 3 and dm.train_dataloader().sampler.seed == 3
+    assert first_batch() == first_batch(seed=3) != unseeded
+    assert first_batch(seed=0) == unseeded  # explicit wins over the fit's seed
 
 
 def test_workers_and_preload_give_identical_batches(synthetic_h5):

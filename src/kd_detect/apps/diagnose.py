@@ -182,6 +182,9 @@ def run(args: argparse.Namespace) -> int:
     student = load_detector(run_dir.checkpoint(), expect=StudentModule)
     modalities = sorted({m for t in student.teachers.values() for m in t.modalities} | set(student.modalities))
     if args.gradients:
+        fit_seed = config.get("seed_everything")
+        if data_cfg.get("seed") is None and isinstance(fit_seed, int) and not isinstance(fit_seed, bool):
+            data_cfg = {**data_cfg, "seed": fit_seed}  # the training order of the fit (data.seed follows it)
         return _gradients(args, student, str(path), modalities, data_cfg)
     if args.teacher not in student.distill or args.plugin not in student.distill[args.teacher]:
         raise UsageError(f"{args.run}: the student has no plugin {args.teacher}/{args.plugin}")

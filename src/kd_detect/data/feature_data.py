@@ -8,7 +8,9 @@ needs neither Lightning nor what Lightning imports.
   / corrupt / unknown-format file, an absent modality or an empty subset.
 * Training: shuffled (a :class:`~torch.utils.data.DistributedSampler`, also with one
   process), videos longer than ``max_steps`` cropped to a window whose offset depends only
-  on ``(seed, epoch, index)``.
+  on ``(seed, epoch, index)``. ``seed=None`` (the default) is the fit's ``seed_everything``
+  (``PL_GLOBAL_SEED``, the same on every rank; 0 when unseeded), so a training seed varies
+  the order of the videos and the crops as well as the initial weights and the dropout.
 * Evaluation (val / test / predict): whole videos, no shuffle, **sorted by length,
   longest first** within the subset (less padding; a memory problem shows on the first
   batch; the metrics do not depend on order), split over ranks without padding so every
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -109,7 +112,7 @@ class FeatureData:
         preload: bool = False,
         require_labels: bool = True,
         pin_memory: bool | None = None,
-        seed: int = 0,
+        seed: int | None = None,
         train_fraction: float = 1.0,
         validate: bool = True,
         folds: int = 1,
@@ -170,7 +173,7 @@ class FeatureData:
         self.require_labels = require_labels
         # Pinned host batches transfer asynchronously; only worth it (and only possible) with a GPU.
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
-        self.seed = int(seed)
+        self._seed = None if seed is None else int(seed)
         self._ids: dict[str, list[str]] = {}
         self._empty: dict[str, FeatureFileError] = {}
         held_out: list[str] = []
@@ -306,6 +309,16 @@ class FeatureData:
                 unlabelled=self._unlabelled if train else (),
             )
         return self._datasets[stage]
+
+    @property
+    def seed(self) -> int:
+        """The seed of the training order and crops: the one given, else the fit's
+        ``seed_everything`` (read when the training data are built, after the CLI seeded),
+        else 0. Before 2026-12-07 the default was 0 whatever the fit's seed, so the
+        training seeds of a comparison shared one order of the videos."""
+        if self._seed is not None:
+            return self._seed
+        return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
     def announce(self, message: str) -> None:
         """One line on stderr (the Lightning DataModule prints it on rank zero only)."""
