@@ -626,3 +626,27 @@ def test_compare_computes_the_taught_probe_from_each_seeds_teacher_on_the_unlabe
     assert compare.main(["--seeds", "1", "--jobs", "1", "--out", str(tmp_path / "e"), "--unlabelled-data", "xu.h5",
                          "--only", compare.PROBE_TAUGHT, "--", "--data.path=x.h5"]) == 0
     assert calls == [(tmp_path / "e", 0, tmp_path / "e" / "seed0" / TEACHER / "best.ckpt", "xu.h5")]
+
+
+def test_a_run_trained_in_another_order_of_the_videos_stops_the_comparison(tmp_path, monkeypatch):
+    """A finished run of seed 3 that recorded data.seed 0 (every run before 2026-12-07) was
+    trained in another order than seed 3 now gets: one line naming it, not a silent mix;
+    with ``-- --data.seed=0`` (the old order for every run) it is reused."""
+    import json
+
+    import yaml
+
+    from kd_detect.errors import UsageError
+    from kd_detect.lab import compare
+
+    out = tmp_path / "seed3" / RGB
+    out.mkdir(parents=True)
+    (out / "metrics.json").write_text(json.dumps({compare.METRIC: 0.5}))
+    (out / "config.yaml").write_text(yaml.safe_dump({"seed_everything": 3, "data": {"seed": 0}}))
+    monkeypatch.setattr(compare.subprocess, "run", lambda *a, **k: pytest.fail("nothing should train"))
+    with pytest.raises(UsageError, match=rf"^{out}: its training videos came in the order of seed 0 .* "
+                                         r"this comparison trains seed 3 in its own"):
+        compare.fit(RGB, 3, tmp_path, [], tmp_path / "log")
+    assert compare.fit(RGB, 3, tmp_path, ["--data.seed=0"], tmp_path / "log") == {compare.METRIC: 0.5}
+    (out / "config.yaml").write_text(yaml.safe_dump({"seed_everything": 3, "data": {"seed": None}}))
+    assert compare.fit(RGB, 3, tmp_path, [], tmp_path / "log") == {compare.METRIC: 0.5}  # today's record

@@ -8,7 +8,9 @@ the teacher trained with seed ``s`` (the RGB+flow+pose teacher, or for the row "
 teacher without RGB" the flow+pose teacher of that seed, trained first). The four main rows (RGB-only, teacher, ours, RGB
 ceiling) run ``--seeds`` seeds, the ablations and baselines ``--ablation-seeds``. Runs go to
 ``runs/compare/seed<s>/<experiment>/``; a run whose ``metrics.json`` exists is not repeated,
-so an interrupted comparison resumes.
+so an interrupted comparison resumes (a finished run whose training videos came in another
+seed's order, as every run before 2026-12-07 did, stops the comparison with one line:
+:func:`order_mismatch`).
 
 The yardsticks:
 
@@ -333,10 +335,29 @@ def check_data(files: dict[str, dict] = DATA_FILES) -> None:
                              f"Delete it and rerun `make compare`, which regenerates it")
 
 
+def order_mismatch(out: Path, seed: int, extra: list[str]) -> str | None:
+    """Why the finished run ``out`` cannot join a comparison that trains seed ``seed``: its
+    training videos came in another order (``data.seed``; runs before 2026-12-07 recorded 0
+    whatever their seed). ``None`` when the order is the one asked for, or not recorded."""
+    from kd_detect.lab.runner import training_order_seed
+
+    recorded = RunDir(out).config()
+    got = training_order_seed(recorded) if recorded else None
+    wanted = next((int(a.split("=", 1)[1]) for a in extra if a.startswith("--data.seed=")), seed)
+    if got is None or got == wanted:
+        return None
+    return (f"{out}: its training videos came in the order of seed {got} (data.seed; runs before 2026-12-07 "
+            f"used 0 for every seed), this comparison trains seed {wanted} in its own: delete the run to "
+            f"retrain it, or add `-- --data.seed={got}` to compare every run in that one order")
+
+
 def fit(exp: str, seed: int, root: Path, extra: list[str], log: Path, reference: Path | None = None) -> dict:
     out = run_dir(root, seed, exp, reference)
     metrics = out / "metrics.json"
     if metrics.is_file():
+        stale = order_mismatch(out, seed + SEED_OFFSET.get(exp, 0), extra)
+        if stale:
+            raise UsageError(stale)
         return json.loads(metrics.read_text())
     cmd = [
         str(Path(sys.executable).with_name("kd-detect")), "fit", "--config", f"experiments/{exp}.yaml",

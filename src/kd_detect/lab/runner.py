@@ -263,6 +263,27 @@ def trained_on_base_of(run: RunDir, data_path: Path) -> str | None:
     return str(path) if path else None
 
 
+def training_order_seed(config: dict) -> int | None:
+    """The seed of the order of a fit's training videos: ``data.seed``, or when unset the
+    fit's ``seed_everything`` (``kd_detect.data.feature_data``); ``None`` when it is not a
+    fixed integer (an unseeded fit)."""
+    seed = section(config, "data").get("seed")
+    if seed is None:
+        seed = config.get("seed_everything")
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+
+def order_difference(want: dict, recorded: dict) -> str | None:
+    """A run whose videos came in another order than ``want``'s would give them. Runs before
+    2026-12-07 recorded ``data.seed: 0`` whatever their ``seed_everything``, a value the
+    experiments never set, so :func:`config_difference` alone would reuse them."""
+    wanted, got = training_order_seed(want), training_order_seed(recorded)
+    if wanted is None or got is None or wanted == got:
+        return None
+    return (f"its training videos came in the order of seed {got} (data.seed), now that of seed {wanted} "
+            "(data.seed follows seed_everything)")
+
+
 def run_difference(exp: str, args: list[str]) -> str | None:
     """Why ``runs/<exp>`` is not the run ``experiments/<exp>.yaml`` + ``args`` describes on
     the data file's current content; ``None`` when it is."""
@@ -271,7 +292,7 @@ def run_difference(exp: str, args: list[str]) -> str | None:
     if not recorded:
         return f"{run.path} has no config.yaml"
     want = expected_config(exp, args)
-    found = config_difference(want, recorded)
+    found = config_difference(want, recorded) or order_difference(want, recorded)
     if found:
         return found
     data_path = section(want, "data").get("path")
