@@ -141,6 +141,32 @@ def test_default_seed_follows_the_fits_seed(synthetic_h5, monkeypatch):
     assert first_batch(seed=0) == unseeded  # explicit wins over the fit's seed
 
 
+def test_ranks_train_in_rank_zeros_order(synthetic_h5, monkeypatch):
+    """Under DDP the default seed is rank zero's (broadcast once, at setup("fit")), so ranks
+    that seeded apart still split one shuffled order; an explicit seed is never replaced, and
+    one process needs no broadcast."""
+    calls = []
+
+    class Strategy:
+        def broadcast(self, obj, src=0):
+            calls.append((obj, src))
+            return 11  # rank zero's seed
+
+    monkeypatch.setenv("PL_GLOBAL_SEED", "4")  # this rank's own
+    dm = FeatureDataModule(str(synthetic_h5))
+    dm.trainer = SimpleNamespace(world_size=2, global_rank=1, strategy=Strategy())
+    dm.setup("fit")
+    assert calls == [(4, 0)] and dm.seed == 11
+    assert dm.train_dataloader().sampler.seed == 11
+    explicit = FeatureDataModule(str(synthetic_h5), seed=2)
+    explicit.trainer = SimpleNamespace(world_size=2, global_rank=1, strategy=Strategy())
+    explicit.setup("fit")
+    alone = FeatureDataModule(str(synthetic_h5))
+    alone.trainer = SimpleNamespace(world_size=1, global_rank=0, strategy=Strategy())
+    alone.setup("fit")
+    assert len(calls) == 1 and explicit.seed == 2 and alone.seed == 4
+
+
 def test_workers_and_preload_give_identical_batches(synthetic_h5):
     def run(**kw):
         dm = FeatureDataModule(str(synthetic_h5), batch_size=3, max_steps=20, seed=1, **kw)

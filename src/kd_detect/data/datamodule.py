@@ -28,6 +28,15 @@ class FeatureDataModule(FeatureData, pl.LightningDataModule):
     def announce(self, message: str) -> None:
         _announce(message)
 
+    def setup(self, stage: str) -> None:
+        """Every rank trains in rank zero's order: ``seed=None`` follows each process's
+        ``seed_everything``, which ranks started apart (e.g. by ``torchrun`` with
+        ``seed_everything: true``) choose independently, and a distributed sampler needs one
+        seed on all ranks to split the videos without overlap."""
+        trainer = getattr(self, "trainer", None)
+        if stage == "fit" and self._seed is None and trainer is not None and trainer.world_size > 1:
+            self._seed = int(trainer.strategy.broadcast(self.seed, src=0))
+
     def train_dataloader(self) -> DataLoader:
         return self.loader("train")
 
