@@ -650,3 +650,22 @@ def test_a_run_trained_in_another_order_of_the_videos_stops_the_comparison(tmp_p
     assert compare.fit(RGB, 3, tmp_path, ["--data.seed=0"], tmp_path / "log") == {compare.METRIC: 0.5}
     (out / "config.yaml").write_text(yaml.safe_dump({"seed_everything": 3, "data": {"seed": None}}))
     assert compare.fit(RGB, 3, tmp_path, [], tmp_path / "log") == {compare.METRIC: 0.5}  # today's record
+
+
+def test_seeds_added_beside_runs_of_another_order_stop_before_any_fit(tmp_path, monkeypatch, capsys):
+    """``--first-seed 5`` would not reuse seed 3's run, but the report reads it: an old-order
+    run anywhere under --out stops the comparison before anything trains."""
+    import json
+
+    import yaml
+
+    from kd_detect.lab import compare
+
+    old = tmp_path / "seed3" / RGB
+    old.mkdir(parents=True)
+    (old / "metrics.json").write_text(json.dumps({compare.METRIC: 0.5}))
+    (old / "config.yaml").write_text(yaml.safe_dump({"seed_everything": 3, "data": {"seed": 0}}))
+    monkeypatch.setattr(compare, "check_data", lambda: None)
+    monkeypatch.setattr(compare.subprocess, "run", lambda *a, **k: pytest.fail("nothing should train"))
+    assert compare.main(["--first-seed", "5", "--seeds", "1", "--out", str(tmp_path), "--only", RGB]) == 1
+    assert capsys.readouterr().err.startswith(f"error: {old}: its training videos came in the order of seed 0")

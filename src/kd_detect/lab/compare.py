@@ -10,7 +10,7 @@ ceiling) run ``--seeds`` seeds, the ablations and baselines ``--ablation-seeds``
 ``runs/compare/seed<s>/<experiment>/``; a run whose ``metrics.json`` exists is not repeated,
 so an interrupted comparison resumes (a finished run whose training videos came in another
 seed's order, as every run before 2026-12-07 did, stops the comparison with one line:
-:func:`order_mismatch`).
+:func:`order_mismatches`, checked for every run under ``--out`` before anything trains).
 
 The yardsticks:
 
@@ -351,6 +351,24 @@ def order_mismatch(out: Path, seed: int, extra: list[str]) -> str | None:
             f"retrain it, or add `-- --data.seed={got}` to compare every run in that one order")
 
 
+def order_mismatches(root: Path, extra: list[str]) -> str | None:
+    """:func:`order_mismatch` for every finished run under ``root`` (the first found), not
+    only those this invocation would reuse: the report reads every seed there, so seeds
+    added with ``--first-seed`` beside runs of the old single order would mix the two."""
+    experiments = dict.fromkeys([e for _, e, _ in ROWS] + [t for e in TEACHER_OF for t in teacher_experiments(e)])
+    for seed_dir in sorted(root.glob("seed*")):
+        suffix = seed_dir.name[len("seed"):]
+        if not suffix.isdigit():
+            continue
+        for exp in experiments:
+            out = seed_dir / exp
+            if (out / "metrics.json").is_file():
+                why = order_mismatch(out, int(suffix) + SEED_OFFSET.get(exp, 0), extra)
+                if why:
+                    return why
+    return None
+
+
 def fit(exp: str, seed: int, root: Path, extra: list[str], log: Path, reference: Path | None = None) -> dict:
     out = run_dir(root, seed, exp, reference)
     metrics = out / "metrics.json"
@@ -594,6 +612,10 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     root = Path(args.out)
     reference = Path(args.reference) if args.reference else None
+    mixed = order_mismatches(root, args.extra)  # the report reads every seed under --out
+    if mixed:
+        print(f"error: {mixed}", file=sys.stderr)
+        return 1
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     side_seeds = seeds[: args.ablation_seeds]
     chosen = [exp for _, exp, _ in ROWS
