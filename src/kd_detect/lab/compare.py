@@ -343,7 +343,8 @@ def order_mismatch(out: Path, seed: int, extra: list[str]) -> str | None:
 
     recorded = RunDir(out).config()
     got = training_order_seed(recorded) if recorded else None
-    wanted = next((int(a.split("=", 1)[1]) for a in extra if a.startswith("--data.seed=")), seed)
+    given = [a.split("=", 1)[1] for a in extra if a.startswith("--data.seed=")]
+    wanted = int(given[-1]) if given and given[-1].lstrip("-").isdigit() else seed  # the last override wins
     if got is None or got == wanted:
         return None
     return (f"{out}: its training videos came in the order of seed {got} (data.seed; runs before 2026-12-07 "
