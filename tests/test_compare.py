@@ -644,10 +644,13 @@ def test_a_run_trained_in_another_order_of_the_videos_stops_the_comparison(tmp_p
     (out / "metrics.json").write_text(json.dumps({compare.METRIC: 0.5}))
     (out / "config.yaml").write_text(yaml.safe_dump({"seed_everything": 3, "data": {"seed": 0}}))
     monkeypatch.setattr(compare.subprocess, "run", lambda *a, **k: pytest.fail("nothing should train"))
-    with pytest.raises(UsageError, match=rf"^{out}: its training videos came in the order of seed 0 .* "
-                                         r"this comparison trains seed 3 in its own"):
+    with pytest.raises(UsageError, match=rf"^{out}: its training videos came in the order of seed 0 \(data.seed\), "
+                                         r"now that of seed 3 \(data.seed follows seed_everything\): delete the run "
+                                         r"to retrain it, or add `-- --data.seed=0`"):
         compare.fit(RGB, 3, tmp_path, [], tmp_path / "log")
     assert compare.fit(RGB, 3, tmp_path, ["--data.seed=0"], tmp_path / "log") == {compare.METRIC: 0.5}
+    with pytest.raises(UsageError, match=r"now that of seed 5: delete"):  # an explicit order, the last one given
+        compare.fit(RGB, 3, tmp_path, ["--data.seed=0", "--data.seed=5"], tmp_path / "log")
     (out / "config.yaml").write_text(yaml.safe_dump({"seed_everything": 3, "data": {"seed": None}}))
     assert compare.fit(RGB, 3, tmp_path, [], tmp_path / "log") == {compare.METRIC: 0.5}  # today's record
 

@@ -42,6 +42,17 @@ def section(cfg: dict[str, Any], name: str) -> dict[str, Any]:
     return sec if isinstance(sec, dict) else {}
 
 
+def training_order_seed(cfg: dict[str, Any]) -> int | None:
+    """The seed of the order of a fit's training videos, from its (resolved) config:
+    ``data.seed``, or when unset the fit's ``seed_everything``, which it then follows
+    (``kd_detect.data.feature_data``); ``None`` when that is not a fixed integer (an unseeded
+    fit). Runs before 2026-12-07 recorded ``data.seed: 0`` whatever their seed."""
+    seed = section(cfg, "data").get("seed")
+    if seed is None:
+        seed = cfg.get("seed_everything")
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+
 @dataclass(frozen=True)
 class RunDir:
     """One run directory (it need not exist yet: :meth:`checkpoint` says so when needed)."""

@@ -46,7 +46,7 @@ from kd_detect.apps import main as run_app
 from kd_detect.data.batch import MASK, to_model_layout
 from kd_detect.distill.atomic import InBatchContrastive, atom_index
 from kd_detect.errors import UsageError
-from kd_detect.runs import RunDir, section
+from kd_detect.runs import RunDir, section, training_order_seed
 
 DESCRIPTION = ("Atomic-contrast retrieval rates of a trained student (right atom / right video / right atom within its "
                "video), or with --gradients each loss's gradient against the validation detection loss's.")
@@ -182,9 +182,7 @@ def run(args: argparse.Namespace) -> int:
     student = load_detector(run_dir.checkpoint(), expect=StudentModule)
     modalities = sorted({m for t in student.teachers.values() for m in t.modalities} | set(student.modalities))
     if args.gradients:
-        fit_seed = config.get("seed_everything")
-        if data_cfg.get("seed") is None and isinstance(fit_seed, int) and not isinstance(fit_seed, bool):
-            data_cfg = {**data_cfg, "seed": fit_seed}  # the training order of the fit (data.seed follows it)
+        data_cfg = {**data_cfg, "seed": training_order_seed(config)}  # the fit's order of the videos
         return _gradients(args, student, str(path), modalities, data_cfg)
     if args.teacher not in student.distill or args.plugin not in student.distill[args.teacher]:
         raise UsageError(f"{args.run}: the student has no plugin {args.teacher}/{args.plugin}")

@@ -56,7 +56,7 @@ from pathlib import Path
 from kd_detect.errors import UsageError
 from kd_detect.io import atomic_write
 from kd_detect.plots.figures import compare_bar_chart
-from kd_detect.runs import RunDir
+from kd_detect.runs import RunDir, training_order_seed
 
 RGB, TEACHER, OURS = "synthetic_rgb", "synthetic_teacher", "synthetic_kd"
 CEILING, PROBE = "synthetic_rgb_ceiling", "probe"
@@ -336,20 +336,20 @@ def check_data(files: dict[str, dict] = DATA_FILES) -> None:
 
 
 def order_mismatch(out: Path, seed: int, extra: list[str]) -> str | None:
-    """Why the finished run ``out`` cannot join a comparison that trains seed ``seed``: its
-    training videos came in another order (``data.seed``; runs before 2026-12-07 recorded 0
-    whatever their seed). ``None`` when the order is the one asked for, or not recorded."""
-    from kd_detect.lab.runner import training_order_seed
+    """Why the finished run ``out`` cannot join a comparison that trains seed ``seed`` with
+    the overrides ``extra``: its training videos came in another order
+    (:func:`kd_detect.lab.runner.order_difference`). ``None`` when the order is the one
+    asked for, or not recorded."""
+    from kd_detect.lab.runner import order_difference
 
     recorded = RunDir(out).config()
-    got = training_order_seed(recorded) if recorded else None
     given = [a.split("=", 1)[1] for a in extra if a.startswith("--data.seed=")]
-    wanted = int(given[-1]) if given and given[-1].lstrip("-").isdigit() else seed  # the last override wins
-    if got is None or got == wanted:
+    data_seed = int(given[-1]) if given and given[-1].lstrip("-").isdigit() else None  # the last override wins
+    why = order_difference({"seed_everything": seed, "data": {"seed": data_seed}}, recorded) if recorded else None
+    if why is None:
         return None
-    return (f"{out}: its training videos came in the order of seed {got} (data.seed; runs before 2026-12-07 "
-            f"used 0 for every seed), this comparison trains seed {wanted} in its own: delete the run to "
-            f"retrain it, or add `-- --data.seed={got}` to compare every run in that one order")
+    return (f"{out}: {why}: delete the run to retrain it, or add `-- --data.seed={training_order_seed(recorded)}` "
+            "to compare every run in that one order")
 
 
 def order_mismatches(root: Path, extra: list[str]) -> str | None:

@@ -45,7 +45,7 @@ import yaml
 
 from kd_detect.config import config_files, load_config, merge
 from kd_detect.errors import KdDetectError, UsageError
-from kd_detect.runs import RunDir, section
+from kd_detect.runs import RunDir, section, training_order_seed
 
 EXPERIMENTS = Path("experiments")
 RUNS = Path("runs")
@@ -263,16 +263,6 @@ def trained_on_base_of(run: RunDir, data_path: Path) -> str | None:
     return str(path) if path else None
 
 
-def training_order_seed(config: dict) -> int | None:
-    """The seed of the order of a fit's training videos: ``data.seed``, or when unset the
-    fit's ``seed_everything`` (``kd_detect.data.feature_data``); ``None`` when it is not a
-    fixed integer (an unseeded fit)."""
-    seed = section(config, "data").get("seed")
-    if seed is None:
-        seed = config.get("seed_everything")
-    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
-
-
 def order_difference(want: dict, recorded: dict) -> str | None:
     """A run whose videos came in another order than ``want``'s would give them. Runs before
     2026-12-07 recorded ``data.seed: 0`` whatever their ``seed_everything``, a value the
@@ -280,8 +270,8 @@ def order_difference(want: dict, recorded: dict) -> str | None:
     wanted, got = training_order_seed(want), training_order_seed(recorded)
     if wanted is None or got is None or wanted == got:
         return None
-    return (f"its training videos came in the order of seed {got} (data.seed), now that of seed {wanted} "
-            "(data.seed follows seed_everything)")
+    follows = " (data.seed follows seed_everything)" if section(want, "data").get("seed") is None else ""
+    return f"its training videos came in the order of seed {got} (data.seed), now that of seed {wanted}{follows}"
 
 
 def run_difference(exp: str, args: list[str]) -> str | None:
