@@ -17,6 +17,10 @@ def test_gap_closed_std_and_paired_difference():
     assert rows[OURS]["gap_closed"] == pytest.approx((0.67 - 0.51) / (0.81 - 0.51))
     assert rows["baselines/synthetic_logit_kd"]["gap_closed"] == pytest.approx((0.50 - 0.51) / 0.30)
     assert rows[OURS]["gap_closed_ceiling"] == pytest.approx((0.67 - 0.51) / (0.61 - 0.51))
+    # a row of fewer seeds is set against the references on its own seeds (seed 1: RGB 0.52,
+    # teacher 0.82, ceiling 0.62), not against their means over seeds it does not have
+    assert rows["baselines/synthetic_fitnets"]["gap_closed"] == pytest.approx((0.60 - 0.52) / (0.82 - 0.52))
+    assert rows["baselines/synthetic_fitnets"]["gap_closed_ceiling"] == pytest.approx((0.60 - 0.52) / (0.62 - 0.52))
     for ref in (RGB, TEACHER, CEILING, PROBE):
         assert rows[ref]["gap_closed"] is None and rows[ref]["gap_closed_ceiling"] is None
     # the probe is paired with each seed's RGB run: 0.55 - 0.50, 0.55 - 0.52
@@ -672,3 +676,16 @@ def test_seeds_added_beside_runs_of_another_order_stop_before_any_fit(tmp_path, 
     monkeypatch.setattr(compare.subprocess, "run", lambda *a, **k: pytest.fail("nothing should train"))
     assert compare.main(["--first-seed", "5", "--seeds", "1", "--out", str(tmp_path), "--only", RGB]) == 1
     assert capsys.readouterr().err.startswith(f"error: {old}: its training videos came in the order of seed 0")
+
+
+def test_gap_closed_uses_the_seeds_the_row_shares_with_the_references():
+    # seeds 0-3 of the references, seeds 2-3 of an ablation: on its seeds RGB-only averages
+    # 0.50 and the teacher 0.70, so +0.05 over RGB-only is a quarter of the lead there; the
+    # references' means over all four seeds (0.55, 0.70) would make it -0.00 / 0.15 = 0
+    results = {RGB: {0: 0.60, 1: 0.60, 2: 0.50, 3: 0.50}, TEACHER: {0: 0.70, 1: 0.70, 2: 0.70, 3: 0.70},
+               "ablations/synthetic_without_atomic": {2: 0.55, 3: 0.55},
+               "ablations/synthetic_without_global": {7: 0.99}}  # no seed in common: nothing to say
+    rows = {r["experiment"]: r for r in summarise(results)}
+    assert rows["ablations/synthetic_without_atomic"]["gap_closed"] == pytest.approx(0.25)
+    assert rows["ablations/synthetic_without_atomic"]["gap_closed_ceiling"] is None  # no ceiling runs
+    assert rows["ablations/synthetic_without_global"]["gap_closed"] is None

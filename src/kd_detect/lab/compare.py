@@ -31,7 +31,8 @@ The yardsticks:
 
 Writes ``runs/compare/report.md``, ``report.json`` and the bar chart ``compare.png``. Per row:
 mean +- std of the test frame mAP; *gap closed* to the teacher ``(row - rgb) / (teacher - rgb)``
-and to the ceiling ``(row - rgb) / (ceiling - rgb)`` (from the means); the difference to
+and to the ceiling ``(row - rgb) / (ceiling - rgb)`` (from the means over the seeds the row
+shares with RGB-only and that reference); the difference to
 RGB-only paired by seed with its 95 % Student-t interval, ``mean +- t_{0.975, n-1} s / sqrt(n)``;
 and on how many seeds the row is above RGB-only.
 
@@ -466,7 +467,8 @@ def run_probe_taught(root: Path, seed: int, teacher_ckpt: Path, path: str = UNLA
 
 def summarise(results: dict[str, dict[int, float]], validation: dict[str, dict[int, float]] | None = None) -> list[dict]:
     """One row per experiment with runs: mean ± std over seeds, the share of the teacher–RGB
-    gap closed (from the means), and the difference to RGB-only paired by seed (the same
+    gap closed (from the means over the seeds the row shares with both references), and the
+    difference to RGB-only paired by seed (the same
     data, teacher and seed on both sides, so most of the seed-to-seed spread cancels).
     Ablations and baselines also get ours − row, on test and (from ``validation``, the
     figures the checkpoints were chosen on) on validation, so a choice that only one split
@@ -479,13 +481,19 @@ def summarise(results: dict[str, dict[int, float]], validation: dict[str, dict[i
         return statistics.stdev(xs) if len(xs) > 1 else 0.0
 
     rgb_runs = results.get(RGB, {})
-    rgb, teacher = mean(list(rgb_runs.values())), mean(list(results.get(TEACHER, {}).values()))
-    ceiling = mean(list(results.get(CEILING, {}).values()))
 
-    def closed(m: float, top: float, exp: str) -> float | None:
-        if exp in (RGB, CEILING, PROBE) or exp in TEACHERS or top != top or top == rgb:
+    def closed(runs: dict[int, float], top: str, exp: str) -> float | None:
+        """(row − RGB) / (top − RGB), each a mean over the seeds the three share: with the
+        references' means over all their seeds, a row of fewer seeds (the ablations') would
+        be set against other seeds' RGB-only and teacher."""
+        if exp in (RGB, CEILING, PROBE) or exp in TEACHERS:
             return None
-        return (m - rgb) / (top - rgb)
+        tops = results.get(top, {})
+        common = [s for s in sorted(runs) if s in rgb_runs and s in tops]
+        if not common:
+            return None
+        lead = mean([tops[s] - rgb_runs[s] for s in common])
+        return None if lead == 0 else mean([runs[s] - rgb_runs[s] for s in common]) / lead
 
     rows = []
     for label, exp, group in ROWS:
@@ -497,8 +505,8 @@ def summarise(results: dict[str, dict[int, float]], validation: dict[str, dict[i
         row = {
             "name": label, "experiment": exp, "group": group, "runs": len(xs),
             "mean": m, "std": std(xs),
-            "gap_closed": closed(m, teacher, exp),
-            "gap_closed_ceiling": closed(m, ceiling, exp),
+            "gap_closed": closed(runs, TEACHER, exp),
+            "gap_closed_ceiling": closed(runs, CEILING, exp),
             "values": xs, "seeds": sorted(runs),
             "paired": None,
         }
@@ -544,7 +552,8 @@ def markdown(rows: list[dict], seeds: list[int], extra: list[str], command: str 
         "# Synthetic benchmark: RGB-only vs teacher vs cross-modal KD",
         "",
         "Test frame mAP (%, mean ± std over the row's runs, one per seed); gap closed = (row − RGB) / "
-        "(teacher − RGB) and (row − RGB) / (RGB ceiling − RGB), from the means; Δ RGB = row − RGB-only of the "
+        "(teacher − RGB) and (row − RGB) / (RGB ceiling − RGB), from the means over the seeds the row shares with "
+        "both; Δ RGB = row − RGB-only of the "
         "same seed, mean ± std over seeds, with its 95 % t interval, and on how many seeds the row is above "
         "RGB-only. The linear probe is deterministic (one value, paired with every seed's RGB-only run).",
         f"Command: `{command or f'make compare SEEDS={len(seeds)}'}`" + (f" (extra args: `{' '.join(extra)}`)" if extra else "")
