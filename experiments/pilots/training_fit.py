@@ -19,7 +19,7 @@ and, with ``--cache``, the same for the logits of a teacher cache on the trainin
 
 A model close to 100 against the training labels and far lower on test has learnt those
 labels: on those videos its outputs carry little that the labels do not. Measured figures:
-README, Results.
+docs/results.md.
 """
 
 from __future__ import annotations
