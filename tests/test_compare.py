@@ -681,7 +681,7 @@ def test_seeds_added_beside_runs_of_another_order_stop_before_any_fit(tmp_path, 
 def test_gap_closed_uses_the_seeds_the_row_shares_with_the_references():
     # seeds 0-3 of the references, seeds 2-3 of an ablation: on its seeds RGB-only averages
     # 0.50 and the teacher 0.70, so +0.05 over RGB-only is a quarter of the lead there; the
-    # references' means over all four seeds (0.55, 0.70) would make it -0.00 / 0.15 = 0
+    # references' means over all four seeds (RGB 0.55, teacher 0.70) would make it (0.55 - 0.55) / 0.15 = 0
     results = {RGB: {0: 0.60, 1: 0.60, 2: 0.50, 3: 0.50}, TEACHER: {0: 0.70, 1: 0.70, 2: 0.70, 3: 0.70},
                "ablations/synthetic_without_atomic": {2: 0.55, 3: 0.55},
                "ablations/synthetic_without_global": {7: 0.99}}  # no seed in common: nothing to say
