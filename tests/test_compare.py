@@ -523,6 +523,34 @@ def test_the_unlabelled_rows_read_their_own_file_and_the_control_its_rgb_teacher
     assert "--unlabelled-data xu.h5" in (tmp_path / "e" / "report.md").read_text()
 
 
+def test_another_worlds_ceiling_reads_its_own_file_or_is_left_out(tmp_path, monkeypatch):
+    """With ``--data.path`` (another world) the RGB ceiling would read that world's 1x file and
+    be no ceiling at all, so it is left out; ``--ceiling-data`` gives that world's 4x file, which
+    the ceiling alone reads (after the world's path: the last one wins), every other run the
+    world's file. The report's command repeats the option."""
+    from kd_detect.lab import compare
+
+    monkeypatch.chdir(tmp_path)
+    commands = _fake_fits(monkeypatch)
+
+    def configs():
+        return [c[c.index("--config") + 1] for c in commands]
+
+    assert compare.main(["--seeds", "2", "--jobs", "1", "--out", str(tmp_path / "a"), "--only", OURS,
+                         "--", "--data.path=x.h5"]) == 0
+    assert f"experiments/{CEILING}.yaml" not in configs()
+    assert sorted(set(configs())) == sorted(f"experiments/{e}.yaml" for e in (RGB, TEACHER, OURS))
+    commands.clear()
+    assert compare.main(["--seeds", "2", "--jobs", "1", "--out", str(tmp_path / "b"), "--ceiling-data", "xc.h5",
+                         "--only", OURS, "--", "--data.path=x.h5"]) == 0
+    assert configs().count(f"experiments/{CEILING}.yaml") == 2
+    for c in commands:
+        paths = [a for a in c if a.startswith("--data.path=")]
+        ceiling = c[c.index("--config") + 1] == f"experiments/{CEILING}.yaml"
+        assert paths == (["--data.path=x.h5", "--data.path=xc.h5"] if ceiling else ["--data.path=x.h5"]), c
+    assert "--ceiling-data xc.h5" in (tmp_path / "b" / "report.md").read_text()
+
+
 def test_first_seed_adds_seeds_to_a_comparison_and_the_report_reads_them_all(tmp_path, monkeypatch):
     """``--first-seed 2 --seeds 2 --ablation-seeds 1`` trains RGB-only, the teacher and ours on
     seeds 2 and 3 and an ablation (with its RGB-only teacher, seed + 100) on seed 2 only, in

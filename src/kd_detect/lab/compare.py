@@ -17,7 +17,8 @@ The yardsticks:
 * **RGB ceiling**: RGB-only trained on 4x the labelled training videos of the same world
   (``data/synthetic_ceiling.h5``: the same validation and testing videos), i.e. what more
   labelled RGB data would buy. A student that closes the gap to the ceiling learns from the
-  teacher what labels alone would have taught.
+  teacher what labels alone would have taught. For another world (``-- --data.path=...``) the
+  ceiling needs that world's 4x file, ``--ceiling-data``; without it the row is left out.
 * **Linear probe**: a ridge reader of RGB with +-2 steps of context (``kd_detect.lab.probe``,
   deterministic: one run). A floor that the RGB-only detector must reach.
 * **Linear probe taught by the teacher** (``probe_taught``): the same reader, also fit to
@@ -610,6 +611,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="feature file of the rows with unlabelled videos, for another world given with "
                              "--data.path (that world's file plus its subset 'unlabelled'); without it those rows "
                              "read data/synthetic_unlabelled.h5, and are left out when --data.path is given")
+    parser.add_argument("--ceiling-data", default=None,
+                        help="feature file of the RGB ceiling for another world given with --data.path (that "
+                             "world's file with 4x the labelled training videos, e.g. python -m data_prep.synthetic "
+                             "--seed N --extra-training 432); without it the ceiling reads data/synthetic_ceiling.h5, "
+                             "and is left out when --data.path is given")
     parser.add_argument("extra", nargs="*", help="extra CLI overrides for every run (after --)")
     args = parser.parse_args(argv)
     if args.first_seed < 0:
@@ -631,12 +637,14 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [exp for _, exp, _ in ROWS
               if exp not in COMPUTED and (args.only is None or exp in args.only or exp in REFERENCES)]
     other_world = any(a.startswith("--data.path") for a in args.extra)
-    if other_world:  # the ceiling needs its own 4x file of that world
-        kept = UNLABELLED_ROWS if args.unlabelled_data else ()
+    if other_world:  # the ceiling and the unlabelled rows need that world's own files
+        kept = (*(UNLABELLED_ROWS if args.unlabelled_data else ()), *((CEILING,) if args.ceiling_data else ()))
         chosen = [exp for exp in chosen if exp not in OWN_DATA or exp in kept]
 
-    def extra_of(exp: str) -> list[str]:  # the unlabelled rows read their own file (the last --data.path wins)
+    def extra_of(exp: str) -> list[str]:  # the rows with their own file read it (the last --data.path wins)
         own = [f"--data.path={args.unlabelled_data}"] if args.unlabelled_data and exp in UNLABELLED_ROWS else []
+        if args.ceiling_data and exp == CEILING:
+            own = [f"--data.path={args.ceiling_data}"]
         return [*args.extra, *own]
 
     chosen += list(dict.fromkeys(t for exp in chosen for t in teacher_experiments(exp) if t not in chosen))
@@ -676,6 +684,7 @@ def main(argv: list[str] | None = None) -> int:
                            + ([f"--first-seed {args.first_seed}"] if args.first_seed else [])
                            + ([f"--reference {args.reference}"] if reference else [])
                            + ([f"--unlabelled-data {args.unlabelled_data}"] if args.unlabelled_data else [])
+                           + ([f"--ceiling-data {args.ceiling_data}"] if args.ceiling_data else [])
                            + (["--only", *args.only] if args.only is not None else []))
     report = markdown(rows, seeds, args.extra, command)
     with atomic_write(root / "report.md") as tmp:
