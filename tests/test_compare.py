@@ -523,32 +523,40 @@ def test_the_unlabelled_rows_read_their_own_file_and_the_control_its_rgb_teacher
     assert "--unlabelled-data xu.h5" in (tmp_path / "e" / "report.md").read_text()
 
 
-def test_another_worlds_ceiling_reads_its_own_file_or_is_left_out(tmp_path, monkeypatch):
+def test_another_worlds_ceiling_and_probe_read_its_own_files_or_are_left_out(tmp_path, monkeypatch):
     """With ``--data.path`` (another world) the RGB ceiling would read that world's 1x file and
-    be no ceiling at all, so it is left out; ``--ceiling-data`` gives that world's 4x file, which
-    the ceiling alone reads (after the world's path: the last one wins), every other run the
-    world's file. The report's command repeats the option."""
+    be no ceiling at all, and the probe would read the default world's file: both are left out.
+    ``--ceiling-data`` gives that world's 4x file, which the ceiling alone reads (after the
+    world's path: the last one wins), every other run the world's file; ``--probe-file`` the
+    probe's. The report's command repeats the options."""
     from kd_detect.lab import compare
 
     monkeypatch.chdir(tmp_path)
     commands = _fake_fits(monkeypatch)
+    probes = []
+    monkeypatch.setattr(compare, "run_probe", lambda root, path: probes.append((root, path)))
 
     def configs():
         return [c[c.index("--config") + 1] for c in commands]
 
-    assert compare.main(["--seeds", "2", "--jobs", "1", "--out", str(tmp_path / "a"), "--only", OURS,
+    assert compare.main(["--seeds", "2", "--jobs", "1", "--out", str(tmp_path / "a"), "--only", OURS, PROBE,
                          "--", "--data.path=x.h5"]) == 0
-    assert f"experiments/{CEILING}.yaml" not in configs()
+    assert f"experiments/{CEILING}.yaml" not in configs() and probes == []
     assert sorted(set(configs())) == sorted(f"experiments/{e}.yaml" for e in (RGB, TEACHER, OURS))
     commands.clear()
     assert compare.main(["--seeds", "2", "--jobs", "1", "--out", str(tmp_path / "b"), "--ceiling-data", "xc.h5",
-                         "--only", OURS, "--", "--data.path=x.h5"]) == 0
+                         "--probe-file", "x.h5", "--only", OURS, PROBE, "--", "--data.path=x.h5"]) == 0
     assert configs().count(f"experiments/{CEILING}.yaml") == 2
+    assert probes == [(tmp_path / "b", "x.h5")]
     for c in commands:
         paths = [a for a in c if a.startswith("--data.path=")]
         ceiling = c[c.index("--config") + 1] == f"experiments/{CEILING}.yaml"
         assert paths == (["--data.path=x.h5", "--data.path=xc.h5"] if ceiling else ["--data.path=x.h5"]), c
-    assert "--ceiling-data xc.h5" in (tmp_path / "b" / "report.md").read_text()
+    report = (tmp_path / "b" / "report.md").read_text()
+    assert "--ceiling-data xc.h5" in report and "--probe-file x.h5" in report
+    probes.clear()  # the default world: the default file
+    assert compare.main(["--seeds", "1", "--jobs", "1", "--out", str(tmp_path / "c"), "--only", PROBE]) == 0
+    assert probes == [(tmp_path / "c", compare.PROBE_FILE)]
 
 
 def test_first_seed_adds_seeds_to_a_comparison_and_the_report_reads_them_all(tmp_path, monkeypatch):

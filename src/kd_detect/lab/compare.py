@@ -606,7 +606,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", default=None, help="experiments to run (default: every row)")
     parser.add_argument("--reference", default=None,
                         help="take the RGB-only and teacher runs from this compare directory (e.g. runs/compare)")
-    parser.add_argument("--probe-file", default=PROBE_FILE, help="feature file of the linear-probe row")
+    parser.add_argument("--probe-file", default=None,
+                        help=f"feature file of the linear-probe row (default {PROBE_FILE}; for another world "
+                             "given with --data.path, that world's file: without it the row is left out)")
     parser.add_argument("--unlabelled-data", default=None,
                         help="feature file of the rows with unlabelled videos, for another world given with "
                              "--data.path (that world's file plus its subset 'unlabelled'); without it those rows "
@@ -665,8 +667,8 @@ def main(argv: list[str] | None = None) -> int:
                 for exp in chosen if exp not in REFERENCES and exp not in TEACHERS for s in run_seeds[exp]}
         for fut in {**first, **rest}.values():
             fut.result()  # re-raise a failed run
-    if args.only is None or PROBE in args.only:
-        run_probe(reference or root, args.probe_file)
+    if (args.only is None or PROBE in args.only) and (args.probe_file or not other_world):
+        run_probe(reference or root, args.probe_file or PROBE_FILE)
     if (args.only is None or PROBE_TAUGHT in args.only) and (args.unlabelled_data or not other_world):
         for s in seeds:  # each seed's teacher (a reference: trained above)
             run_probe_taught(root, s, run_dir(root, s, TEACHER, reference) / "best.ckpt",
@@ -685,6 +687,7 @@ def main(argv: list[str] | None = None) -> int:
                            + ([f"--reference {args.reference}"] if reference else [])
                            + ([f"--unlabelled-data {args.unlabelled_data}"] if args.unlabelled_data else [])
                            + ([f"--ceiling-data {args.ceiling_data}"] if args.ceiling_data else [])
+                           + ([f"--probe-file {args.probe_file}"] if args.probe_file else [])
                            + (["--only", *args.only] if args.only is not None else []))
     report = markdown(rows, seeds, args.extra, command)
     with atomic_write(root / "report.md") as tmp:
