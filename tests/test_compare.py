@@ -523,7 +523,7 @@ def test_the_unlabelled_rows_read_their_own_file_and_the_control_its_rgb_teacher
     assert "--unlabelled-data xu.h5" in (tmp_path / "e" / "report.md").read_text()
 
 
-def test_another_worlds_ceiling_and_probe_read_its_own_files_or_are_left_out(tmp_path, monkeypatch):
+def test_another_worlds_ceiling_and_probe_read_their_own_files_or_are_left_out(tmp_path, monkeypatch):
     """With ``--data.path`` (another world) the RGB ceiling would read that world's 1x file and
     be no ceiling at all, and the probe would read the default world's file: both are left out.
     ``--ceiling-data`` gives that world's 4x file, which the ceiling alone reads (after the

@@ -115,10 +115,9 @@ BASELINES_UNLABELLED = tuple(f"ablations/synthetic_{m}_plus_logit_kd_unlabelled"
 RECIPE_PLUS_FITNETS = "ablations/synthetic_kd_plus_fitnets_plus_logit_kd_unlabelled"
 #: the recipe with the decomposed student (the three losses into its motion branch)
 RECIPE_DECOMPOSED = "ablations/synthetic_kd_plus_logit_kd_unlabelled_decomposed"
-#: rows that read their own feature file (dropped when ``--data.path`` gives another)
+#: rows that read the unlabelled videos' file (``--unlabelled-data`` on another world, else left out there)
 UNLABELLED_ROWS = (UNLABELLED, RGB_UNLABELLED, LOGIT_UNLABELLED, RGB_LOGIT_UNLABELLED, LOGIT_ONLY_UNLABELLED,
                    *RECIPE_WITHOUT, *BASELINES_UNLABELLED, RECIPE_PLUS_FITNETS, RECIPE_DECOMPOSED)
-OWN_DATA = (CEILING, *UNLABELLED_ROWS)
 #: the row each ablation or baseline is paired against in the report's "ours − row" table when
 #: it is not ours (the labelled-only student): the variants of a semi-supervised row change
 #: one thing of that row, so that row is the method they are measured against
@@ -639,15 +638,13 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [exp for _, exp, _ in ROWS
               if exp not in COMPUTED and (args.only is None or exp in args.only or exp in REFERENCES)]
     other_world = any(a.startswith("--data.path") for a in args.extra)
-    if other_world:  # the ceiling and the unlabelled rows need that world's own files
-        kept = (*(UNLABELLED_ROWS if args.unlabelled_data else ()), *((CEILING,) if args.ceiling_data else ()))
-        chosen = [exp for exp in chosen if exp not in OWN_DATA or exp in kept]
+    # the rows with a feature file of their own, and the file given for it (None: the default world's)
+    own_file = {**{exp: args.unlabelled_data for exp in UNLABELLED_ROWS}, CEILING: args.ceiling_data}
+    if other_world:  # a row whose own file is not given would read the default world's: left out
+        chosen = [exp for exp in chosen if exp not in own_file or own_file[exp]]
 
-    def extra_of(exp: str) -> list[str]:  # the rows with their own file read it (the last --data.path wins)
-        own = [f"--data.path={args.unlabelled_data}"] if args.unlabelled_data and exp in UNLABELLED_ROWS else []
-        if args.ceiling_data and exp == CEILING:
-            own = [f"--data.path={args.ceiling_data}"]
-        return [*args.extra, *own]
+    def extra_of(exp: str) -> list[str]:  # a row with its own file reads it (the last --data.path wins)
+        return [*args.extra, *([f"--data.path={own_file[exp]}"] if own_file.get(exp) else [])]
 
     chosen += list(dict.fromkeys(t for exp in chosen for t in teacher_experiments(exp) if t not in chosen))
     run_seeds = {exp: seeds if exp in MAIN else side_seeds for exp in chosen}
