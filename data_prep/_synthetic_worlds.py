@@ -188,12 +188,13 @@ class World:
     class_phases: list[np.ndarray]  # per class, its phase ids in temporal order (2-4 of them)
     class_shares: list[np.ndarray]  # per class, the mean share of the instance each phase takes
     pairs: list[tuple[int, int]]  # (frequent, rare) classes that share most of their RGB appearance
-    appearance: np.ndarray  # (C, D_rgb) unit class appearance in RGB
+    appearance: np.ndarray  # (C, D_rgb) unit class appearance in RGB (the first view's)
     phase_flow: np.ndarray  # (P, D_flow) unit motion direction of each phase
     phase_pose: np.ndarray  # (P, D_pose) unit, zero rows for phases invisible in pose
     strength: np.ndarray  # (P,) motion strength of each phase
     boundary: np.ndarray  # (D_flow,) shared direction of the instance-boundary spike
     motion_to_rgb: np.ndarray  # (D_flow, D_rgb) how RGB weakly sees the motion signal
+    views: np.ndarray | None = None  # (V, C, D_rgb) the class appearance per viewpoint (views > 1 only)
 
 
 def person_phases(num_phases: int) -> list[int]:
@@ -246,8 +247,17 @@ def world_v2(cfg: SyntheticConfig, seed: int) -> World:
     big, small = max(cfg.rgb_dim, cfg.flow_dim), min(cfg.rgb_dim, cfg.flow_dim)
     q = np.linalg.qr(rng.standard_normal((big, small)))[0]
     motion_to_rgb = q.T if cfg.rgb_dim >= cfg.flow_dim else q
+    views = None
+    if cfg.views > 1:  # drawn from a generator of their own: every other array is as with one view
+        vrng = np.random.default_rng([seed, 2**31 - 1, 3])
+        views = np.stack([appearance] + [_unit(vrng, c, cfg.rgb_dim) for _ in range(cfg.views - 1)])
+        for v in range(1, cfg.views):
+            for a, b in pairs:
+                weak = views[v, b] - (views[v, b] @ views[v, a]) * views[v, a]
+                weak /= np.linalg.norm(weak) + 1e-12
+                views[v, b] = math.sqrt(1.0 - cfg.confusion**2) * views[v, a] + cfg.confusion * weak
     return World(prior / prior.sum(), frequent, phases, shares, pairs, appearance, phase_flow, phase_pose,
-                 strength, boundary, motion_to_rgb)
+                 strength, boundary, motion_to_rgb, views)
 
 
 def _video_v2(cfg: SyntheticConfig, world: World, seed: int, index: int, subset: str) -> VideoRecord:
@@ -259,6 +269,9 @@ def _video_v2(cfg: SyntheticConfig, world: World, seed: int, index: int, subset:
 
     n_inst = 1 + int(rng.poisson(num_steps / 40.0))
     segments = np.zeros((n_inst, 3))
+    # the video's viewpoint, from a generator of its own (one view: no draw, today's bytes)
+    faces = world.appearance if world.views is None else world.views[
+        int(np.random.default_rng([seed, index, 3]).integers(cfg.views))]
     phase_act = np.zeros((num_steps, cfg.phases))
     appearance = np.zeros((num_steps, cfg.rgb_dim))
     spikes = np.zeros(num_steps)
@@ -267,7 +280,7 @@ def _video_v2(cfg: SyntheticConfig, world: World, seed: int, index: int, subset:
         length = min(float(np.exp(rng.uniform(np.log(8.0), np.log(64.0)))), float(num_steps))
         start = rng.uniform(-0.25 * length, num_steps - 0.75 * length)
         intensity = rng.uniform(0.6, 1.4)
-        look = world.appearance[cls] + cfg.appearance_var * _unit(rng, 1, cfg.rgb_dim)[0]
+        look = faces[cls] + cfg.appearance_var * _unit(rng, 1, cfg.rgb_dim)[0]
         share = rng.dirichlet(cfg.phase_spread * len(world.class_phases[cls]) * world.class_shares[cls])
         cuts = start + length * np.concatenate([[0.0], np.cumsum(share)])
         start_s = max(0.0, start) * cfg.step_seconds

@@ -453,6 +453,42 @@ def test_v2_flow_shows_the_phases_sharply_and_rgb_weakly_and_blurred(tmp_path):
     assert phase_steps > 0
 
 
+def test_v2_views_give_each_video_one_viewpoint_of_every_class_and_change_only_rgb(tmp_path):
+    """``views`` V: every class has V unit appearances (the first is the one-view world's,
+    confusable pairs as close in every view); a video shows each of its instances from one
+    view, drawn per video; flow, pose and labels are those of the one-view world."""
+    cfg = config(views=3)
+    world = world_v2(cfg, 5)
+    assert world.views.shape == (3, cfg.classes, cfg.rgb_dim)
+    np.testing.assert_array_equal(world.views[0], world_v2(config(), 5).appearance)
+    np.testing.assert_allclose(np.linalg.norm(world.views, axis=2), 1.0, atol=1e-12)
+    for a, b in world.pairs:
+        np.testing.assert_allclose(np.einsum("vd,vd->v", world.views[:, a], world.views[:, b]),
+                                   math.sqrt(1 - cfg.confusion**2), atol=1e-12)
+    # RGB without motion copy, nuisances, noise or per-instance variation: the views' appearances only
+    quiet = dict(rgb_motion=0.0, scene=0.0, drift=0.0, rgb_noise=0.0, appearance_var=0.0)
+    one = FeatureFile(_v2_noiseless(tmp_path, "one.h5", **quiet))
+    three = FeatureFile(_v2_noiseless(tmp_path, "three.h5", views=3, **quiet))
+    seen = set()
+    for vid in three.video_ids:
+        a, b = three.record(vid), one.record(vid)
+        for name in ("flow", "pose"):
+            np.testing.assert_array_equal(a.features[name], b.features[name])
+        np.testing.assert_array_equal(a.labels, b.labels)
+        rgb = a.features["rgb"].astype(np.float64)
+        if np.abs(rgb).max() == 0:
+            continue
+        fits = []  # which view's class appearances span this video's RGB exactly
+        for v in range(3):
+            coef, *_ = np.linalg.lstsq(world.views[v].T, rgb.T, rcond=None)
+            fits.append(np.abs(world.views[v].T @ coef - rgb.T).max())
+        assert sum(f < 1e-5 for f in fits) == 1, fits
+        seen.add(int(np.argmin(fits)))
+    assert seen == {0, 1, 2}  # 12 videos: each view is used
+    with pytest.raises(ValueError, match="views"):
+        config(views=0)
+
+
 def test_v2_annotation_noise_only_in_training_at_the_configured_rates(tmp_path):
     """Validation/testing labels are exactly their segments, which are the clean ones; the
     training annotations lose ``label_drop`` of the instances and their boundaries move by
@@ -500,7 +536,7 @@ def test_v2_tiny_draw_passes_check(tmp_path):
 def test_help_describes_every_option_with_its_default(capsys):
     # the options v1 ignores are exactly the fields v1's generator never reads
     assert set(synthetic.V2_ONLY) == {"phases", "min_phases", "max_phases", "tail", "phase_spread",
-                                      "appearance_var", "motion_blur"}
+                                      "appearance_var", "motion_blur", "views"}
     with pytest.raises(SystemExit) as err:
         synthetic.main(["--help"])
     assert err.value.code == 0
