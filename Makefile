@@ -99,6 +99,17 @@ data/synthetic_ceiling.h5: | $(STAMP)
 data/synthetic_unlabelled.h5: | $(STAMP)
 	$(PY) -m data_prep.synthetic --out $@ --extra-training 432 --extra-subset unlabelled
 
+# benchmark v2 seen from 3 viewpoints (RGB's class evidence not linear; docs/results.md, "Viewpoints"),
+# with its ceiling and unlabelled files: make compare ... --data.path=data/synthetic_views.h5
+data/synthetic_views.h5: | $(STAMP)
+	$(PY) -m data_prep.synthetic --out $@ --preset views
+
+data/synthetic_views_ceiling.h5: | $(STAMP)
+	$(PY) -m data_prep.synthetic --out $@ --preset views --extra-training 432
+
+data/synthetic_views_unlabelled.h5: | $(STAMP)
+	$(PY) -m data_prep.synthetic --out $@ --preset views --extra-training 432 --extra-subset unlabelled
+
 # The converters `make data DATASET=name` can run: data_prep/<name>.py (not the private helpers,
 # the synthetic file check, or add_unlabelled, which combines two feature files).
 CONVERTERS := $(sort $(filter-out _% synthetic_check add_unlabelled,$(basename $(notdir $(wildcard data_prep/*.py)))))

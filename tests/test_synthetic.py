@@ -489,6 +489,20 @@ def test_v2_views_give_each_video_one_viewpoint_of_every_class_and_change_only_r
         config(views=0)
 
 
+def test_views_preset_is_v2_from_three_viewpoints_with_rgb_alone_changed(tmp_path):
+    assert config("views") == config(views=3, rgb_amp=2.0) and config("views").world == "v2"
+    views = FeatureFile(generate(tmp_path / "views.h5", seed=0, preset="views", **SYNTHETIC_SMALL))
+    v2 = FeatureFile(generate(tmp_path / "v2.h5", seed=0, **SYNTHETIC_SMALL))
+    assert views.video_ids == v2.video_ids
+    for vid in views.video_ids:
+        a, b = views.record(vid), v2.record(vid)
+        assert a.subset == b.subset
+        for name in ("flow", "pose"):
+            np.testing.assert_array_equal(a.features[name], b.features[name])
+        np.testing.assert_array_equal(a.labels, b.labels)
+        assert not np.array_equal(a.features["rgb"], b.features["rgb"])
+
+
 def test_v2_annotation_noise_only_in_training_at_the_configured_rates(tmp_path):
     """Validation/testing labels are exactly their segments, which are the clean ones; the
     training annotations lose ``label_drop`` of the instances and their boundaries move by
