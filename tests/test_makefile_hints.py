@@ -56,3 +56,23 @@ def test_make_test_spreads_the_suite_over_test_jobs_workers(jobs, expected):
     assert proc.returncode == 0, proc.stderr
     argv = shlex.split(proc.stdout.strip().splitlines()[-1])
     assert argv[1:] == ["-m", "pytest", "-m", "not slow", *expected, "-k", "distill"], argv
+
+
+@pytest.mark.parametrize("name, options", [
+    ("synthetic_views", ["--preset", "views"]),
+    ("synthetic_views_ceiling", ["--preset", "views", "--extra-training", "432"]),
+    ("synthetic_views_unlabelled", ["--preset", "views", "--extra-training", "432", "--extra-subset", "unlabelled"]),
+])
+def test_the_viewpoint_worlds_files_are_made_by_the_generator_with_the_preset(name, options):
+    """The viewpoint world's three files are the default's three (the world, 4x its training
+    videos, the same extra videos unlabelled) with ``--preset views``."""
+    dry = make("-B", "-n", f"data/{name}.h5")
+    assert dry.returncode == 0, dry.stderr
+    argv = shlex.split(dry.stdout.strip().splitlines()[-1])
+    assert argv[1:3] == ["-m", "data_prep.synthetic"]
+    assert argv[argv.index("--out") + 1] == f"data/{name}.h5"
+    rest = [a for i, a in enumerate(argv[3:], 3) if argv[i] != "--out" and argv[i - 1] != "--out"]
+    assert rest == options
+    base = make("-B", "-n", f"data/{name.replace('_views', '')}.h5")  # and the default world's file is the same
+    assert shlex.split(base.stdout.strip().splitlines()[-1])[3:] == [
+        a.replace("_views", "") for a in argv[3:] if a not in ("--preset", "views")]
