@@ -270,7 +270,7 @@ def _video_v2(cfg: SyntheticConfig, world: World, seed: int, index: int, subset:
     n_inst = 1 + int(rng.poisson(num_steps / 40.0))
     segments = np.zeros((n_inst, 3))
     # the video's viewpoint, from a generator of its own (one view: no draw, today's bytes)
-    faces = world.appearance if world.views is None else world.views[
+    class_looks = world.appearance if world.views is None else world.views[
         int(np.random.default_rng([seed, index, 3]).integers(cfg.views))]
     phase_act = np.zeros((num_steps, cfg.phases))
     appearance = np.zeros((num_steps, cfg.rgb_dim))
@@ -280,7 +280,7 @@ def _video_v2(cfg: SyntheticConfig, world: World, seed: int, index: int, subset:
         length = min(float(np.exp(rng.uniform(np.log(8.0), np.log(64.0)))), float(num_steps))
         start = rng.uniform(-0.25 * length, num_steps - 0.75 * length)
         intensity = rng.uniform(0.6, 1.4)
-        look = faces[cls] + cfg.appearance_var * _unit(rng, 1, cfg.rgb_dim)[0]
+        look = class_looks[cls] + cfg.appearance_var * _unit(rng, 1, cfg.rgb_dim)[0]
         share = rng.dirichlet(cfg.phase_spread * len(world.class_phases[cls]) * world.class_shares[cls])
         cuts = start + length * np.concatenate([[0.0], np.cumsum(share)])
         start_s = max(0.0, start) * cfg.step_seconds
