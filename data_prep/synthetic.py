@@ -66,7 +66,7 @@ its real-data reason:
   labels and segments are those of the one-view world, video by video. *Real:* Charades
   was filmed by hundreds of people in their own homes, one camera per video, so an action's
   I3D appearance falls into several clusters (viewpoint, room, object) that one linear
-  template reads poorly, which is why temporal heads with hidden units (PDAN, MS-TCN) beat a
+  template reads poorly, one reason temporal heads with hidden units (PDAN, MS-TCN) beat a
   per-frame linear classifier of the same features; with one view a linear window is close
   to the best reader (below). Motion seen as flow and pose changes less with the viewpoint.
   ``--preset views`` is ``views`` 3 with ``rgb_amp`` 2.0, calibrated like revision 2 and
