@@ -202,6 +202,16 @@ def person_phases(num_phases: int) -> list[int]:
     return [p for p in range(num_phases) if p % 3 != 2]
 
 
+def _confusable(looks: np.ndarray, pairs: list[tuple[int, int]], confusion: float) -> np.ndarray:
+    """``looks`` (C, D) unit rows, each pair's second row moved (in place) to
+    ``sqrt(1 - e^2) * first + e * (its own part orthogonal to the first)``, ``e = confusion``."""
+    for a, b in pairs:
+        weak = looks[b] - (looks[b] @ looks[a]) * looks[a]
+        weak /= np.linalg.norm(weak) + 1e-12
+        looks[b] = math.sqrt(1.0 - confusion**2) * looks[a] + confusion * weak
+    return looks
+
+
 def world_v2(cfg: SyntheticConfig, seed: int) -> World:
     """Draw the classes' phases, frequencies and prototypes (see the module docstring)."""
     rng = np.random.default_rng([seed, 2**31 - 1, 2])
@@ -232,11 +242,7 @@ def world_v2(cfg: SyntheticConfig, seed: int) -> World:
     by_rank = np.argsort(rank)
     head = int(frequent.sum())
     pairs = [(int(by_rank[i]), int(by_rank[head + i])) for i in range(min(c // 4, c - head))]
-    appearance = _unit(rng, c, cfg.rgb_dim)
-    for a, b in pairs:
-        weak = appearance[b] - (appearance[b] @ appearance[a]) * appearance[a]
-        weak /= np.linalg.norm(weak) + 1e-12
-        appearance[b] = math.sqrt(1.0 - cfg.confusion**2) * appearance[a] + cfg.confusion * weak
+    appearance = _confusable(_unit(rng, c, cfg.rgb_dim), pairs, cfg.confusion)
     phase_flow = _unit(rng, p, cfg.flow_dim)
     phase_pose = _unit(rng, p, cfg.pose_dim)
     invisible = np.ones(p, dtype=bool)
@@ -250,12 +256,8 @@ def world_v2(cfg: SyntheticConfig, seed: int) -> World:
     views = None
     if cfg.views > 1:  # drawn from a generator of their own: every other array is as with one view
         vrng = np.random.default_rng([seed, 2**31 - 1, 3])
-        views = np.stack([appearance] + [_unit(vrng, c, cfg.rgb_dim) for _ in range(cfg.views - 1)])
-        for v in range(1, cfg.views):
-            for a, b in pairs:
-                weak = views[v, b] - (views[v, b] @ views[v, a]) * views[v, a]
-                weak /= np.linalg.norm(weak) + 1e-12
-                views[v, b] = math.sqrt(1.0 - cfg.confusion**2) * views[v, a] + cfg.confusion * weak
+        views = np.stack([appearance] + [_confusable(_unit(vrng, c, cfg.rgb_dim), pairs, cfg.confusion)
+                                         for _ in range(cfg.views - 1)])
     return World(prior / prior.sum(), frequent, phases, shares, pairs, appearance, phase_flow, phase_pose,
                  strength, boundary, motion_to_rgb, views)
 
