@@ -321,3 +321,12 @@ def test_last_checkpoint_follows_every_epoch_even_without_improvement(tmp_path):
     trainer.fit(Flat(), loader, loader)
     assert torch.load(tmp_path / "best.ckpt", weights_only=False)["epoch"] == 0
     assert torch.load(tmp_path / "last.ckpt", weights_only=False)["epoch"] == 2
+
+
+def test_the_stopped_distillation_ablation_keeps_every_base_callback():
+    """Callbacks are a list (replaced, not merged): the ablation repeats base.yaml's and adds the
+    stop, so a callback added to base.yaml later must be added there too."""
+    base = load_config(ROOT / "experiments/base.yaml")["trainer"]["callbacks"]
+    stop = load_config(ROOT / "experiments/ablations/synthetic_kd_stop_half.yaml")["trainer"]["callbacks"]
+    assert stop[:-1] == base
+    assert stop[-1] == {"class_path": "kd_detect.callbacks.StopDistillation", "init_args": {"fraction": 0.5}}

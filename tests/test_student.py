@@ -211,6 +211,7 @@ def test_schedules_compose(files):
     class T:  # the two attributes the schedules read
         global_step = 0
         current_epoch = 0
+        max_epochs = 50
 
     warm, stop = DistillationWarmup(warmup_steps=4), StopDistillation(epoch=2)
     t = T()
@@ -226,6 +227,30 @@ def test_schedules_compose(files):
     assert student.distill_scale == 0.0 and student.active_plugins() == {}
     with pytest.raises(ValueError, match="exactly one"):
         DistillationWarmup()
+
+
+def test_stop_distillation_at_a_fraction_of_the_run(files):
+    """``fraction`` stops at round(fraction · max_epochs): the same YAML stops halfway through
+    a 50-epoch and a 100-epoch run; the epoch before still distils."""
+    dm = FeatureDataModule(str(files["data"]), batch_size=4)
+    student = _student(files, dm)
+
+    class T:
+        current_epoch, max_epochs = 0, 50
+
+    stop, t = StopDistillation(fraction=0.5), T()
+    for max_epochs, last_distilled in ((50, 24), (100, 49), (7, 3)):  # 3.5 rounds to 4 (half to even)
+        t.max_epochs = max_epochs
+        t.current_epoch = last_distilled
+        stop.on_train_epoch_start(t, student)
+        assert student.distill_scale == 1.0 and student.active_plugins() != {}
+        t.current_epoch = last_distilled + 1
+        stop.on_train_epoch_start(t, student)
+        assert student.distill_scale == 0.0 and student.active_plugins() == {}
+    assert StopDistillation(epoch=3).stop_epoch(100) == 3
+    for bad in ({}, {"epoch": 2, "fraction": 0.5}, {"epoch": -1}, {"fraction": 0.0}, {"fraction": 1.5}):
+        with pytest.raises(ValueError, match="StopDistillation"):
+            StopDistillation(**bad)
 
 
 # ------------------------------------------------------------ distill_from & weight: auto

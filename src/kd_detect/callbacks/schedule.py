@@ -37,10 +37,24 @@ class DistillationWarmup(Callback):
 
 
 class StopDistillation(Callback):
-    """From epoch ``epoch`` on (0-based), train on the detection loss only."""
+    """From epoch ``epoch`` on (0-based), train on the detection loss only; or, with
+    ``fraction``, from epoch ``round(fraction · max_epochs)`` on, so the same YAML stops at
+    the same point of a 50- or a 100-epoch run ("early-stopped" distillation: the teacher
+    shapes the first part of training, the labels alone the rest)."""
 
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
+    def __init__(self, epoch: int | None = None, fraction: float | None = None) -> None:
+        if (epoch is None) == (fraction is None):
+            raise ValueError("StopDistillation: give exactly one of epoch (>= 0), fraction (in (0, 1])")
+        if epoch is not None and epoch < 0:
+            raise ValueError(f"StopDistillation: epoch must be >= 0, got {epoch}")
+        if fraction is not None and not 0 < fraction <= 1:
+            raise ValueError(f"StopDistillation: fraction must be in (0, 1], got {fraction}")
+        self.epoch, self.fraction = epoch, fraction
+
+    def stop_epoch(self, max_epochs: int) -> int:
+        """The first epoch without distillation in a run of ``max_epochs``."""
+        return self.epoch if self.epoch is not None else round(self.fraction * max_epochs)
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-        _set(pl_module, "stop", 0.0 if trainer.current_epoch >= self.epoch else 1.0)
+        stop = self.stop_epoch(trainer.max_epochs)
+        _set(pl_module, "stop", 0.0 if trainer.current_epoch >= stop else 1.0)
