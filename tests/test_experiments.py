@@ -330,3 +330,10 @@ def test_the_stopped_distillation_ablation_keeps_every_base_callback():
     stop = load_config(ROOT / "experiments/ablations/synthetic_kd_stop_half.yaml")["trainer"]["callbacks"]
     assert stop[:-1] == base
     assert stop[-1] == {"class_path": "kd_detect.callbacks.StopDistillation", "init_args": {"fraction": 0.5}}
+    # the command-line form docs/method.md gives adds the same callback to any experiment
+    cli = lightning_main(["--config", str(ROOT / "experiments/synthetic_kd.yaml"), "--data.path=unused.h5",
+                          "--trainer.callbacks+=kd_detect.callbacks.StopDistillation",
+                          "--trainer.callbacks.fraction=0.5"], run=False, cli_class=ParseOnly)
+    added = cli.config.trainer.callbacks[-1]
+    assert added.class_path == "kd_detect.callbacks.StopDistillation" and added.init_args.fraction == 0.5
+    assert [c.class_path for c in cli.config.trainer.callbacks[:-1]] == [c["class_path"] for c in base]
