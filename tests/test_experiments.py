@@ -323,13 +323,21 @@ def test_last_checkpoint_follows_every_epoch_even_without_improvement(tmp_path):
     assert torch.load(tmp_path / "last.ckpt", weights_only=False)["epoch"] == 2
 
 
-def test_the_stopped_distillation_ablation_keeps_every_base_callback():
-    """Callbacks are a list (replaced, not merged): the ablation repeats base.yaml's and adds the
-    stop, so a callback added to base.yaml later must be added there too."""
+@pytest.mark.parametrize("name, schedule", [
+    ("synthetic_kd_stop_half", {"class_path": "kd_detect.callbacks.StopDistillation", "init_args": {"fraction": 0.5}}),
+    ("synthetic_kd_decay", {"class_path": "kd_detect.callbacks.DistillationDecay", "init_args": {"fraction": 1.0}}),
+])
+def test_the_scheduled_distillation_ablations_keep_every_base_callback(name, schedule):
+    """Callbacks are a list (replaced, not merged): each schedule ablation repeats base.yaml's
+    and adds its schedule, so a callback added to base.yaml later must be added there too."""
     base = load_config(ROOT / "experiments/base.yaml")["trainer"]["callbacks"]
-    stop = load_config(ROOT / "experiments/ablations/synthetic_kd_stop_half.yaml")["trainer"]["callbacks"]
-    assert stop[:-1] == base
-    assert stop[-1] == {"class_path": "kd_detect.callbacks.StopDistillation", "init_args": {"fraction": 0.5}}
+    callbacks = load_config(ROOT / f"experiments/ablations/{name}.yaml")["trainer"]["callbacks"]
+    assert callbacks[:-1] == base
+    assert callbacks[-1] == schedule
+
+
+def test_a_schedule_can_be_added_from_the_command_line():
+    base = load_config(ROOT / "experiments/base.yaml")["trainer"]["callbacks"]
     # the command-line form docs/method.md gives adds the same callback to any experiment
     cli = lightning_main(["--config", str(ROOT / "experiments/synthetic_kd.yaml"), "--data.path=unused.h5",
                           "--trainer.callbacks+=kd_detect.callbacks.StopDistillation",

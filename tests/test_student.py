@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from kd_detect.apps.cache_teacher import main as cache_teacher
-from kd_detect.callbacks import DistillationWarmup, StopDistillation
+from kd_detect.callbacks import DistillationDecay, DistillationWarmup, StopDistillation
 from kd_detect.data.batch import to_model_layout
 from kd_detect.data.datamodule import FeatureDataModule
 from kd_detect.data.format import FeatureFile, FeatureFileError, VideoRecord, write_feature_file
@@ -251,6 +251,50 @@ def test_stop_distillation_at_a_fraction_of_the_run(files):
     for bad in ({}, {"epoch": 2, "fraction": 0.5}, {"epoch": -1}, {"fraction": 0.0}, {"fraction": 1.5}):
         with pytest.raises(ValueError, match="StopDistillation"):
             StopDistillation(**bad)
+
+
+def test_distillation_decay_is_linear_to_zero_and_composes(files):
+    """``DistillationDecay``: factor 1 − e / round(fraction · max_epochs), 0 from there on;
+    it multiplies with the other schedules' factors."""
+    decay = DistillationDecay()
+    assert [decay.factor(e, 50) for e in (0, 10, 25, 49)] == pytest.approx([1.0, 0.8, 0.5, 0.02])
+    half = DistillationDecay(fraction=0.5)
+    assert [half.factor(e, 50) for e in (0, 5, 24, 25, 40)] == pytest.approx([1.0, 0.8, 0.04, 0.0, 0.0])
+    assert [half.factor(e, 7) for e in (0, 1, 3, 6)] == pytest.approx([1.0, 0.75, 0.25, 0.0])  # 3.5 → 4
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="DistillationDecay"):
+            DistillationDecay(bad)
+
+    dm = FeatureDataModule(str(files["data"]), batch_size=4)
+    student = _student(files, dm)
+
+    class T:
+        global_step, current_epoch, max_epochs = 0, 10, 50
+
+    warm = DistillationWarmup(warmup_steps=4)
+    decay.on_train_epoch_start(T(), student)
+    warm.on_train_batch_start(T(), student, None, 0)
+    assert student.distill_scale == pytest.approx(0.8 * 0.25)
+
+
+class ScaleWatch(pl.Callback):
+    """Records, at the first step of each epoch, the distillation scale and whether any plugin runs."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[float, bool]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 0:
+            self.seen.append((pl_module.distill_scale, bool(pl_module.active_plugins())))
+
+
+def test_distillation_decay_in_a_real_fit(files):
+    """Through Lightning's hooks: the factor is set before the epoch's first step, and the
+    plugins (and the teacher) stop once it reaches 0."""
+    dm = FeatureDataModule(str(files["data"]), batch_size=4)
+    student, watch = _student(files, dm), ScaleWatch()
+    _trainer(max_epochs=4, callbacks=[DistillationDecay(fraction=0.5), watch]).fit(student, datamodule=dm)
+    assert watch.seen == [(1.0, True), (0.5, True), (0.0, False), (0.0, False)]
 
 
 # ------------------------------------------------------------ distill_from & weight: auto

@@ -58,3 +58,25 @@ class StopDistillation(Callback):
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         stop = self.stop_epoch(trainer.max_epochs)
         _set(pl_module, "stop", 0.0 if trainer.current_epoch >= stop else 1.0)
+
+
+class DistillationDecay(Callback):
+    """Linear decay of all distillation weights to zero: factor ``max(0, 1 − e / E)`` at
+    epoch ``e``, with ``E = round(fraction · max_epochs)`` (``fraction`` 1: over the whole
+    run). The gradual form of :class:`StopDistillation`: the teacher's pull is strongest
+    while the student is far from the labels and fades as it fits them, instead of ending
+    at one epoch ("annealed" distillation). Measured in docs/results.md ("A decaying
+    weight"): an option, not the default."""
+
+    def __init__(self, fraction: float = 1.0) -> None:
+        if not 0 < fraction <= 1:
+            raise ValueError(f"DistillationDecay: fraction must be in (0, 1], got {fraction}")
+        self.fraction = fraction
+
+    def factor(self, epoch: int, max_epochs: int) -> float:
+        """The factor at (0-based) ``epoch`` of a run of ``max_epochs``."""
+        end = max(1, round(self.fraction * max_epochs))
+        return max(0.0, 1.0 - epoch / end)
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        _set(pl_module, "decay", self.factor(trainer.current_epoch, trainer.max_epochs))

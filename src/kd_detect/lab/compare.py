@@ -191,6 +191,8 @@ ROWS: list[tuple[str, str, str]] = [
     ("Ours, λ = 1 (DESIGN's first reading)", "ablations/synthetic_kd_weights1", "ablation"),
     ("Ours, distillation stopped halfway (StopDistillation fraction 0.5; labels alone after)",
      "ablations/synthetic_kd_stop_half", "ablation"),
+    ("Ours, distillation weights decaying linearly to 0 over the run (DistillationDecay)",
+     "ablations/synthetic_kd_decay", "ablation"),
     ("Ours + all options (clean, centred, no false negatives)",
      "ablations/synthetic_kd_all_options", "ablation"),
     ("Ours, atomic negatives from the whole batch (the paper's)", "ablations/synthetic_kd_batch_negatives",
