@@ -441,6 +441,8 @@ def test_a_student_of_the_full_and_another_teacher_gets_both_of_its_seed(tmp_pat
 @pytest.mark.parametrize("student, base, offset", [
     ("ablations/synthetic_kd_cross_fitted", "synthetic_teacher", 0),
     ("ablations/synthetic_kd_rgb_teacher_cross_fitted", "synthetic_teacher_rgb", 100),
+    ("ablations/synthetic_logit_kd_cross_fitted", "synthetic_teacher", 0),
+    ("ablations/synthetic_logit_kd_rgb_teacher_cross_fitted", "synthetic_teacher_rgb", 100),
 ])
 def test_a_cross_fitted_student_gets_its_four_fold_teachers_of_its_seed_in_fold_order(
         tmp_path, monkeypatch, student, base, offset):

@@ -97,6 +97,9 @@ def fold_teachers(teacher: str) -> list[str]:
 
 
 CROSS_FITTED, RGB_CROSS_FITTED = "ablations/synthetic_kd_cross_fitted", "ablations/synthetic_kd_rgb_teacher_cross_fitted"
+#: logit KD from the same two cross-fitted teachers (held-out logits on the labelled videos)
+LOGIT_CROSS_FITTED = "ablations/synthetic_logit_kd_cross_fitted"
+RGB_LOGIT_CROSS_FITTED = "ablations/synthetic_logit_kd_rgb_teacher_cross_fitted"
 #: semi-supervised rows: the labelled training videos plus the ceiling's extra videos without
 #: labels (data/synthetic_unlabelled.h5, data.unlabelled_subset)
 UNLABELLED, RGB_UNLABELLED = "ablations/synthetic_kd_unlabelled", "ablations/synthetic_kd_rgb_teacher_unlabelled"
@@ -145,6 +148,8 @@ TEACHER_OF: dict[str, dict[str, str | list[str]]] = {
     "ablations/synthetic_kd_no_input_dropout_teacher": {"teacher": NO_DROPOUT_TEACHER},
     CROSS_FITTED: {"teacher": fold_teachers(TEACHER)},
     RGB_CROSS_FITTED: {"teacher": fold_teachers(RGB_TEACHER)},
+    LOGIT_CROSS_FITTED: {"teacher": fold_teachers(TEACHER)},
+    RGB_LOGIT_CROSS_FITTED: {"teacher": fold_teachers(RGB_TEACHER)},
     RGB_UNLABELLED: {"teacher": RGB_TEACHER},
     RGB_LOGIT_UNLABELLED: {"teacher": RGB_TEACHER},
 }
@@ -232,6 +237,9 @@ ROWS: list[tuple[str, str, str]] = [
      CROSS_FITTED, "ablation"),
     ("Ours, from the cross-fitted RGB-only teacher (held-out self-distillation control)", RGB_CROSS_FITTED,
      "ablation"),
+    ("Logit KD from the cross-fitted teacher (held-out logits on the labelled videos)", LOGIT_CROSS_FITTED,
+     "ablation"),
+    ("Logit KD from the cross-fitted RGB-only teacher (its control)", RGB_LOGIT_CROSS_FITTED, "ablation"),
     ("Ours with mixup across the batch's videos (α = 0.4; the teacher reads the mixed videos)",
      "ablations/synthetic_kd_mixup", "ablation"),
     ("RGB only with mixup (α = 0.4; the control of the row above)", RGB_MIXUP, "ablation"),
