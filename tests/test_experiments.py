@@ -345,3 +345,8 @@ def test_a_schedule_can_be_added_from_the_command_line():
     added = cli.config.trainer.callbacks[-1]
     assert added.class_path == "kd_detect.callbacks.StopDistillation" and added.init_args.fraction == 0.5
     assert [c.class_path for c in cli.config.trainer.callbacks[:-1]] == [c["class_path"] for c in base]
+    # a schedule without arguments: the decay over the whole run
+    cli = lightning_main(["--config", str(ROOT / "experiments/synthetic_kd.yaml"), "--data.path=unused.h5",
+                          "--trainer.callbacks+=kd_detect.callbacks.DistillationDecay"], run=False, cli_class=ParseOnly)
+    added = cli.config.trainer.callbacks[-1]
+    assert added.class_path == "kd_detect.callbacks.DistillationDecay" and added.init_args.fraction == 1.0
