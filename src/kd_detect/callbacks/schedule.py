@@ -19,6 +19,11 @@ def _set(pl_module: Any, name: str, value: float) -> None:
     pl_module.distill_factors[name] = float(value)
 
 
+def epoch_at(fraction: float, max_epochs: int) -> int:
+    """The epoch ``round(fraction · max_epochs)``: a point of the run that scales with its length."""
+    return round(fraction * max_epochs)
+
+
 class DistillationWarmup(Callback):
     """Linear warm-up of all distillation weights: factor ``min(1, (s + 1) / warmup_steps)``
     at optimiser step ``s``, or ``min(1, (e + 1) / warmup_epochs)`` at epoch ``e``."""
@@ -53,7 +58,7 @@ class StopDistillation(Callback):
 
     def stop_epoch(self, max_epochs: int) -> int:
         """The first epoch without distillation in a run of ``max_epochs``."""
-        return self.epoch if self.epoch is not None else round(self.fraction * max_epochs)
+        return self.epoch if self.epoch is not None else epoch_at(self.fraction, max_epochs)
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         stop = self.stop_epoch(trainer.max_epochs)
@@ -75,7 +80,7 @@ class DistillationDecay(Callback):
 
     def factor(self, epoch: int, max_epochs: int) -> float:
         """The factor at (0-based) ``epoch`` of a run of ``max_epochs``."""
-        end = max(1, round(self.fraction * max_epochs))
+        end = max(1, epoch_at(self.fraction, max_epochs))
         return max(0.0, 1.0 - epoch / end)
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
