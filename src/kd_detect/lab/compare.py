@@ -41,7 +41,9 @@ Variants of the method (another weight, τ, window...) are compared against the 
 references with ``--reference``: ``python -m kd_detect.lab.compare --out runs/lambda0.3
 --reference runs/compare --only synthetic_kd -- --model.init_args.distill.atomic.init_args.weight=0.3``
 takes the RGB-only, teacher and ceiling runs (and the teachers' checkpoints) of
-``runs/compare``, training them there only when missing.
+``runs/compare``, training them there only when missing; ``python -m kd_detect.lab.pair
+runs/lambda0.3:synthetic_kd runs/compare`` then pairs the variant with ours by seed
+(:mod:`kd_detect.lab.pair`).
 """
 
 from __future__ import annotations
