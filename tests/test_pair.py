@@ -66,6 +66,10 @@ def test_another_metric_of_metrics_json_is_paired(tmp_path):
     assert pair(Side(a, EXP), Side(b, EXP), "test/event_map")["test"]["mean"] == pytest.approx(0.05)
     with pytest.raises(UsageError, match=r"metrics.json: no 'test/nope' \(it has test/event_map, test/frame_map\)"):
         pair(Side(a, EXP), Side(b, EXP), "test/nope")
+    _run(b, 1, test=None)  # a run that wrote null for its figure
+    _run(a, 1, test=0.5)
+    with pytest.raises(UsageError, match=r"b/seed1/synthetic_kd/metrics.json: 'test/frame_map': expected a number, got None"):
+        pair(Side(a, EXP), Side(b, EXP))
 
 
 def test_runs_of_one_seed_in_different_orders_are_not_a_pair(tmp_path):
@@ -81,6 +85,7 @@ def test_runs_of_one_seed_in_different_orders_are_not_a_pair(tmp_path):
     ("missing", "comparison directory not found"),
     ("empty", "no finished run"),
     ("disjoint", "no seed in common"),
+    ("same", "the same runs on both sides"),
 ])
 def test_what_cannot_be_paired_is_refused_in_one_line(tmp_path, case, message):
     a, b = tmp_path / "a", tmp_path / "b"
@@ -89,8 +94,9 @@ def test_what_cannot_be_paired_is_refused_in_one_line(tmp_path, case, message):
         b.mkdir()
     if case == "disjoint":
         _run(b, 1)
+    other = Side(a / ".", EXP) if case == "same" else Side(b, EXP)
     with pytest.raises(UsageError, match=message):
-        pair(Side(a, EXP), Side(b, EXP))
+        pair(Side(a, EXP), other)
 
 
 def test_the_command_prints_the_table_and_writes_json_but_never_over_an_input(tmp_path, capsys):

@@ -19,8 +19,9 @@ many seeds A is above. ``--json FILE`` writes the same figures (atomically).
 
 Two runs of one seed are a pair only when their training videos came in the same order
 (``data.seed``, or the fit's seed: :func:`kd_detect.runs.training_order_seed`); a seed whose
-two runs differ stops the command with one line naming both, as does a side with no finished
-run or two sides with no seed in common.
+two runs differ stops the command with one line naming both, as do the same runs on both
+sides, a side with no finished run, two sides with no seed in common, and a metric that is
+missing from a run's ``metrics.json`` or not a number there (the file and the key named).
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ def parse_sides(a: str, b: str) -> tuple[Side, Side]:
 
 def pair(a: Side, b: Side, metric: str = METRIC) -> dict:
     """The paired comparison of ``a`` against ``b`` (see the module docstring)."""
+    if a.root.resolve() == b.root.resolve() and a.experiment == b.experiment:
+        raise UsageError(f"{a.name} and {b.name}: the same runs on both sides")
     runs = {}
     for side in (a, b):
         if not side.root.is_dir():
@@ -95,7 +98,10 @@ def pair(a: Side, b: Side, metric: str = METRIC) -> dict:
             metrics = run.metrics() or {}
             if metric not in metrics:
                 raise UsageError(f"{run.path / 'metrics.json'}: no {metric!r} (it has {', '.join(sorted(metrics))})")
-            test[side][seed] = float(metrics[metric])
+            value = metrics[metric]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise UsageError(f"{run.path / 'metrics.json'}: {metric!r}: expected a number, got {value!r}")
+            test[side][seed] = float(value)
             score = run.selection_score(SELECTION)
             if score is not None:
                 val[side][seed] = score
