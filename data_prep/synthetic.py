@@ -225,6 +225,8 @@ HELP = {
                       "same validation and testing videos (the RGB ceiling's larger training set)",
     "extra_subset": "subset of the extra videos: 'training', or 'unlabelled' (the same videos, bit for bit, "
                     "written without labels or segments: what a student may distil on)",
+    "extra_unlabelled": "videos added after the extra ones, without labels or segments (subset 'unlabelled'): "
+                        "a larger labelled set and videos to distil on in one file",
 }
 
 
@@ -268,12 +270,15 @@ class SyntheticConfig:
     views: int = 1
     extra_training: int = 0
     extra_subset: str = TRAINING
+    extra_unlabelled: int = 0
 
     def check(self) -> None:
         if self.videos < 2:
             raise ValueError(f"videos must be >= 2 (one per subset), got {self.videos}")
         if self.extra_training < 0:
             raise ValueError(f"extra_training must be >= 0, got {self.extra_training}")
+        if self.extra_unlabelled < 0:
+            raise ValueError(f"extra_unlabelled must be >= 0, got {self.extra_unlabelled}")
         if self.extra_subset not in (TRAINING, UNLABELLED):
             raise ValueError(f"extra_subset must be {TRAINING!r} or {UNLABELLED!r}, got {self.extra_subset!r}")
         if self.classes < 1:
@@ -374,13 +379,17 @@ def generate(out: str | Path, seed: int = 0, dtype: str = "float16", preset: str
         make = lambda i, subset: _video_v2(cfg, world, seed, i, subset)  # noqa: E731
     if cfg.extra_training:  # the split above is of the first `videos` only: extras add to training
         attrs["extra_training"] = int(cfg.extra_training)
+    if cfg.extra_unlabelled:
+        attrs["extra_unlabelled"] = int(cfg.extra_unlabelled)
     classes = [f"c{c:02d}" for c in range(cfg.classes)]
+    drawn = cfg.videos + cfg.extra_training  # videos i >= drawn are the extra unlabelled ones
     with FeatureFileWriter(out, classes, ["rgb", "flow", "pose"], dtype=dtype, attrs=attrs) as writer:
-        for i in range(cfg.videos + cfg.extra_training):
+        for i in range(drawn + cfg.extra_unlabelled):
             raise_pending_signal()  # a Ctrl-C that a finaliser swallowed (kd_detect.io)
             subset = TESTING if i in testing else VALIDATION if i in validation else TRAINING
             video = make(i, subset)
-            if i >= cfg.videos and cfg.extra_subset == UNLABELLED:  # drawn as training videos, then unannotated
+            unannotated = i >= drawn or (i >= cfg.videos and cfg.extra_subset == UNLABELLED)
+            if unannotated:  # drawn as training videos, then written without their annotations
                 video = VideoRecord(video.video_id, UNLABELLED, video.duration, video.features, attrs=video.attrs)
             writer.add(video)
     return Path(out)
@@ -427,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # one line, status 130
         raise SystemExit(interrupted(parser.prog, out)) from None
     extra = f" + {cfg.extra_training} extra {cfg.extra_subset}" if cfg.extra_training else ""
+    extra += f" + {cfg.extra_unlabelled} extra unlabelled" if cfg.extra_unlabelled else ""
     print(f"wrote {path} (world {cfg.world}, {cfg.videos}{extra} videos, {cfg.classes} classes, seed {seed})")
     return 0
 

@@ -68,6 +68,35 @@ def test_fewer_extra_videos_are_the_first_of_more(files, make_synthetic_h5):
                 assert np.array_equal(h5_small["videos"][vid][m][()], h5_large["videos"][vid][m][()])
 
 
+def test_extra_unlabelled_videos_follow_a_larger_labelled_set(files, make_synthetic_h5):
+    """``extra_unlabelled`` (the recipe at a larger labelled size): after the ceiling's extra
+    labelled videos, more videos of the same world without annotations; the labelled part is
+    the ceiling's file bit for bit, labels included, and the unlabelled videos are those the
+    all-unlabelled file draws at the same positions."""
+    both = FeatureFile(make_synthetic_h5(extra_training=EXTRA // 2, extra_unlabelled=EXTRA // 2))
+    ceiling = FeatureFile(make_synthetic_h5(extra_training=EXTRA // 2))
+    unlabelled = FeatureFile(files[2])  # EXTRA extra videos, all unlabelled
+    assert both.video_ids == unlabelled.video_ids  # the same videos, in the same order
+    assert both.videos_in(UNLABELLED) == unlabelled.videos_in(UNLABELLED)[EXTRA // 2:]
+    assert [v for v in both.video_ids if both.subsets[v] != UNLABELLED] == ceiling.video_ids
+    for vid in ceiling.video_ids:
+        a, b = ceiling.record(vid), both.record(vid)
+        assert a.subset == b.subset
+        np.testing.assert_array_equal(a.labels, b.labels)
+        for m in ("rgb", "flow", "pose"):
+            np.testing.assert_array_equal(a.features[m], b.features[m])
+    for vid in both.videos_in(UNLABELLED):
+        a, b = unlabelled.record(vid), both.record(vid)
+        assert b.labels is None
+        for m in ("rgb", "flow", "pose"):
+            np.testing.assert_array_equal(a.features[m], b.features[m])
+    assert validate_file(both.path).ok
+    from data_prep.synthetic import config
+
+    with pytest.raises(ValueError, match="extra_unlabelled must be >= 0"):
+        config(extra_unlabelled=-1)
+
+
 def test_check_accepts_missing_annotations_in_subset_unlabelled_only(files, tmp_path):
     path = tmp_path / "moved.h5"
     path.write_bytes(files[2].read_bytes())
