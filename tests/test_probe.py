@@ -300,3 +300,34 @@ def test_a_file_without_validation_holds_out_the_detectors_validation_videos(tmp
     np.testing.assert_allclose(auto.weights, want.weights, rtol=1e-10)
     assert P.main([str(path), "--context", "1"]) == 0
     assert "no validation subset: 3 training videos held out by SHA-1 of the id" in capsys.readouterr().out
+
+
+def test_a_share_of_the_training_videos_is_the_probe_of_a_file_without_the_others(tmp_path, capsys):
+    """``training_share``: the fit reads the SHA-1 share of the training videos only (the
+    same figures, weights included, as a file holding just those training videos); the
+    shares are nested, validation and test unchanged; a share outside (0, 1] is refused."""
+    from kd_detect.data.feature_data import fixed_share
+
+    path = _file(tmp_path, signal=1.5, seed=7, videos=18)
+    ff = FeatureFile(path)
+    recs = [ff.record(v) for v in ff.video_ids]
+    train = ff.videos_in("training")
+    ff.close()
+    kept = fixed_share(train, 0.5)
+    assert len(kept) == 6 and set(fixed_share(train, 0.25)) <= set(kept)
+    fewer = write_feature_file(tmp_path / "half.h5", ["c0", "c1", "c2"], ["a", "b"],
+                               [r for r in recs if r.subset != "training" or r.video_id in kept], dtype="float32")
+    half, want, full = P.probe(path, ["a"], training_share=0.5), P.probe(fewer, ["a"]), P.probe(path, ["a"])
+    assert half.train_steps == want.train_steps == 6 * 40 < full.train_steps == 12 * 40
+    assert half.test_map == pytest.approx(want.test_map, abs=1e-12) and half.val_map == pytest.approx(want.val_map)
+    np.testing.assert_allclose(half.weights, want.weights, rtol=1e-10)
+    assert half.test_map != pytest.approx(full.test_map, abs=1e-9)
+    for bad in (0.0, 1.5):
+        with pytest.raises(UsageError, match="training_share must be in"):
+            P.probe(path, ["a"], training_share=bad)
+    assert P.main([str(path), "--modalities", "a", "--training-share", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("probe a context ±2 on 0.5 of the training videos:")
+    assert f"test frame mAP {100 * half.test_map:.2f} ({6 * 40} training steps" in out
+    with pytest.raises(SystemExit):
+        P.main([str(path), "--training-share", "0"])

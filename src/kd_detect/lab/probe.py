@@ -43,6 +43,14 @@ labelled videos themselves a teacher gives a least-squares reader nothing: if th
 student's inputs are among the teacher's, its fit to the teacher's in-sample fit is its fit
 to the labels. docs/results.md, "What the teacher can give a linear student".)
 
+*A share of the training videos* (``--training-share F``). The fit reads only
+``ceil(F n)`` of the ``n`` training videos, those whose SHA-1 of the id ranks lowest (the
+shares are nested: the videos of a smaller share are among those of a larger one);
+validation and test are unchanged. Probing at ``F = 0.5`` and ``F = 1`` says what the second
+half of the labelled videos gives a linear reader of RGB: a cheap bound on what more
+videos, and so the teacher on videos without labels, can add (docs/results.md, "With four
+times the labelled videos").
+
 *Score.* AP is rank-based, so the test scores are passed to FrameMAP through the
 monotone map ``sigmoid`` (it wants probabilities); the rank order, hence the AP, is the
 ridge scores' own.
@@ -183,14 +191,26 @@ def probe(
     test_subset: str = "testing",
     extra_subset: str | None = None,
     extra_targets: Callable[[list[str]], dict[str, np.ndarray]] | None = None,
+    training_share: float = 1.0,
 ) -> ProbeResult:
     """Fit, select and score the probe on ``path`` (see the module docstring).
 
     With ``extra_subset``, ``extra_targets(video_ids)`` gives the targets ``(T, C)`` of that
     subset's videos (a teacher's probabilities: :func:`teacher_targets`),
-    which join the training rows."""
+    which join the training rows. ``training_share`` < 1 fits on that share of the training
+    videos only (by SHA-1 of the id, nested)."""
+    if not 0.0 < training_share <= 1.0:
+        raise UsageError(f"training_share must be in (0, 1], got {training_share}")
     subsets = (train_subset, val_subset, test_subset)
     videos, held_out = validation_videos(path, train_subset, val_subset)
+    if training_share < 1.0:
+        from kd_detect.data.feature_data import fixed_share
+
+        if videos is None:
+            ff = FeatureFile(path)
+            videos = {train_subset: ff.videos_in(train_subset)}
+            ff.close()
+        videos = {**videos, train_subset: fixed_share(videos[train_subset], training_share)}
     if extra_subset is not None:
         if extra_subset in subsets:
             raise UsageError(f"the teacher's subset {extra_subset!r} is one the probe fits, chooses or scores on")
@@ -309,19 +329,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacher", type=Path, default=None,
                         help="detector checkpoint whose probabilities on --teacher-subset join the training rows")
     parser.add_argument("--teacher-subset", default=UNLABELLED, help="the videos the teacher scores")
+    parser.add_argument("--training-share", type=float, default=1.0,
+                        help="fit on this share of the training videos only (by SHA-1 of the id; 0.5 and 1 say what "
+                             "the second half of the labelled videos gives)")
     args = parser.parse_args(argv)
     if args.context < 0:
         parser.error(f"--context must be >= 0, got {args.context}")
+    if not 0.0 < args.training_share <= 1.0:
+        parser.error(f"--training-share must be in (0, 1], got {args.training_share}")
     try:
         if args.teacher is None:
-            result = probe(args.file, args.modalities, args.context)
+            result = probe(args.file, args.modalities, args.context, training_share=args.training_share)
         else:
             result = probe(args.file, args.modalities, args.context, extra_subset=args.teacher_subset,
-                           extra_targets=teacher_targets(args.teacher, args.file))
+                           extra_targets=teacher_targets(args.teacher, args.file), training_share=args.training_share)
     except (FeatureFileError, KdDetectError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    extra = f" + {result.extra_videos} {args.teacher_subset} videos scored by the teacher" if args.teacher else ""
+    extra = f" on {args.training_share:g} of the training videos" if args.training_share < 1.0 else ""
+    extra += f" + {result.extra_videos} {args.teacher_subset} videos scored by the teacher" if args.teacher else ""
     if result.held_out:
         extra += f"; no validation subset: {result.held_out} training videos held out by SHA-1 of the id"
     print(
