@@ -616,7 +616,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the first seed: seeds are FIRST .. FIRST+N-1 (to add seeds to a comparison elsewhere)")
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (each single-threaded)")
     parser.add_argument("--out", default="runs/compare")
-    parser.add_argument("--only", nargs="*", default=None, help="experiments to run (default: every row)")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="experiments to run (default: every row); the references every row is paired with "
+                             "(RGB-only, teacher, RGB ceiling) run too unless --reference gives them")
     parser.add_argument("--reference", default=None,
                         help="take the RGB-only and teacher runs from this compare directory (e.g. runs/compare)")
     parser.add_argument("--probe-file", default=None,
